@@ -1,0 +1,1 @@
+"""The ``geounet`` command line: one thin module per subcommand."""

@@ -1,0 +1,59 @@
+"""One exception hierarchy for geounet.
+
+Every error a user can cause derives from :class:`GeounetError`. Messages state the
+file or scene, the offending value and what would fix it. I/O-flavoured errors are
+also :class:`OSError` so callers can catch them naturally.
+
+The command line maps the classes to exit codes (see ``geounet.cli.main``):
+
+* :class:`ConfigError`, :class:`CheckpointError` -> 2 (configuration or usage error)
+* :class:`LockHeldError` -> 3 (another run holds the output folder)
+* :class:`OutputError` -> 4 (the environment cannot take the outputs: disk full, read-only)
+* :class:`SceneError` -> recorded per scene; the run exits 1 when some scenes failed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class GeounetError(Exception):
+    """Root of every error raised on purpose by geounet."""
+
+
+class ConfigError(GeounetError, ValueError):
+    """A configuration file, option or argument is invalid."""
+
+
+class CheckpointError(GeounetError, ValueError):
+    """A model file is missing, unsafe, corrupt or does not match its metadata."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"checkpoint {self.path}: {problem}")
+
+
+class ModelInputError(GeounetError, ValueError):
+    """A tensor handed to a model has the wrong shape or channel count."""
+
+
+class SceneError(GeounetError):
+    """A scene cannot be segmented: unreadable, unsafe or incompatible with the model."""
+
+    def __init__(self, scene: str | Path, problem: str) -> None:
+        self.scene = str(scene)
+        self.problem = problem
+        super().__init__(f"scene {self.scene}: {problem}")
+
+
+class SceneReadError(SceneError, OSError):
+    """Reading pixels of a scene failed (truncated file, corrupt tile, I/O error)."""
+
+
+class OutputError(GeounetError, OSError):
+    """Outputs cannot be written (disk full, read-only folder, permissions)."""
+
+
+class LockHeldError(GeounetError):
+    """Another run holds the lock on the output folder."""

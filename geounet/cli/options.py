@@ -1,0 +1,78 @@
+"""Option decorators shared by ``predict`` and ``run``; flags given explicitly win over files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from geounet.errors import ConfigError
+
+
+def _parse_thresholds(values: tuple[str, ...]) -> dict[str, float] | None:
+    if not values:
+        return None
+    out: dict[str, float] = {}
+    for v in values:
+        name, sep, num = v.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = float(num)
+        except ValueError:
+            raise ConfigError(f"--threshold {v!r} must look like CLASS=VALUE, e.g. building=0.5") from None
+    return out
+
+
+def _parse_ints(value: str | None, flag: str) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {value!r} must be comma-separated integers, e.g. 1,2,3") from None
+
+
+INFERENCE_OPTIONS: list[Callable[..., Any]] = [
+    click.option("--tile-size", type=int, help="Model input window, pixels per side (multiple of 2**depth). Default: checkpoint's suggestion."),
+    click.option("--halo", type=int, help="Context pixels kept around each tile core. Default: the model's receptive-field radius, rounded up."),
+    click.option("--tiles-per-block", type=int, help="Tiles per side of one Dask task. Default: 2."),
+    click.option("--batch-size", type=int, help="Tiles per forward pass. Default: 4."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Compute device. Default: auto (CUDA if visible)."),
+    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="Autocast precision. Default: auto (bf16 where native)."),
+    click.option("--bands", help="1-based scene bands fed to the model, comma-separated, e.g. 1,2,3. Default: checkpoint's bands."),
+    click.option("--threshold", "thresholds", multiple=True, metavar="CLASS=P", help="Probability threshold in [0, 1] for a class; repeatable. Default: checkpoint's (0.5)."),
+    click.option("--simplify-m", type=float, help="Simplification tolerance, metres. Default: 0 (pixel outlines)."),
+    click.option("--min-area-m2", type=float, help="Drop polygons smaller than this, square metres. Default: 0."),
+    click.option("--fill-holes-m2", type=float, help="Fill holes smaller than this, square metres. Default: 0."),
+    click.option("--formats", help="Outputs to write, comma-separated from geojson,gpkg,probability,quicklook. Default: all."),
+    click.option("--max-pixels", type=int, help="Refuse scenes larger than this many pixels. Default: 4e9."),
+]
+
+
+def inference_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed(INFERENCE_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def inference_overrides(kw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Turn parsed flags into settings overrides (None = not given, so the file wins)."""
+    formats = kw.pop("formats", None)
+    over = {
+        "tile_size": kw.pop("tile_size", None),
+        "halo": kw.pop("halo", None),
+        "tiles_per_block": kw.pop("tiles_per_block", None),
+        "batch_size": kw.pop("batch_size", None),
+        "device": kw.pop("device", None),
+        "precision": kw.pop("precision", None),
+        "bands": _parse_ints(kw.pop("bands", None), "--bands"),
+        "thresholds": _parse_thresholds(kw.pop("thresholds", ()) or ()),
+        "simplify_m": kw.pop("simplify_m", None),
+        "min_area_m2": kw.pop("min_area_m2", None),
+        "fill_holes_m2": kw.pop("fill_holes_m2", None),
+        "formats": [f.strip() for f in formats.split(",") if f.strip()] if formats else None,
+        "max_pixels": kw.pop("max_pixels", None),
+    }
+    return {f"{prefix}{k}": v for k, v in over.items()}

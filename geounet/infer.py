@@ -1,0 +1,313 @@
+"""Worker side of a scene: read one block with its halo, run the model, keep the core.
+
+A task carries only small things (a :class:`~geounet.scenes.SceneInfo`, a
+:class:`~geounet.blocks.Block`, settings); the model arrives once per worker through
+:func:`get_model`, keyed by the checkpoint's content hash. Each worker thread keeps its own
+dataset handles (GDAL handles are not thread-safe), opened with the driver allowlist.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from geounet.blocks import Block
+from geounet.errors import SceneReadError
+from geounet.models.base import SegmentationModel, activate
+from geounet.scenes import SCENE_DRIVER, SceneInfo
+
+_MODELS: dict[tuple[str, str], SegmentationModel] = {}
+_MODEL_LOCK = threading.Lock()
+_LOCAL = threading.local()
+
+# GDAL settings for workers: never list directories on open; a block cache large enough
+# for overlapping halo reads of neighbouring blocks.
+GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": 256}
+
+
+# --------------------------------------------------------------------------- devices
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        from geounet.errors import ConfigError
+
+        raise ConfigError("device 'cuda' was requested but no CUDA device is visible; use device: auto or cpu")
+    return torch.device(device)
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> bf16 where the device runs it natively, else fp16 (CUDA) or fp32."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+# --------------------------------------------------------------------------- model cache
+def get_model(checkpoint: str | bytes, content_hash: str, device: torch.device) -> SegmentationModel:
+    """The worker's copy of the model, loaded once per (hash, device).
+
+    ``checkpoint`` is a path readable by the worker or the checkpoint's bytes (scattered
+    once per run by the client). Loading goes through the safe safetensors loader.
+    """
+    key = (content_hash, str(device))
+    model = _MODELS.get(key)
+    if model is not None:
+        return model
+    with _MODEL_LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            from geounet.checkpoint import load_checkpoint
+
+            if isinstance(checkpoint, (bytes, bytearray, memoryview)):
+                with tempfile.NamedTemporaryFile(suffix=".safetensors", delete=False) as f:
+                    f.write(checkpoint)
+                    tmp = f.name
+                try:
+                    model = load_checkpoint(tmp, device=str(device))
+                finally:
+                    os.unlink(tmp)
+            else:
+                model = load_checkpoint(checkpoint, device=str(device))
+            model.eval()
+            if device.type == "cuda" or cpu_supports_bf16():
+                model = model.to(memory_format=torch.channels_last)
+            _MODELS[key] = model
+    return model
+
+
+# --------------------------------------------------------------------------- reading
+def _dataset(path: str) -> rasterio.io.DatasetReader:
+    """This thread's open handle for ``path`` (reopened if it was closed)."""
+    handles: dict[str, Any] = getattr(_LOCAL, "handles", None) or {}
+    _LOCAL.handles = handles
+    ds = handles.get(path)
+    if ds is None or ds.closed:
+        with rasterio.Env(**GDAL_ENV):
+            ds = rasterio.open(path, driver=SCENE_DRIVER)
+        handles[path] = ds
+    return ds
+
+
+def close_datasets() -> None:
+    """Close this thread's dataset handles (end of a run, or after a scene failed)."""
+    for ds in (getattr(_LOCAL, "handles", None) or {}).values():
+        try:
+            ds.close()
+        except Exception:  # noqa: BLE001 - closing a broken handle must not mask the real error
+            pass
+    _LOCAL.handles = {}
+
+
+def read_window(scene: SceneInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Raw pixels (bands, h, w) of ``window`` and a validity mask (h, w).
+
+    The window may extend beyond the scene: outside pixels are 0 and invalid. Only the
+    part inside the scene is read from the file (no VRT, no full-scene array).
+    """
+    h, w = int(window.height), int(window.width)
+    r0, c0 = int(window.row_off), int(window.col_off)
+    ir0, ic0 = max(r0, 0), max(c0, 0)
+    ir1, ic1 = min(r0 + h, scene.height), min(c0 + w, scene.width)
+    data = np.zeros((len(scene.bands), h, w), dtype=scene.dtype)
+    valid = np.zeros((h, w), dtype=bool)
+    if ir1 <= ir0 or ic1 <= ic0:
+        return data, valid
+    inner = Window(ic0, ir0, ic1 - ic0, ir1 - ir0)
+    sl = (slice(ir0 - r0, ir1 - r0), slice(ic0 - c0, ic1 - c0))
+    try:
+        with rasterio.Env(**GDAL_ENV):
+            ds = _dataset(scene.path)
+            part = ds.read(list(scene.bands), window=inner)
+            if scene.has_mask:
+                part_valid = ds.read_masks(list(scene.bands), window=inner).any(axis=0)
+            else:
+                part_valid = np.ones(part.shape[1:], dtype=bool)
+    except (RasterioError, OSError) as exc:
+        close_datasets()
+        raise SceneReadError(scene.path, f"reading pixels {inner} failed: {exc}") from None
+    if part.dtype.kind == "f":
+        part_valid &= ~np.isnan(part).any(axis=0)
+    data[(slice(None), *sl)] = part
+    valid[sl] = part_valid
+    return data, valid
+
+
+def prepare_input(raw: np.ndarray, valid: np.ndarray, normalization: Any) -> np.ndarray:
+    """Normalize and zero invalid pixels (0 is the model's own padding value)."""
+    from geounet.normalize import apply_normalization
+
+    raw = np.where(valid[None], raw, 0) if raw.dtype.kind == "f" else raw
+    x = apply_normalization(raw, normalization)
+    x[:, ~valid] = 0.0
+    return x
+
+
+# --------------------------------------------------------------------------- model
+def run_model(
+    model: SegmentationModel,
+    x: np.ndarray | torch.Tensor,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Probabilities for a batch (N, C, H, W) of normalized inputs, as float32 on the CPU."""
+    t = torch.as_tensor(x)
+    if t.ndim == 3:
+        t = t[None]
+    pin = device.type == "cuda"
+    t = (t.pin_memory() if pin else t).to(device, non_blocking=pin)
+    if device.type == "cuda" or dtype != torch.float32:
+        t = t.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(
+        device_type=device.type, dtype=dtype, enabled=dtype != torch.float32
+    ):
+        logits = model(t)
+    return activate(logits.float(), model.spec.mode).cpu()
+
+
+def infer_block(
+    model: SegmentationModel,
+    x: np.ndarray,
+    block: Block,
+    *,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> np.ndarray:
+    """Core probabilities (out_channels, core_h, core_w) of ``block`` from its read array ``x``."""
+    rr, rc = int(block.read.row_off), int(block.read.col_off)
+    cr, cc = int(block.core.row_off), int(block.core.col_off)
+    out = np.empty((model.spec.out_channels, int(block.core.height), int(block.core.width)), np.float32)
+    tiles = list(block.tiles)
+    for i in range(0, len(tiles), batch_size):
+        batch = tiles[i : i + batch_size]
+        arr = np.stack(
+            [
+                x[:, int(t.read.row_off) - rr : int(t.read.row_off + t.read.height) - rr,
+                  int(t.read.col_off) - rc : int(t.read.col_off + t.read.width) - rc]
+                for t in batch
+            ]
+        )
+        probs = run_model(model, arr, device=device, dtype=dtype).numpy()
+        for t, p in zip(batch, probs):
+            r0 = int(t.core.row_off - t.read.row_off)
+            c0 = int(t.core.col_off - t.read.col_off)
+            h, w = int(t.core.height), int(t.core.width)
+            out[:, int(t.core.row_off) - cr : int(t.core.row_off) - cr + h,
+                int(t.core.col_off) - cc : int(t.core.col_off) - cc + w] = p[:, r0 : r0 + h, c0 : c0 + w]
+    return out
+
+
+def class_probabilities(probs: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-class probabilities (K, h, w) and, for multiclass, the argmax labels (0 = background)."""
+    if mode == "multiclass":
+        return probs[1:], probs.argmax(axis=0)
+    return probs, None
+
+
+def class_masks(
+    probs: np.ndarray, labels: np.ndarray | None, valid: np.ndarray, thresholds: list[float]
+) -> list[np.ndarray]:
+    """Boolean mask per class; invalid (nodata) pixels are never foreground."""
+    if labels is not None:
+        return [(labels == k + 1) & valid for k in range(probs.shape[0])]
+    return [(probs[k] >= thresholds[k]) & valid for k in range(probs.shape[0])]
+
+
+# --------------------------------------------------------------------------- the task
+@dataclass
+class BlockTaskSpec:
+    """Everything a block task needs besides the scene, the block and the model bytes."""
+
+    content_hash: str
+    normalization: Any
+    thresholds: list[float]
+    batch_size: int
+    device: str
+    precision: str
+    keep_probability: bool
+
+
+@dataclass
+class BlockResult:
+    """What travels back from a worker: small by construction (one block's core)."""
+
+    index: int
+    core: tuple[int, int, int, int]  # col_off, row_off, width, height
+    probability: np.ndarray | None  # (K, h, w) uint8, probability x 255
+    polygons: list[Any]  # one geounet.vectorize.BlockPolygons per class
+    valid_pixels: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec: BlockTaskSpec) -> BlockResult:
+    """Read, normalize, infer, threshold and polygonize one block (runs on a worker).
+
+    Idempotent and free of side effects: it may be retried on another worker.
+    Memory: about (bands + 2 * classes) * read-window pixels * 4 bytes plus the model's
+    activations for ``batch_size`` tiles.
+    """
+    from geounet.vectorize import polygonize_block
+
+    t0 = time.perf_counter()
+    device = resolve_device(spec.device)
+    dtype = resolve_precision(spec.precision, device)
+    model = get_model(checkpoint, spec.content_hash, device)
+    raw, valid = read_window(scene, block.read)
+    x = prepare_input(raw, valid, spec.normalization)
+    del raw
+    t1 = time.perf_counter()
+    probs = infer_block(model, x, block, batch_size=spec.batch_size, device=device, dtype=dtype)
+    del x
+    t2 = time.perf_counter()
+    cr = int(block.core.row_off - block.read.row_off)
+    cc = int(block.core.col_off - block.read.col_off)
+    h, w = int(block.core.height), int(block.core.width)
+    core_valid = valid[cr : cr + h, cc : cc + w]
+    cls_probs, labels = class_probabilities(probs, model.spec.mode)
+    masks = class_masks(cls_probs, labels, core_valid, spec.thresholds)
+    polys = [
+        polygonize_block(
+            m, cls_probs[k], row_off=int(block.core.row_off), col_off=int(block.core.col_off),
+            scene_height=scene.height, scene_width=scene.width,
+        )
+        for k, m in enumerate(masks)
+    ]
+    prob_u8 = None
+    if spec.keep_probability:
+        prob_u8 = np.rint(np.clip(cls_probs, 0.0, 1.0) * 255.0).astype(np.uint8)
+    t3 = time.perf_counter()
+    return BlockResult(
+        index=block.index,
+        core=(int(block.core.col_off), int(block.core.row_off), w, h),
+        probability=prob_u8,
+        polygons=polys,
+        valid_pixels=int(core_valid.sum()),
+        timings={"read": t1 - t0, "infer": t2 - t1, "vectorize": t3 - t2},
+    )

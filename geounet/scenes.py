@@ -1,0 +1,227 @@
+"""Open and validate scenes before any work is scheduled.
+
+Everything a worker needs to read a scene is captured in a small, picklable
+:class:`SceneInfo`. Validation refuses, with the scene and the cause in the message:
+files that are not GeoTIFFs (a VRT named ``.tif`` can make GDAL read arbitrary files, so
+only an allowlist of drivers may open a scene), scenes beyond the pixel budget, scenes
+without a CRS or a geotransform, and band layouts the model cannot take.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import RasterioError
+
+from geounet.errors import SceneError
+
+# The only GDAL driver allowed to open a scene (COGs are GeoTIFFs and open with it). Not
+# VRT (it can make GDAL read any file), not the long tail of formats with rarer parsers.
+SCENE_DRIVER = "GTiff"
+NUMERIC_KINDS = ("u", "i", "f")
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What the client learned about a scene; cheap to send to workers."""
+
+    path: str  # as opened: a local path or a GDAL URL (/vsis3/..., /vsicurl/...)
+    stem: str  # output folder name, unique within a run
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs_wkt: str
+    epsg: int | None
+    transform: tuple[float, ...]  # GDAL-order-free affine coefficients (a, b, c, d, e, f)
+    bands: tuple[int, ...]  # 1-based bands fed to the model
+    nodata: float | None
+    has_mask: bool  # an alpha band, internal mask or nodata defines invalid pixels
+    fingerprint: str
+
+    @property
+    def affine(self) -> Affine:
+        return Affine(*self.transform[:6])
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def is_remote(path: str) -> bool:
+    """True for GDAL virtual-filesystem paths and URLs that are not local files."""
+    return path.startswith(("/vsi", "http://", "https://", "s3://", "gs://"))
+
+
+def fingerprint(path: str) -> str:
+    """Identity of the input for resume: size, mtime and a hash of the first MiB.
+
+    Remote scenes use GDAL's reported size and the header instead of mtime.
+    Costs one small read.
+    """
+    h = hashlib.sha256()
+    if not is_remote(path):
+        st = os.stat(path)
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        with open(path, "rb") as f:
+            h.update(f.read(1 << 20))
+    else:
+        with rasterio.open(path) as ds:
+            h.update(repr((ds.profile, ds.tags())).encode())
+    return h.hexdigest()[:16]
+
+
+def _stem_for(path: str) -> str:
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "scene"
+
+
+def unique_stems(paths: Sequence[str]) -> list[str]:
+    """Output folder names: the file stem, disambiguated by parent folders on collision.
+
+    ``a/x.tif`` and ``b/x.tif`` become ``a_x`` and ``b_x``; unique stems stay as they are.
+    """
+    stems = [_stem_for(p) for p in paths]
+    for depth in range(1, 8):
+        seen: dict[str, int] = {}
+        for s in stems:
+            seen[s] = seen.get(s, 0) + 1
+        dup = {s for s, n in seen.items() if n > 1}
+        if not dup:
+            return stems
+        new = []
+        for p, s in zip(paths, stems):
+            if s in dup:
+                parents = [q for q in p.rstrip("/").split("/")[:-1] if q][-depth:]
+                s = "_".join([re.sub(r"[^A-Za-z0-9._-]+", "_", q) for q in parents] + [_stem_for(p)])
+            new.append(s)
+        stems = new
+    # Still colliding (identical paths): number them.
+    out, counts = [], {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+        out.append(s if counts[s] == 1 else f"{s}_{counts[s]}")
+    return out
+
+
+def _check_local_file(path: str) -> None:
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise SceneError(path, f"is a dangling symbolic link (points to {os.readlink(p)!r})")
+    if not p.exists():
+        raise SceneError(path, "does not exist")
+    if not p.is_file():
+        raise SceneError(path, "is not a regular file")
+    if not os.access(p, os.R_OK):
+        raise SceneError(path, "is not readable (permission denied); check its mode and owner")
+    if p.stat().st_size == 0:
+        raise SceneError(path, "is empty (0 bytes)")
+
+
+def _choose_bands(path: str, ds: rasterio.io.DatasetReader, in_channels: int, bands: Sequence[int] | None) -> tuple[int, ...]:
+    if bands is not None:
+        bad = [b for b in bands if b > ds.count]
+        if bad:
+            raise SceneError(path, f"band(s) {bad} requested but the scene has only {ds.count} band(s)")
+        if len(bands) != in_channels:
+            raise SceneError(
+                path, f"{len(bands)} band(s) {list(bands)} selected but the model takes {in_channels}"
+            )
+        return tuple(int(b) for b in bands)
+    if ds.count == in_channels:
+        return tuple(range(1, ds.count + 1))
+    non_alpha = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci != ColorInterp.alpha]
+    if len(non_alpha) == in_channels:
+        return tuple(non_alpha)
+    hint = ", ".join(str(i) for i in range(1, min(in_channels, ds.count) + 1))
+    raise SceneError(
+        path,
+        f"has {ds.count} band(s) but the model takes {in_channels}; select bands explicitly "
+        f"(inference setting `bands: [{hint}]` or --bands {hint.replace(' ', '')})",
+    )
+
+
+def open_scene(
+    path: str | os.PathLike[str],
+    *,
+    in_channels: int,
+    bands: Sequence[int] | None = None,
+    max_pixels: int = 4_000_000_000,
+    use_nodata: bool = True,
+    stem: str | None = None,
+) -> SceneInfo:
+    """Open ``path`` with the driver allowlist and check everything a model run needs.
+
+    Reads only the header and, for the fingerprint, the first MiB of a local file.
+
+    Raises:
+        SceneError: naming the scene and the cause.
+    """
+    path = os.fspath(path)
+    if not is_remote(path):
+        _check_local_file(path)
+    try:
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+            ds = rasterio.open(path, driver=SCENE_DRIVER)
+    except RasterioError as exc:
+        raise SceneError(
+            path,
+            "cannot be opened as a GeoTIFF (only GTiff/COG files are read; VRT and other "
+            f"formats are refused): {exc}",
+        ) from None
+    with ds:
+        if ds.driver != SCENE_DRIVER:
+            raise SceneError(path, f"has driver {ds.driver}; only {SCENE_DRIVER} files are read")
+        w, h = ds.width, ds.height
+        if w * h > max_pixels:
+            raise SceneError(
+                path,
+                f"is {w} x {h} = {w * h:,} pixels, above the pixel budget of {max_pixels:,}; "
+                "raise `max_pixels` if this is intended",
+            )
+        if ds.crs is None:
+            raise SceneError(path, "has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:XXXX)")
+        if ds.transform == Affine.identity() and not ds.gcps[0]:
+            raise SceneError(path, "has no geotransform; the scene cannot be placed on the map")
+        if ds.transform.determinant == 0:
+            raise SceneError(path, f"has a degenerate geotransform {tuple(ds.transform)[:6]}")
+        dtypes = set(ds.dtypes)
+        if len(dtypes) != 1:
+            raise SceneError(path, f"mixes band data types {sorted(dtypes)}; convert to one type")
+        dtype = ds.dtypes[0]
+        if np.dtype(dtype).kind not in NUMERIC_KINDS:
+            raise SceneError(path, f"has data type {dtype}; the model takes integer or float bands")
+        chosen = _choose_bands(path, ds, in_channels, bands)
+        flags = [ds.mask_flag_enums[b - 1] for b in chosen]
+        has_mask = use_nodata and any(MaskFlags.all_valid not in f for f in flags)
+        epsg = ds.crs.to_epsg()
+        info = SceneInfo(
+            path=path,
+            stem=stem or _stem_for(path),
+            width=w,
+            height=h,
+            count=ds.count,
+            dtype=dtype,
+            crs_wkt=ds.crs.to_wkt(),
+            epsg=epsg,
+            transform=tuple(ds.transform)[:6],
+            bands=chosen,
+            nodata=ds.nodata,
+            has_mask=has_mask,
+            fingerprint="",
+        )
+    try:
+        fp = fingerprint(path)
+    except OSError as exc:
+        raise SceneError(path, f"cannot be read: {exc}") from None
+    return SceneInfo(**{**info.__dict__, "fingerprint": fp})

@@ -1,0 +1,80 @@
+"""Typed inference and output settings (the ``inference:`` section of configs).
+
+Every field documents its meaning and unit; ``configs/inference.yaml`` repeats them as
+comments. ``None`` means "take it from the checkpoint or the machine".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from geounet.config import StrictModel
+
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+OutputFormat = Literal["geojson", "gpkg", "probability", "quicklook"]
+ALL_FORMATS: tuple[OutputFormat, ...] = ("geojson", "gpkg", "probability", "quicklook")
+
+
+class InferenceSettings(StrictModel):
+    """How a scene is cut, inferred, thresholded, vectorized and written."""
+
+    # -- tiling --------------------------------------------------------------------------
+    tile_size: int | None = Field(None, ge=16, le=16384)
+    """Model input window, pixels per side (multiple of 2**depth). None: checkpoint's suggestion."""
+    halo: int | None = Field(None, ge=0, le=4096)
+    """Context pixels on each side of a tile's core. None: receptive-field radius, rounded up."""
+    tiles_per_block: int = Field(2, ge=1, le=16)
+    """Tiles per side of one Dask task (block): a block holds tiles_per_block**2 tiles."""
+    batch_size: int = Field(4, ge=1, le=1024)
+    """Tiles per forward pass."""
+    # -- compute -------------------------------------------------------------------------
+    device: Device = "auto"
+    """auto: CUDA when available, else CPU."""
+    precision: Precision = "auto"
+    """auto: bf16 where the device supports it (CUDA, or a CPU with AVX-512 BF16/AMX), else fp32."""
+    # -- input ---------------------------------------------------------------------------
+    bands: list[int] | None = None
+    """1-based scene band indexes fed to the model, in order. None: checkpoint's bands."""
+    use_nodata: bool = True
+    """Treat the scene's nodata value / mask as invalid (a pixel is invalid when all its bands are)."""
+    max_pixels: int = Field(4_000_000_000, ge=1)
+    """Refuse scenes with more pixels than this (width x height) before any work."""
+    # -- polygons ------------------------------------------------------------------------
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    """Per-class probability threshold in [0, 1]; missing classes use the checkpoint's (0.5)."""
+    simplify_m: float = Field(0.0, ge=0)
+    """Simplification tolerance in metres (topology-preserving); 0 keeps the pixel outline."""
+    min_area_m2: float = Field(0.0, ge=0)
+    """Drop polygons smaller than this area, square metres."""
+    fill_holes_m2: float = Field(0.0, ge=0)
+    """Fill holes smaller than this area, square metres."""
+    # -- outputs -------------------------------------------------------------------------
+    formats: list[OutputFormat] = Field(default_factory=lambda: list(ALL_FORMATS))
+    """Which outputs to write besides scene.json."""
+    quicklook_size: int = Field(1024, ge=64, le=8192)
+    """Longest side of quicklook.png, pixels."""
+
+    @field_validator("thresholds")
+    @classmethod
+    def _check_thresholds(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, t in v.items():
+            if not 0.0 <= float(t) <= 1.0:
+                raise ValueError(f"threshold for class {name!r} is {t}; it must lie in [0, 1]")
+        return v
+
+    @field_validator("bands")
+    @classmethod
+    def _check_bands(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(b < 1 for b in v)):
+            raise ValueError(f"bands {v} must be a non-empty list of 1-based band indexes")
+        return v
+
+    def fingerprint(self) -> str:
+        """Hash of every setting that changes outputs (resume compares it)."""
+        data = self.model_dump(mode="json")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,128 @@
+"""Shapes, modes, channels and dtypes of every UNet-family architecture, on tiny widths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geounet.errors import ModelInputError
+from geounet.models import create_model, list_models
+from geounet.models.base import SegmentationModel
+
+ARCHS = ["unet", "attention_unet", "resunet", "unet_plus_plus"]
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def test_all_architectures_registered() -> None:
+    assert set(ARCHS) <= set(list_models())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("depth", [2, 3, 4])
+@pytest.mark.parametrize("in_channels", [1, 4])
+def test_output_size_equals_input_size(arch: str, depth: int, in_channels: int) -> None:
+    # 21 x 35 is divisible by neither 4, 8 nor 16: padding, skips and crop must line up.
+    model = create_model(arch, in_channels=in_channels, width=2, depth=depth).eval()
+    assert isinstance(model, SegmentationModel)
+    with torch.no_grad():
+        y = model(torch.randn(2, in_channels, 21, 35))
+    assert y.shape == (2, 1, 21, 35)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_odd_scene_sized_input(arch: str) -> None:
+    model = create_model(arch, in_channels=1, width=2, depth=4).eval()
+    with torch.no_grad():
+        y = model(torch.randn(1, 1, 250, 333))
+    assert y.shape == (1, 1, 250, 333)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_one_pixel_input(arch: str) -> None:
+    model = create_model(arch, width=2, depth=3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 1, 1)).shape == (1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize(
+    ("mode", "classes", "expected"),
+    [
+        ("binary", ("building",), 1),
+        ("multilabel", ("building", "road"), 2),
+        ("multilabel", ("building", "road", "water"), 3),
+        ("multiclass", ("building", "road"), 3),
+    ],
+)
+def test_out_channels_and_probabilities(arch: str, mode: str, classes: tuple[str, ...], expected: int) -> None:
+    model = create_model(arch, classes=classes, mode=mode, width=2, depth=2).eval()  # type: ignore[arg-type]
+    x = torch.randn(2, 3, 13, 10) * 5
+    assert model(x).shape == (2, expected, 13, 10)
+    proba = model.predict_proba(x)
+    assert proba.shape == (2, expected, 13, 10)
+    assert proba.dtype == torch.float32
+    assert float(proba.min()) >= 0.0 and float(proba.max()) <= 1.0
+    if mode == "multiclass":
+        torch.testing.assert_close(proba.sum(dim=1), torch.ones(2, 13, 10))
+
+
+def test_default_unet_matches_the_paper() -> None:
+    model = create_model("unet")
+    n_params = sum(p.numel() for p in model.parameters())
+    assert round(n_params / 1e6, 2) == 31.04, n_params
+    assert model.encoder.channels == (64, 128, 256, 512, 1024)
+    bottleneck_convs = [m for m in model.encoder.stages[-1] if isinstance(m, torch.nn.Conv2d)]
+    assert bottleneck_convs[-1].out_channels == 1024
+    assert bottleneck_convs[0].in_channels == 512
+
+
+@pytest.mark.parametrize("width", [3, 8])
+@pytest.mark.parametrize("depth", [1, 2, 5])
+def test_unet_width_and_depth_set_the_channels(width: int, depth: int) -> None:
+    model = create_model("unet", width=width, depth=depth)
+    assert model.encoder.channels == tuple(width * 2**i for i in range(depth + 1))
+    assert len(model.decoder) == depth
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("bad", [1, 4])
+def test_wrong_channel_count_is_reported(arch: str, bad: int) -> None:
+    model = create_model(arch, in_channels=3, width=2, depth=2)
+    with pytest.raises(ModelInputError, match=rf"3 input bands, got {bad}"):
+        model(torch.zeros(1, bad, 8, 8))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_channels_last_matches_contiguous(arch: str) -> None:
+    model = create_model(arch, width=2, depth=3).eval()
+    x = torch.randn(2, 3, 19, 27)
+    with torch.no_grad():
+        expected = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        got = model(x.to(memory_format=torch.channels_last))
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bfloat16_autocast(arch: str) -> None:
+    model = create_model(arch, classes=("building", "road"), mode="multiclass", width=2, depth=3).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(torch.randn(1, 3, 19, 27))
+        proba = model.predict_proba(torch.randn(1, 3, 19, 27))
+    assert y.shape == (1, 3, 19, 27)
+    assert torch.isfinite(y.float()).all()
+    assert proba.dtype == torch.float32 and proba.shape == (1, 3, 19, 27)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_trains_one_step(arch: str) -> None:
+    model = create_model(arch, width=2, depth=2)
+    x = torch.randn(2, 3, 8, 8)
+    model(x).mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)

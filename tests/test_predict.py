@@ -1,0 +1,185 @@
+"""End to end: GeoTIFF -> Dask blocks -> stitched, merged, written, GIS-ready outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+from pyproj import Transformer
+from rasterio.features import shapes
+
+from geounet.pipeline import run_scenes
+from geounet.settings import InferenceSettings
+from tests.conftest import make_checkpoint, smooth_image, write_tif
+
+RECT = (60, 40, 130, 80)  # col0, row0, col1, row1 of the bright rectangle
+
+
+def _probe_scene(path: Path, crs: str, transform: Affine, bands: int = 3) -> Path:
+    img = np.zeros((bands, 150, 200), np.uint8)
+    c0, r0, c1, r1 = RECT
+    img[0, r0:r1, c0:c1] = 255
+    img[1:] = 90
+    return write_tif(path, img, crs=crs, transform=transform)
+
+
+def _expected_lonlat(crs: str, transform: Affine) -> shapely.Polygon:
+    c0, r0, c1, r1 = RECT
+    corners = [transform * (c, r) for c, r in [(c0, r0), (c1, r0), (c1, r1), (c0, r1)]]
+    tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    return shapely.Polygon([tr.transform(x, y) for x, y in corners])
+
+
+def _no_partials(folder: Path) -> None:
+    assert not [p for p in folder.rglob("*") if p.name.startswith(".partial")]
+
+
+CASES = {
+    "utm-north": ("EPSG:32633", Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0)),
+    "utm-south": ("EPSG:32733", Affine(0.5, 0, 300000.0, 0, -0.5, 7400000.0)),
+    "wgs84": ("EPSG:4326", Affine(0.000005, 0, 13.4, 0, -0.000005, 52.5)),
+    "rotated": ("EPSG:32633", Affine(0.45, 0.2, 500000.0, 0.2, -0.45, 4650000.0)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_forced_region_lands_at_the_right_lonlat(tmp_path: Path, dask_local, case: str) -> None:
+    crs, transform = CASES[case]
+    scene = _probe_scene(tmp_path / f"{case}.tif", crs, transform)
+    ckpt = make_checkpoint(tmp_path / "probe.safetensors", arch="probe", width=1, depth=4)
+    out = tmp_path / "out"
+    res = run_scenes([str(scene)], ckpt, out, InferenceSettings(tile_size=64, halo=0, tiles_per_block=1),
+                     client=dask_local, progress=False)
+    assert [r.status for r in res] == ["success"], res[0].error
+    folder = out / case
+    _no_partials(out)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["buildings.geojson", "roads.geojson", "polygons.gpkg", "probability.tif", "quicklook.png", "scene.json"])
+
+    # GeoJSON: RFC 7946 lon/lat, CCW exterior, properties
+    doc = json.loads((folder / "buildings.geojson").read_text())
+    assert "crs" not in doc and len(doc["features"]) == 1
+    feat = doc["features"][0]
+    props = feat["properties"]
+    assert set(props) >= {"class", "score", "area_m2", "scene", "model"}
+    assert props["class"] == "building" and props["scene"] == case and props["score"] > 0.99
+    geom = shapely.geometry.shape(feat["geometry"])
+    expected = _expected_lonlat(crs, transform)
+    assert geom.is_valid and shapely.is_ccw(geom.exterior)
+    assert geom.symmetric_difference(expected).area <= expected.area * 1e-4
+    assert shapely.hausdorff_distance(geom, expected) < 2e-7  # about 2 cm
+    # area: 70 x 40 pixels of the transform's area
+    px_area = abs(transform.determinant)
+    if crs != "EPSG:4326":
+        assert props["area_m2"] == pytest.approx(70 * 40 * px_area, rel=1e-6)
+    else:
+        from pyproj import Geod
+
+        ref = abs(Geod(ellps="WGS84").geometry_area_perimeter(expected)[0])
+        assert props["area_m2"] == pytest.approx(ref, rel=1e-3)
+
+    # GeoPackage in the scene CRS, exact pixel outline
+    layers = {name for name, _ in pyogrio.list_layers(folder / "polygons.gpkg")}
+    assert layers == {"buildings", "roads"}
+    gdf = gpd.read_file(folder / "polygons.gpkg", layer="buildings")
+    assert gdf.crs.to_epsg() == int(crs.split(":")[1])
+    c0, r0, c1, r1 = RECT
+    want = shapely.Polygon([transform * (c, r) for c, r in [(c0, r0), (c1, r0), (c1, r1), (c0, r1)]])
+    assert gdf.geometry.iloc[0].symmetric_difference(want).area < 1e-6 * want.area
+
+    # COG on the scene grid
+    with rasterio.open(folder / "probability.tif") as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert ds.crs.to_string() == crs and ds.transform.almost_equals(transform)
+        assert ds.count == 2 and ds.dtypes[0] == "uint8" and ds.is_tiled
+        p = ds.read(1)
+        assert p[r0:r1, c0:c1].min() == 255 and p[:r0].max() == 0
+
+    rec = json.loads((folder / "scene.json").read_text())
+    assert rec["status"] == "success" and rec["polygons"] == {"building": 1, "road": 1}
+    from PIL import Image
+
+    im = np.asarray(Image.open(folder / "quicklook.png"))
+    assert im.shape == (150, 200, 3)
+    assert ((im[..., 0] == 255) & (im[..., 1] == 48)).any(), "building outlines are drawn"
+
+
+def test_tiled_polygons_equal_whole_mask_polygons(tmp_path: Path, dask_local) -> None:
+    """Blocks + seam merge == polygonizing the whole thresholded mask (same polygons and holes)."""
+    import torch
+
+    from geounet.checkpoint import load_checkpoint
+    from geounet.infer import prepare_input, read_window, run_model
+    from geounet.pipeline import ModelInfo
+    from geounet.scenes import open_scene
+    from rasterio.windows import Window
+
+    t = Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0)
+    scene = write_tif(tmp_path / "s.tif", smooth_image((3, 250, 333), seed=7), transform=t)
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", width=4, depth=3, seed=3)
+    model = load_checkpoint(ckpt)
+    info = open_scene(scene, in_channels=3)
+    raw, valid = read_window(info, Window(0, 0, info.width, info.height))
+    x = prepare_input(raw, valid, ModelInfo.from_checkpoint(ckpt).normalization)
+    whole = run_model(model, x, device=torch.device("cpu"), dtype=torch.float32).numpy()[0][0]
+    thr = float(np.quantile(whole, 0.6))
+    mask = whole >= thr
+    expected = [shapely.geometry.shape(g) for g, v in shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=t)]
+    assert len(expected) > 10
+
+    s = InferenceSettings(tile_size=160, tiles_per_block=1, precision="fp32", thresholds={"building": thr},
+                          formats=["gpkg"])
+    res = run_scenes([str(scene)], ckpt, tmp_path / "out", s, client=dask_local, progress=False)
+    assert res[0].status == "success", res[0].error
+    got = list(gpd.read_file(tmp_path / "out" / "s" / "polygons.gpkg", layer="buildings").geometry)
+    assert len(got) == len(expected)
+    tree = shapely.STRtree(got)
+    for e in expected:
+        cands = [got[i] for i in tree.query(e)]
+        assert any(c.equals(e) and len(c.interiors) == len(e.interiors) for c in cands)
+
+
+def test_resume_skips_complete_scenes_and_force_recomputes(tmp_path: Path, dask_local) -> None:
+    scene = _probe_scene(tmp_path / "a.tif", *CASES["utm-north"])
+    ckpt = make_checkpoint(tmp_path / "probe.safetensors", arch="probe", width=1, depth=4)
+    s = InferenceSettings(tile_size=64, halo=0, formats=["geojson"])
+    out = tmp_path / "out"
+    assert run_scenes([str(scene)], ckpt, out, s, client=dask_local, progress=False)[0].status == "success"
+    first = (out / "a" / "scene.json").read_text()
+    assert run_scenes([str(scene)], ckpt, out, s, client=dask_local, progress=False)[0].status == "skipped"
+    assert (out / "a" / "scene.json").read_text() == first
+    changed = s.model_copy(update={"min_area_m2": 1.0})
+    assert run_scenes([str(scene)], ckpt, out, changed, client=dask_local, progress=False)[0].status == "success"
+    assert run_scenes([str(scene)], ckpt, out, changed, client=dask_local, progress=False, force=True)[0].status == "success"
+
+
+def test_bad_scene_fails_alone_and_leaves_no_finished_output(tmp_path: Path, dask_local) -> None:
+    good = _probe_scene(tmp_path / "good.tif", *CASES["utm-north"])
+    bad = tmp_path / "bad.tif"
+    bad.write_text("<html>not a tiff</html>")
+    nocrs = write_tif(tmp_path / "nocrs.tif", np.zeros((3, 20, 20), np.uint8), crs=None)
+    ckpt = make_checkpoint(tmp_path / "probe.safetensors", arch="probe", width=1, depth=4)
+    res = run_scenes([str(bad), str(good), str(nocrs)], ckpt, tmp_path / "out",
+                     InferenceSettings(tile_size=64, halo=0), client=dask_local, progress=False)
+    assert [r.status for r in res] == ["failed", "success", "failed"]
+    assert "bad.tif" in res[0].error and "GeoTIFF" in res[0].error
+    assert "nocrs.tif" in res[2].error and "no CRS" in res[2].error
+    assert not (tmp_path / "out" / "bad" / "scene.json").exists()
+    assert (tmp_path / "out" / "good" / "scene.json").exists()
+
+
+def test_all_nodata_scene_gives_empty_feature_collection(tmp_path: Path, dask_local) -> None:
+    scene = write_tif(tmp_path / "empty.tif", np.full((3, 40, 50), 255, np.uint8), nodata=255)
+    ckpt = make_checkpoint(tmp_path / "probe.safetensors", arch="probe", width=1, depth=4)
+    res = run_scenes([str(scene)], ckpt, tmp_path / "out", InferenceSettings(tile_size=64, halo=0),
+                     client=dask_local, progress=False)
+    assert res[0].status == "success", res[0].error
+    doc = json.loads((tmp_path / "out" / "empty" / "buildings.geojson").read_text())
+    assert doc["type"] == "FeatureCollection" and doc["features"] == []

@@ -84,7 +84,9 @@ __all__ = [
 DEFAULT_CLASSES: Mapping[str, str] = {"building": "Building", "road": "Road"}
 
 #: Vector file extensions recognised when a folder is scanned for scenes.
-VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb", ".gml", ".kml")
+#: (``.json`` is left out: geounet writes ``run.json`` and ``scene.json`` next to its outputs;
+#: a ``.json`` vector file can still be named explicitly.)
+VECTOR_SUFFIXES = (".geojson", ".gpkg", ".shp", ".fgb", ".gml", ".kml")
 #: Raster extensions tried for ``<stem>.tif`` next to the truth files.
 RASTER_SUFFIXES = (".tif", ".tiff")
 #: File names of one scene in geounet's output layout (``OUT/<scene>/...``).
@@ -187,7 +189,9 @@ class MatchResult:
         rs = list(results)
         thresholds = {r.iou_threshold for r in rs}
         if len(thresholds) > 1:
-            raise ConfigError(f"cannot combine building results made with different IoU thresholds {sorted(thresholds)}")
+            raise ConfigError(
+                f"cannot combine building results made with different IoU thresholds {sorted(thresholds)}"
+            )
         return cls(
             tp=sum(r.tp for r in rs),
             fp=sum(r.fp for r in rs),
@@ -504,7 +508,7 @@ class RasterGrid:
     def footprint(self) -> shapely.Polygon:
         """The grid's outline as a polygon in its CRS (exact also for rotated transforms)."""
         t = self.transform
-        corners = [t * (0, 0), t * (self.width, 0), t * (self.width, self.height), t * (0, self.height)]
+        corners = [t @ (0, 0), t @ (self.width, 0), t @ (self.width, self.height), t @ (0, self.height)]
         return shapely.Polygon(corners)
 
     def windows(self, size: int) -> Iterator[rasterio.windows.Window]:
@@ -546,6 +550,11 @@ def windowed_pixel_counts(
     """
     prepared: dict[str, tuple[np.ndarray, shapely.STRtree | None, np.ndarray, shapely.STRtree | None]] = {}
     for name, (pred, truth) in layers.items():
+        for what, g in (("predictions", pred), ("truth", truth)):
+            g_crs = getattr(g, "crs", None)
+            if g_crs is not None and CRS.from_user_input(g_crs) != grid.crs:
+                raise ConfigError(f"{name} {what} are in {CRS.from_user_input(g_crs).to_string()} but the grid is in "
+                                  f"{grid.crs.to_string()}; reproject them to the grid's CRS first")
         pa = _polygonal(_geometry_array(pred, f"{name} predictions"))
         ta = _polygonal(_geometry_array(truth, f"{name} truth"))
         pa = pa[~shapely.is_empty(pa)]
@@ -561,8 +570,8 @@ def windowed_pixel_counts(
                 raise SceneReadError(grid.mask_path, f"cannot be opened to read its valid-pixel mask: {exc}") from None
         for win in grid.windows(window_size):
             shape = (int(win.height), int(win.width))
-            wt = rasterio.windows.transform(win, grid.transform)
-            box = shapely.Polygon([wt * (0, 0), wt * (shape[1], 0), wt * (shape[1], shape[0]), wt * (0, shape[0])])
+            wt = grid.transform @ Affine.translation(win.col_off, win.row_off)
+            box = shapely.Polygon([wt @ (0, 0), wt @ (shape[1], 0), wt @ (shape[1], shape[0]), wt @ (0, shape[0])])
             valid = None
             if src is not None:
                 try:
@@ -726,7 +735,8 @@ def _apls_direction(src: _SkeletonGraph, src_pts: np.ndarray, dst: _SkeletonGrap
         ld[np.ix_(fi, fi)] = lu[np.ix_(inv, inv)]
     l_dst = ld[iu]
     with np.errstate(invalid="ignore"):
-        penalty = np.where(np.isfinite(l_dst), np.minimum(1.0, np.abs(l_src - l_dst) / np.where(l_src > 0, l_src, 1)), 1.0)
+        rel = np.abs(l_src - l_dst) / np.where(l_src > 0, l_src, 1.0)
+        penalty = np.where(np.isfinite(l_dst), np.minimum(1.0, rel), 1.0)
     return float(1.0 - penalty[pair_ok].mean()), int(pair_ok.sum())
 
 
@@ -747,7 +757,7 @@ class TopologyParams:
     spacing_m: float = 20.0
     snap_m: float | None = None
     max_points: int = 200
-    max_pixels: int = 100_000_000
+    max_pixels: int = 40_000_000
 
     def __post_init__(self) -> None:
         if not self.pixel_m > 0:
@@ -931,13 +941,14 @@ class SceneVectors:
         for role in ("buildings", "roads", "road_centerlines"):
             parts = [s for s in (getattr(self, role), getattr(other, role)) if s is not None]
             if parts:
-                setattr(out, role, _concat([_to_crs(s, crs, role) for s in parts], crs))
+                what = f"{role} of {', '.join(self.sources + other.sources) or 'the data'}"
+                setattr(out, role, _concat([_to_crs(s, crs, what) for s in parts], crs))
         return out
 
     def to_crs(self, crs: CRS) -> SceneVectors:
         out = SceneVectors(sources=list(self.sources))
         for role, s in self.layers().items():
-            setattr(out, role, _to_crs(s, crs, role))
+            setattr(out, role, _to_crs(s, crs, f"{role} of {', '.join(self.sources) or 'the data'}"))
         return out
 
     def has_roads(self) -> bool:
@@ -1136,7 +1147,8 @@ def read_vectors(
         named = {n: _role_from_name(n) for n in names}
         recognised = {n: r for n, r in named.items() if r is not None}
         if len(names) > 1 and recognised:
-            return _merge_all([_split_by_geometry(_read_layer(p, n).geometry, r, f"{p}:{n}") for n, r in recognised.items()])
+            return _merge_all([_split_by_geometry(_read_layer(p, n).geometry, r, f"{p}:{n}")
+                               for n, r in recognised.items()])
         if len(names) > 1:
             raise ConfigError(
                 f"{p} has layers {', '.join(names)} and none is named buildings/roads/road_centerlines; "
@@ -1311,7 +1323,8 @@ def evaluate_scene(
         pred_layer: layer of a prediction file, if it has several.
         road_width_m: width of centerline roads, metres.
         iou_threshold: minimum IoU of a building match.
-        min_area_m2: buildings smaller than this (after clipping) are ignored on both sides.
+        min_area_m2: buildings smaller than this (after clipping) are ignored on both sides
+            of the building F1 (pixel metrics count every pixel).
         pixel_size_m: grid pixel size without raster, metres; ``None`` skips pixel metrics then.
         window_size: pixels per side of the rasterization windows.
         topology: road topology settings; ``None`` skips it.
@@ -1335,14 +1348,15 @@ def evaluate_scene(
     pv, tv = pv.to_crs(crs), tv.to_crs(crs)
 
     if grid is not None:
-        fp = gpd.GeoSeries([shapely.segmentize(grid.footprint, max(grid.width, grid.height) / 16 * abs(grid.transform.a))],
-                           crs=grid.crs).to_crs(crs).iloc[0]
+        # Densified so that the outline stays right after reprojection (e.g. a WGS84 raster).
+        outline = shapely.segmentize(grid.footprint, grid.footprint.length / 256)
+        fp = gpd.GeoSeries([outline], crs=grid.crs).to_crs(crs).iloc[0]
         for sc in (pv, tv):
             for role in ("buildings", "roads", "road_centerlines"):
                 setattr(sc, role, _clip(getattr(sc, role), fp))
 
     result: dict[str, Any] = {
-        "scene": scene or (Path(tv.sources[0].split(":")[0]).stem if tv.sources else "scene"),
+        "scene": scene or (_scene_stem(Path(tv.sources[0].rsplit(":", 1)[0])) if tv.sources else "scene"),
         "pred": pv.sources,
         "truth": tv.sources,
         "raster": str(raster) if isinstance(raster, (str, Path)) else None,
@@ -1374,7 +1388,8 @@ def evaluate_scene(
         layers: dict[str, tuple[Any, Any]] = {}
         if tv.buildings is not None:
             pb = pv.buildings if pv.buildings is not None else gpd.GeoSeries([], crs=crs)
-            layers["building"] = (_to_crs(pb, pixel_grid.crs, "buildings"), _to_crs(tv.buildings, pixel_grid.crs, "buildings"))
+            layers["building"] = (_to_crs(pb, pixel_grid.crs, "buildings"),
+                                  _to_crs(tv.buildings, pixel_grid.crs, "buildings"))
         if t_roads is not None and p_roads is not None:
             layers["road"] = (_to_crs(p_roads, pixel_grid.crs, "roads"), _to_crs(t_roads, pixel_grid.crs, "roads"))
         counts = windowed_pixel_counts(layers, pixel_grid, window_size=window_size)
@@ -1431,7 +1446,9 @@ def _find_raster(stem: str, folders: Iterable[Path]) -> Path | None:
     return None
 
 
-def pair_scenes(pred: str | Path, truth: str | Path, raster: str | Path | None = None) -> tuple[list[ScenePair], list[str]]:
+def pair_scenes(
+    pred: str | Path, truth: str | Path, raster: str | Path | None = None
+) -> tuple[list[ScenePair], list[str]]:
     """Pair predictions with truth, by scene stem; returns the pairs and unmatched prediction stems.
 
     Layouts understood:

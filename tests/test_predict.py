@@ -73,7 +73,7 @@ def test_forced_region_lands_at_the_right_lonlat(tmp_path: Path, dask_local, cas
     geom = shapely.geometry.shape(feat["geometry"])
     expected = _expected_lonlat(crs, transform)
     assert geom.is_valid and shapely.is_ccw(geom.exterior)
-    assert geom.symmetric_difference(expected).area <= expected.area * 1e-4
+    assert geom.symmetric_difference(expected).area <= expected.area * 2e-3  # 7-decimal rounding
     assert shapely.hausdorff_distance(geom, expected) < 2e-7  # about 2 cm
     # area: 70 x 40 pixels of the transform's area
     px_area = abs(transform.determinant)
@@ -108,7 +108,10 @@ def test_forced_region_lands_at_the_right_lonlat(tmp_path: Path, dask_local, cas
 
     im = np.asarray(Image.open(folder / "quicklook.png"))
     assert im.shape == (150, 200, 3)
-    assert ((im[..., 0] == 255) & (im[..., 1] == 48)).any(), "building outlines are drawn"
+    # both classes share the probe's outline; roads are drawn last, in yellow
+    c0, r0, c1, r1 = RECT
+    assert tuple(im[r0, (c0 + c1) // 2]) == (255, 214, 0), "class outlines are drawn on the quicklook"
+    assert tuple(im[(r0 + r1) // 2, (c0 + c1) // 2]) != (255, 214, 0)
 
 
 def test_tiled_polygons_equal_whole_mask_polygons(tmp_path: Path, dask_local) -> None:
@@ -129,7 +132,7 @@ def test_tiled_polygons_equal_whole_mask_polygons(tmp_path: Path, dask_local) ->
     raw, valid = read_window(info, Window(0, 0, info.width, info.height))
     x = prepare_input(raw, valid, ModelInfo.from_checkpoint(ckpt).normalization)
     whole = run_model(model, x, device=torch.device("cpu"), dtype=torch.float32).numpy()[0][0]
-    thr = float(np.quantile(whole, 0.6))
+    thr = float(np.quantile(whole, 0.5))
     mask = whole >= thr
     expected = [shapely.geometry.shape(g) for g, v in shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=t)]
     assert len(expected) > 10

@@ -7,7 +7,7 @@ Pure functions, no I/O. Defaults:
   when left out it is ``0.5 / 111320`` degrees (about 4.49e-6 deg), i.e. 0.5 m north-south
   and ``0.5 * cos(latitude)`` m east-west -- pixels stay square in degrees.
 * origin (upper-left corner): the scene is centred on the centre of the CRS's area of use
-  (latitude clamped to +-60 deg); a CRS valid world-wide (EPSG:4326) is centred on
+  (latitude clamped to +-60 deg); a CRS valid world-wide (EPSG:4326, EPSG:3857) is centred on
   15 deg E, 48 deg N. A projected origin is snapped to whole pixels.
 """
 
@@ -64,9 +64,15 @@ def _metres_per_unit(crs: CRS) -> float:
     return float(factor) if factor else 1.0
 
 
+def _proj(crs: CRS) -> ProjCRS:
+    # An EPSG code keeps the area of use, which GDAL's WKT1 export drops.
+    epsg = crs.to_epsg()
+    return ProjCRS.from_epsg(epsg) if epsg else ProjCRS.from_wkt(crs.to_wkt())
+
+
 def _default_lonlat(crs: CRS) -> tuple[float, float]:
-    area = ProjCRS.from_wkt(crs.to_wkt()).area_of_use
-    if area is None or (area.east - area.west >= 359.0 and area.north - area.south >= 179.0):
+    area = _proj(crs).area_of_use
+    if area is None or area.east - area.west >= 359.0:  # world-wide: EPSG:4326, EPSG:3857
         return WORLD_DEFAULT_LONLAT
     west, east = area.west, area.east
     if east < west:  # crosses the antimeridian
@@ -98,7 +104,7 @@ def make_grid(width: int, height: int, crs: str | CRS, resolution: float | None,
         if geographic:
             cx, cy = lon, lat
         else:
-            to_crs = Transformer.from_crs("EPSG:4326", ProjCRS.from_wkt(parsed.to_wkt()), always_xy=True)
+            to_crs = Transformer.from_crs("EPSG:4326", _proj(parsed), always_xy=True)
             cx, cy = to_crs.transform(lon, lat)
         x0 = cx - width * resolution / 2
         y0 = cy + height * resolution / 2

@@ -45,7 +45,7 @@ WIDTH_M = {LOCAL: (6.0, 8.5), MAIN: (10.0, 14.0), DEAD_END: (6.0, 7.0)}
 # --- building model ---------------------------------------------------------------------
 HOUSE, L_SHAPE, T_SHAPE, TERRACE, LARGE = 0, 1, 2, 3, 4
 BUILDING_KINDS = ("house", "l_shape", "t_shape", "terrace", "large")
-KIND_PROBABILITY = (0.44, 0.2, 0.09, 0.15, 0.12)
+KIND_PROBABILITY = (0.49, 0.2, 0.09, 0.1, 0.12)
 FRONTAGE_M = {HOUSE: (8.0, 15.0), L_SHAPE: (10.0, 18.0), T_SHAPE: (13.0, 22.0), LARGE: (20.0, 40.0)}
 DEPTH_M = {HOUSE: (8.0, 13.0), L_SHAPE: (11.0, 18.0), T_SHAPE: (11.0, 18.0), TERRACE: (9.0, 13.0), LARGE: (14.0, 28.0)}
 HEIGHT_M = {HOUSE: (4.0, 8.0), L_SHAPE: (4.0, 8.0), T_SHAPE: (5.0, 9.0), TERRACE: (6.0, 9.0), LARGE: (7.0, 14.0)}
@@ -85,6 +85,10 @@ TREE_HEIGHT_M = (5.0, 13.0)
 TREE_CLEARANCE_M = 0.8  # crown edge -> road or building
 TREE_BUCKET_PX = 256  # spatial buckets for finding the trees of a window
 
+# Truth pieces smaller than this (slivers cut by the scene edge) are dropped -- and, since
+# only truth polygons are painted, they are not painted either.
+MIN_TRUTH_AREA_M2 = 2.0
+
 
 @dataclass
 class Roads:
@@ -96,7 +100,7 @@ class Roads:
     line_road: np.ndarray
     width_px: np.ndarray
     kind: np.ndarray
-    keepout: np.ndarray  # unclipped road polygons: buildings and trees keep clear of these
+    keepout: np.ndarray  # unclipped road polygons, used while placing buildings and trees, then emptied
     dashes: np.ndarray  # lane-marking polygons on main roads (painted only on road pixels)
     centre_xy: np.ndarray  # (roads, CURVE_SAMPLES, 2) centreline samples, unclipped
 
@@ -251,9 +255,9 @@ def road_network(rng: np.random.Generator, width: int, height: int, valid: tuple
     inside = ((xy[..., 0] > -pad) & (xy[..., 0] < width + pad) & (xy[..., 1] > -pad) & (xy[..., 1] < height + pad)).any(1)
     xy, kind, width_px = xy[inside], kind[inside], width_px[inside]
     centre = shapely.linestrings(xy)
-    keepout = shapely.buffer(centre, width_px / 2, quad_segs=8)
+    keepout = shapely.buffer(centre, width_px / 2, quad_segs=4)
 
-    pieces, piece_road = _connected_pieces(keepout, valid)
+    pieces, piece_road = _connected_pieces(keepout, valid, MIN_TRUTH_AREA_M2 / gsd**2)
     lines, line_road = _centrelines(centre, pieces, piece_road, valid)
     dashes = _dashes(xy, kind, gsd, keep_roads=np.unique(piece_road))
     return Roads(pieces=pieces, piece_road=piece_road, lines=lines, line_road=line_road,
@@ -264,13 +268,14 @@ def _valid_box(valid: tuple[int, int, int, int]) -> shapely.Polygon:
     return shapely.box(*valid)
 
 
-def _connected_pieces(polygons: np.ndarray, valid: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _connected_pieces(polygons: np.ndarray, valid: tuple[int, int, int, int],
+                      min_area: float) -> tuple[np.ndarray, np.ndarray]:
     """Clip road polygons to the valid area and keep the largest connected network."""
     clipped = shapely.intersection(polygons, _valid_box(valid))
     parts, road = shapely.get_parts(clipped, return_index=True)
     poly = shapely.get_type_id(parts) == shapely.GeometryType.POLYGON.value
     parts, road = parts[poly], road[poly]
-    good = shapely.area(parts) > 0.5
+    good = shapely.area(parts) >= min_area
     parts, road = parts[good], road[good]
     if len(parts) == 0:
         return parts, road
@@ -413,7 +418,7 @@ def place_buildings(rng: np.random.Generator, roads: Roads, width: int, height: 
     height_px, flat = _share_in_group(group, height_px), _share_in_group(group, flat)
     roof = _roof_colours(rng, flat, group)
 
-    truth, truth_building = _clip_truth(polys, valid)
+    truth, truth_building = _clip_truth(polys, valid, MIN_TRUTH_AREA_M2 * metre**2)
     return Buildings(truth=truth, truth_building=truth_building, cx=cx[b], cy=cy[b], tx=tx[b], ty=ty[b],
                      nx=nx[b], ny=ny[b], parts=parts, n_parts=n_parts, kind=bkind.astype(np.int8),
                      group=group, height_px=height_px, flat=flat, roof=roof)
@@ -552,7 +557,7 @@ def _roof_colours(rng: np.random.Generator, flat: np.ndarray, group: np.ndarray)
     return np.clip(out, 0.02, 0.98)
 
 
-def _clip_truth(polys: np.ndarray, valid: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _clip_truth(polys: np.ndarray, valid: tuple[int, int, int, int], min_area: float) -> tuple[np.ndarray, np.ndarray]:
     """Footprints clipped to the valid area, as single Polygons (a cut building may split)."""
     box = _valid_box(valid)
     inside = shapely.within(polys, box)
@@ -561,7 +566,7 @@ def _clip_truth(polys: np.ndarray, valid: tuple[int, int, int, int]) -> tuple[np
     if len(cut):
         clipped[cut] = shapely.intersection(polys[cut], box)
     parts, owner = shapely.get_parts(clipped, return_index=True)
-    good = (shapely.get_type_id(parts) == shapely.GeometryType.POLYGON.value) & (shapely.area(parts) > 0)
+    good = (shapely.get_type_id(parts) == shapely.GeometryType.POLYGON.value) & (shapely.area(parts) >= min_area)
     return parts[good], owner[good]
 
 
@@ -647,6 +652,7 @@ def build_layout(*, width: int, height: int, valid: tuple[int, int, int, int], g
     roads = road_network(road_rng, width, height, valid, gsd, road_spacing_m)
     buildings = place_buildings(building_rng, roads, width, height, valid, gsd, building_density)
     trees = plant_trees(tree_rng, roads, buildings, width, height, gsd, tree_density)
+    roads.keepout = np.array([], dtype=object)  # only needed while placing; frees memory
     # Shadows fall to one side per scene: 0.35-0.7 m of shadow per metre of height.
     azimuth = sun_rng.uniform(0, 2 * math.pi)
     length = sun_rng.uniform(0.35, 0.7)

@@ -1,0 +1,272 @@
+"""Post-merge polygon processing in metres: world coordinates, areas, holes, simplification.
+
+Runs on the client after :func:`geounet.vectorize.merge_seams`, on polygons in scene pixel
+coordinates (x = column, y = row). Everything here depends only on the merged polygons and
+the scene's georeferencing, never on the block grid, so the output is the same whatever
+block size a run used.
+
+Units: tolerances and areas are in metres and square metres. Projected CRSs are measured
+in the plane (CRS units times the unit's length in metres, e.g. US survey feet); geographic
+CRSs geodesically on the CRS's ellipsoid (``pyproj.Geod``). World coordinates follow the
+raster convention of GDAL and rasterio: x is easting or longitude, y northing or latitude,
+whatever axis order the CRS's definition declares.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import shapely
+from pyproj import CRS
+from rasterio.transform import Affine
+
+from geounet.errors import ConfigError
+
+__all__ = ["WorldPolygons", "areas_m2", "pixel_size_m", "postprocess", "to_world"]
+
+
+class WorldPolygons(NamedTuple):
+    """Output of :func:`postprocess`, one row per kept polygon."""
+
+    geoms: np.ndarray  #: polygons (or multipolygons after simplification) in the scene CRS
+    area_m2: np.ndarray  #: float64, area of each output geometry in square metres
+    score: np.ndarray  #: float64, mean probability of the polygon's pixels (before simplifying)
+    pixel_count: np.ndarray  #: int64, pixels of the polygon before any processing
+
+
+# --------------------------------------------------------------------------- coercion
+
+
+def _as_affine(affine: Affine | Sequence[float]) -> Affine:
+    """An :class:`affine.Affine` or its first six coefficients ``(a, b, c, d, e, f)``."""
+    values = tuple(affine)
+    if len(values) not in (6, 9):
+        raise ValueError(f"affine must have 6 coefficients (a, b, c, d, e, f), got {len(values)}")
+    coerced = Affine(*(float(v) for v in values[:6]))
+    if coerced.determinant == 0 or not all(math.isfinite(v) for v in values[:6]):
+        raise ValueError(f"affine {tuple(values[:6])} is degenerate or not finite")
+    return coerced
+
+
+def _as_crs(crs: Any) -> CRS:
+    """A pyproj CRS from anything pyproj understands (rasterio CRS, EPSG string, WKT)."""
+    if crs is None:
+        raise ValueError("a CRS is needed to measure in metres, got None")
+    if isinstance(crs, CRS):
+        return crs
+    if hasattr(crs, "to_wkt"):
+        return CRS.from_wkt(crs.to_wkt())
+    return CRS.from_user_input(crs)
+
+
+def _unit_factor(crs: CRS) -> float:
+    """Length of one unit of the first horizontal axis: metres (projected) or radians."""
+    axes = crs.axis_info
+    if not axes and crs.is_compound:
+        axes = crs.sub_crs_list[0].axis_info
+    if not axes or not axes[0].unit_conversion_factor:
+        raise ValueError(f"cannot tell the linear unit of CRS {crs.name!r}")
+    return float(axes[0].unit_conversion_factor)
+
+
+def _degrees_per_unit(crs: CRS) -> float:
+    """Geographic CRS: how many degrees one coordinate unit is (1 for degrees)."""
+    return _unit_factor(crs) / (math.pi / 180.0)
+
+
+def _check_option(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def to_world(geoms: Any, affine: Affine | Sequence[float]) -> np.ndarray:
+    """Pixel coordinates (x = column, y = row) -> scene CRS with the full 6-coefficient affine.
+
+    Rotated and sheared transforms are applied exactly (``x' = a x + b y + c``,
+    ``y' = d x + e y + f``). A north-up transform (negative ``e``) mirrors the plane, so
+    ring orientation flips; writers fix winding where a format requires it.
+    """
+    t = _as_affine(affine)
+    a, b, c, d, e, f = t.a, t.b, t.c, t.d, t.e, t.f
+
+    def apply(xy: np.ndarray) -> np.ndarray:
+        x, y = xy[:, 0], xy[:, 1]
+        return np.column_stack([a * x + b * y + c, d * x + e * y + f])
+
+    return shapely.transform(np.asarray(geoms, dtype=object), apply)
+
+
+def pixel_size_m(affine: Affine | Sequence[float], crs: Any, center_xy: tuple[float, float]) -> float:
+    """Side in metres of a square with one pixel's area, at ``center_xy`` (scene CRS).
+
+    Projected CRS: ``sqrt(|det|)`` of the affine times the unit's length (so feet are
+    converted). Geographic CRS: the pixel's two sides are measured geodesically from the
+    centre (lon, lat), and the area of the parallelogram they span gives the size; on
+    square-in-degrees pixels away from the equator this is the geometric mean of the
+    east-west and north-south extents.
+    """
+    t = _as_affine(affine)
+    crs = _as_crs(crs)
+    if not crs.is_geographic:
+        return math.sqrt(abs(t.determinant)) * _unit_factor(crs)
+    geod = crs.get_geod()
+    if geod is None:
+        raise ValueError(f"geographic CRS {crs.name!r} has no ellipsoid")
+    k = _degrees_per_unit(crs)
+    lon, lat = float(center_xy[0]) * k, float(center_xy[1]) * k
+    az_col, _, d_col = geod.inv(lon, lat, lon + t.a * k, lat + t.d * k)
+    az_row, _, d_row = geod.inv(lon, lat, lon + t.b * k, lat + t.e * k)
+    return math.sqrt(d_col * d_row * abs(math.sin(math.radians(az_col - az_row))))
+
+
+def areas_m2(world_geoms: Any, crs: Any) -> np.ndarray:
+    """Area of each geometry in square metres (holes subtracted; empty or None -> 0).
+
+    Geographic CRS: geodesic area on the CRS's ellipsoid (``Geod.geometry_area_perimeter``,
+    one call per geometry). Projected: planar area times the squared unit length.
+    """
+    geoms = np.asarray(world_geoms, dtype=object)
+    crs = _as_crs(crs)
+    if not crs.is_geographic:
+        area = shapely.area(geoms) * _unit_factor(crs) ** 2
+        return np.nan_to_num(np.asarray(area, dtype=np.float64), nan=0.0)
+    geod = crs.get_geod()
+    if geod is None:
+        raise ValueError(f"geographic CRS {crs.name!r} has no ellipsoid")
+    k = _degrees_per_unit(crs)
+    if k != 1.0:
+        geoms = shapely.transform(geoms, lambda xy: xy * k)
+    # Counter-clockwise exteriors and clockwise holes: pyproj subtracts holes by sign.
+    oriented = shapely.orient_polygons(geoms, exterior_cw=False)
+    out = np.zeros(len(geoms), dtype=np.float64)
+    for i, g in enumerate(oriented):
+        if g is not None and not g.is_empty:
+            out[i] = abs(geod.geometry_area_perimeter(g)[0])
+    return out
+
+
+def _fill_holes(geoms: np.ndarray, max_area_m2: float, affine: Affine, crs: CRS) -> np.ndarray:
+    """Remove holes smaller than ``max_area_m2`` (measured in the world) from pixel polygons."""
+    with_holes = np.flatnonzero(shapely.get_num_interior_rings(geoms) > 0)
+    if len(with_holes) == 0:
+        return geoms
+    rings, owner = shapely.get_rings(geoms[with_holes], return_index=True)
+    is_shell = np.ones(len(rings), dtype=bool)
+    is_shell[1:] = owner[1:] != owner[:-1]
+    hole_area = np.full(len(rings), np.inf)
+    hole_area[~is_shell] = areas_m2(to_world(shapely.polygons(rings[~is_shell]), affine), crs)
+    keep = is_shell | (hole_area >= max_area_m2)
+    out = geoms.copy()
+    out[with_holes] = shapely.polygons(rings[keep], indices=owner[keep])
+    return out
+
+
+def _polygonal(geoms: np.ndarray) -> np.ndarray:
+    """Make every geometry valid, keeping only its polygonal parts (None when nothing is left)."""
+    invalid = np.flatnonzero(~shapely.is_valid(geoms))
+    if len(invalid) == 0:
+        return geoms
+    out = geoms.copy()
+    fixed = shapely.make_valid(geoms[invalid], method="structure", keep_collapsed=False)
+    for i, g in zip(invalid, fixed):
+        parts = [p for p in shapely.get_parts(g) if p.geom_type in ("Polygon", "MultiPolygon")]
+        flat = [q for p in parts for q in shapely.get_parts(p)]
+        if not flat:
+            out[i] = None
+        elif len(flat) == 1:
+            out[i] = flat[0]
+        else:
+            out[i] = shapely.multipolygons(flat)
+    return out
+
+
+def postprocess(
+    pixel_geoms: Any,
+    pixel_count: Any,
+    prob_sum: Any,
+    *,
+    affine: Affine | Sequence[float],
+    crs: Any,
+    simplify_m: float = 0.0,
+    min_area_m2: float = 0.0,
+    fill_holes_m2: float = 0.0,
+    scene_shape: tuple[int, int] | None = None,
+) -> WorldPolygons:
+    """Merged pixel polygons -> world polygons with area, score and pixel count.
+
+    Steps, in this order (all in metres, so independent of the block grid):
+
+    1. ``score = prob_sum / pixel_count``: the mean probability of the polygon's pixels.
+    2. Holes smaller than ``fill_holes_m2`` are filled.
+    3. Simplification with a tolerance of ``simplify_m`` metres, converted to pixels with
+       :func:`pixel_size_m` at the scene centre (topology-preserving; each ring is first
+       put in a canonical form, so equal shapes simplify equally whatever their vertex
+       order). A result that is not valid is repaired, keeping only polygonal parts.
+    4. Conversion to world coordinates; ``area_m2`` of the final geometry.
+    5. Geometries smaller than ``min_area_m2`` (or empty) are dropped.
+
+    Args:
+        pixel_geoms, pixel_count, prob_sum: from :class:`geounet.vectorize.Polygons`.
+        affine: the scene's pixel -> CRS transform.
+        crs: the scene's CRS (pyproj, rasterio, EPSG code or WKT).
+        simplify_m, min_area_m2, fill_holes_m2: 0 disables each step.
+        scene_shape: ``(height, width)`` in pixels; its centre is where the pixel size is
+            measured. Defaults to the centre of the polygons' extent.
+
+    Returns:
+        :class:`WorldPolygons` with the kept polygons, in input order.
+
+    Raises:
+        ConfigError: an option is negative or not finite.
+        ValueError: inputs of different lengths, a degenerate affine or an unusable CRS.
+    """
+    simplify_m = _check_option("simplify_m", simplify_m)
+    min_area_m2 = _check_option("min_area_m2", min_area_m2)
+    fill_holes_m2 = _check_option("fill_holes_m2", fill_holes_m2)
+    t = _as_affine(affine)
+    crs = _as_crs(crs)
+    geoms = np.asarray(pixel_geoms, dtype=object).reshape(-1)
+    count = np.asarray(pixel_count, dtype=np.int64).reshape(-1)
+    sums = np.asarray(prob_sum, dtype=np.float64).reshape(-1)
+    if not len(geoms) == len(count) == len(sums):
+        raise ValueError(
+            f"pixel_geoms, pixel_count and prob_sum differ in length: "
+            f"{len(geoms)}, {len(count)}, {len(sums)}"
+        )
+    if len(geoms) == 0:
+        empty = np.zeros(0, dtype=np.float64)
+        return WorldPolygons(np.empty(0, dtype=object), empty, empty.copy(), np.zeros(0, np.int64))
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(count > 0, sums / np.maximum(count, 1), np.nan)
+
+    if fill_holes_m2 > 0:
+        geoms = _fill_holes(geoms, fill_holes_m2, t, crs)
+
+    if simplify_m > 0:
+        if scene_shape is not None:
+            cx, cy = scene_shape[1] / 2.0, scene_shape[0] / 2.0
+        else:
+            x0, y0, x1, y1 = shapely.total_bounds(geoms)
+            cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+        center = t * (cx, cy)
+        tolerance_px = simplify_m / pixel_size_m(t, crs, center)
+        # Canonical rings (start at the lowest vertex, no collinear vertices), so that the
+        # same shape simplifies the same way however its rings were built.
+        canonical = shapely.normalize(shapely.simplify(shapely.normalize(geoms), 0.0, preserve_topology=False))
+        geoms = _polygonal(shapely.simplify(canonical, tolerance_px, preserve_topology=True))
+
+    world = to_world(geoms, t)
+    area = areas_m2(world, crs)
+    keep = ~shapely.is_missing(world) & ~shapely.is_empty(world) & (area >= min_area_m2)
+    if min_area_m2 == 0:
+        keep &= area > 0
+    return WorldPolygons(world[keep], area[keep], score[keep], count[keep])

@@ -5,9 +5,12 @@ sides, some with courtyards) and a few long roads that cross many blocks, then t
 
 * baseline: ``list(rasterio.features.shapes(mask, mask=mask, connectivity=4))`` on the whole
   mask (GeoJSON-like dicts, no per-polygon statistics);
-* blocked: :func:`geounet.vectorize.polygonize_block` summed over every block (label, shapes,
-  shapely polygons, pixel counts, probability sums, edge strips) plus
-  :func:`geounet.vectorize.merge_seams`.
+* blocked: :func:`geounet.vectorize.polygonize_block` summed over every block (shapes,
+  shapely polygons, regions, pixel counts, probability sums, edge strips) plus
+  :func:`geounet.vectorize.merge_seams`. Blocks are contiguous copies made beforehand, as
+  each worker holds its own core.
+
+``merge_union_s`` times the reference merge (``shapely.union_all`` per group) once.
 
 Prints one JSON object with the times (best of ``--repeat``) and ``ratio`` = blocked /
 baseline. Run from the repository root::
@@ -24,7 +27,7 @@ import time
 import numpy as np
 from rasterio.features import shapes
 
-from geounet.vectorize import merge_seams, polygonize_block
+from geounet.vectorize import BlockPolygons, merge_seams, polygonize_block
 
 
 def synthetic_mask(size: int, buildings: int, roads: int, seed: int) -> np.ndarray:
@@ -71,16 +74,16 @@ def split_blocks(
 
 def time_blocked(
     blocks: list[tuple[int, int, np.ndarray, np.ndarray | None]], height: int, width: int
-) -> tuple[float, float, int]:
+) -> tuple[float, float, list[BlockPolygons]]:
     t0 = time.perf_counter()
     parts = [
         polygonize_block(m, p, row_off=r, col_off=c, scene_height=height, scene_width=width)
         for r, c, m, p in blocks
     ]
     t1 = time.perf_counter()
-    merged = merge_seams(parts)
+    merge_seams(parts)
     t2 = time.perf_counter()
-    return t1 - t0, t2 - t1, len(merged)
+    return t1 - t0, t2 - t1, parts
 
 
 def main() -> None:
@@ -100,14 +103,18 @@ def main() -> None:
     blocks = split_blocks(mask, prob, args.block)
 
     baseline, vectorize, merge = [], [], []
-    n_whole = n_blocked = 0
+    n_whole = 0
     for _ in range(args.repeat):
         t0 = time.perf_counter()
         n_whole = len(list(shapes(mask_u8, mask=mask, connectivity=4)))
         baseline.append(time.perf_counter() - t0)
-        tv, tm, n_blocked = time_blocked(blocks, *mask.shape)
+        tv, tm, parts = time_blocked(blocks, *mask.shape)
         vectorize.append(tv)
         merge.append(tm)
+    n_blocked = len(merge_seams(parts))
+    t0 = time.perf_counter()
+    merge_seams(parts, method="union")  # the reference merge: shapely.union_all per group
+    union_merge = time.perf_counter() - t0
 
     best = min(range(args.repeat), key=lambda i: vectorize[i] + merge[i])
     blocked = vectorize[best] + merge[best]
@@ -125,6 +132,8 @@ def main() -> None:
                 "whole_shapes_s": round(min(baseline), 4),
                 "blocked_vectorize_s": round(vectorize[best], 4),
                 "merge_s": round(merge[best], 4),
+                "merge_union_s": round(union_merge, 4),
+                "blocks": len(blocks),
                 "blocked_total_s": round(blocked, 4),
                 "ratio": round(blocked / min(baseline), 3),
             }

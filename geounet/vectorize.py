@@ -288,15 +288,16 @@ def polygonize_block(
             f"block core rows {row_off}:{row_off + h}, columns {col_off}:{col_off + w} "
             f"does not fit in a scene of {scene_height} x {scene_width} pixels"
         )
+    nonempty = h > 0 and w > 0
     internal = {
-        "top": row_off > 0 and h > 0,
-        "bottom": row_off + h < scene_height and h > 0,
-        "left": col_off > 0 and w > 0,
-        "right": col_off + w < scene_width and w > 0,
+        "top": nonempty and row_off > 0,
+        "bottom": nonempty and row_off + h < scene_height,
+        "left": nonempty and col_off > 0,
+        "right": nonempty and col_off + w < scene_width,
     }
 
     # 1. Regions from runs.
-    row, c0, c1 = _runs(mask) if h and w else (np.zeros(0, np.int64),) * 3
+    row, c0, c1 = _runs(mask) if nonempty else (np.zeros(0, np.int64),) * 3
     n, comp = _run_components(row, c0, c1, w)
     run_pixels = c1 - c0
 
@@ -465,117 +466,132 @@ def _groups(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _ring_areas(xy: np.ndarray, ring_offsets: np.ndarray) -> np.ndarray:
     """Twice the signed area of each closed ring (shoelace; exact for integer vertices)."""
-    cross = xy[:-1, 0] * xy[1:, 1] - xy[1:, 0] * xy[:-1, 1]
-    cross = np.append(cross, 0.0)
-    # Pairs that straddle two rings are excluded by summing up to each ring's last vertex.
+    cross = np.append(xy[:-1, 0] * xy[1:, 1] - xy[1:, 0] * xy[:-1, 1], 0.0)
+    # Pairs straddling two rings are left out by summing up to each ring's last vertex.
     cum = np.concatenate([[0.0], np.cumsum(cross)])
     return cum[ring_offsets[1:] - 1] - cum[ring_offsets[:-1]]
 
 
 class _StitchFailed(Exception):
-    """The stitcher met a configuration it does not handle; callers fall back to union."""
+    """The stitcher met a configuration it does not handle; the caller falls back to union."""
 
 
-def _stitch(
-    pieces: np.ndarray, group: np.ndarray, rects: np.ndarray, height: int, width: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Join the pieces of each group into one polygon, linearly in their vertex count.
+@dataclass
+class _Edges:
+    """Directed, axis-aligned ring edges with the foreground on their right, in ring order."""
 
-    Args:
-        pieces: polygons (pixel coordinates), sorted by ``group``.
-        group: group id of each piece, 0..G-1, non-decreasing.
-        rects: ``(n, 4)`` core rectangle of each piece's block: row_off, col_off, bottom, right.
+    x0: np.ndarray
+    y0: np.ndarray
+    x1: np.ndarray
+    y1: np.ndarray
+    group: np.ndarray
 
-    Returns:
-        ``(polygons, ok)``: one polygon per group (None where ``ok`` is False: that group
-        needs a fallback).
+    def take(self, index: np.ndarray) -> _Edges:
+        return _Edges(self.x0[index], self.y0[index], self.x1[index], self.y1[index], self.group[index])
+
+    @property
+    def dx(self) -> np.ndarray:
+        return np.sign(self.x1 - self.x0)
+
+    @property
+    def dy(self) -> np.ndarray:
+        return np.sign(self.y1 - self.y0)
+
+
+def _piece_edges(pieces: np.ndarray, group: np.ndarray, rects: np.ndarray) -> tuple[_Edges, np.ndarray]:
+    """Every ring edge of the pieces, and whether it lies on a side of its piece's block.
+
+    Rings are reoriented where needed so that the foreground is on the right of every edge
+    (GDAL's orientation: exteriors clockwise in the x-right/y-up sense, holes the other way).
     """
-    n_groups = int(group[-1]) + 1
     _, coords, (ring_off, geom_off) = shapely.to_ragged_array(pieces)
     n_rings = len(ring_off) - 1
     ring_piece = np.repeat(np.arange(len(pieces)), np.diff(geom_off))
-    shell = np.zeros(n_rings, dtype=bool)
-    shell[geom_off[:-1]] = True
-
-    # Orientation: foreground on the right of every edge (shells clockwise in x-right/y-up).
+    is_shell = np.zeros(n_rings, dtype=bool)
+    is_shell[geom_off[:-1]] = True
     area2 = _ring_areas(coords, ring_off)
-    flip = np.where(shell, area2 > 0, area2 < 0)
+    flip = np.where(is_shell, area2 > 0, area2 < 0)
     vertex_ring = np.repeat(np.arange(n_rings), np.diff(ring_off))
-    idx = np.arange(len(coords))
-    if flip.any():
+    index = np.arange(len(coords))
+    if flip.any():  # reverse those rings in place
         fv = flip[vertex_ring]
-        idx[fv] = (ring_off[vertex_ring] + ring_off[vertex_ring + 1] - 1 - idx)[fv]
-    xy = np.rint(coords[idx]).astype(np.int64)
+        index[fv] = (ring_off[vertex_ring] + ring_off[vertex_ring + 1] - 1 - index)[fv]
+    xy = np.rint(coords[index]).astype(np.int64)
 
-    # Edges in ring order: vertex i -> i + 1 except from each ring's closing vertex.
+    # Vertex i -> i + 1, except from each ring's closing vertex.
     is_start = np.ones(len(xy), dtype=bool)
     is_start[ring_off[1:] - 1] = False
     e = np.flatnonzero(is_start)
-    x0, y0, x1, y1 = xy[e, 0], xy[e, 1], xy[e + 1, 0], xy[e + 1, 1]
-    edge_ring = vertex_ring[e]
-    g = group[ring_piece[edge_ring]]
-    rect = rects[ring_piece[edge_ring]]
-    keep = (x0 != x1) | (y0 != y1)
-    if not keep.all():
-        x0, y0, x1, y1, g, rect, edge_ring = (a[keep] for a in (x0, y0, x1, y1, g, rect, edge_ring))
-    if ((x0 != x1) & (y0 != y1)).any():
+    piece = ring_piece[vertex_ring[e]]
+    edges = _Edges(xy[e, 0], xy[e, 1], xy[e + 1, 0], xy[e + 1, 1], group[piece])
+    rect = rects[piece]
+    nonzero = (edges.x0 != edges.x1) | (edges.y0 != edges.y1)
+    if not nonzero.all():
+        edges, rect = edges.take(nonzero), rect[nonzero]
+    vertical = edges.x0 == edges.x1
+    if (~vertical & (edges.y0 != edges.y1)).any():
         raise _StitchFailed("a ring edge is not axis-aligned")
-
-    # Edges lying on a side of the piece's block are cut into 1-pixel edges (in place).
-    vertical = x0 == x1
     on_side = np.where(
         vertical,
-        (x0 == rect[:, 1]) | (x0 == rect[:, 3]),
-        (y0 == rect[:, 0]) | (y0 == rect[:, 2]),
+        (edges.x0 == rect[:, 1]) | (edges.x0 == rect[:, 3]),
+        (edges.y0 == rect[:, 0]) | (edges.y0 == rect[:, 2]),
     )
-    dx, dy = np.sign(x1 - x0), np.sign(y1 - y0)
-    units = np.where(on_side, np.abs(x1 - x0) + np.abs(y1 - y0), 1)
-    rep = np.repeat(np.arange(len(x0)), units)
+    return edges, on_side
+
+
+def _cut_into_pixels(edges: _Edges, cut: np.ndarray) -> tuple[_Edges, np.ndarray]:
+    """Replace each edge marked ``cut`` by its 1-pixel pieces, in place (ring order kept)."""
+    dx, dy = edges.dx, edges.dy
+    units = np.where(cut, np.abs(edges.x1 - edges.x0) + np.abs(edges.y1 - edges.y0), 1)
+    rep = np.repeat(np.arange(len(units)), units)
     step = np.arange(len(rep)) - np.repeat(np.cumsum(units) - units, units)
-    split = on_side[rep]
-    sx0 = x0[rep] + step * dx[rep]
-    sy0 = y0[rep] + step * dy[rep]
-    sx1 = np.where(split, sx0 + dx[rep], x1[rep])
-    sy1 = np.where(split, sy0 + dy[rep], y1[rep])
-    g, edge_ring, dx, dy = g[rep], edge_ring[rep], dx[rep], dy[rep]
+    is_cut = cut[rep]
+    x0 = edges.x0[rep] + step * dx[rep]
+    y0 = edges.y0[rep] + step * dy[rep]
+    x1 = np.where(is_cut, x0 + dx[rep], edges.x1[rep])
+    y1 = np.where(is_cut, y0 + dy[rep], edges.y1[rep])
+    return _Edges(x0, y0, x1, y1, edges.group[rep]), is_cut
 
-    # Shared 1-pixel edges (one from each side of a seam, opposite directions) cancel.
-    stride_y = height + 1
-    stride_g = (width + 1) * stride_y
-    if n_groups * stride_g * 2 >= 2**62:
-        raise _StitchFailed("scene too large for 64-bit vertex keys")
-    if split.any():
-        su = np.flatnonzero(split)
-        lx = np.minimum(sx0[su], sx1[su])
-        ly = np.minimum(sy0[su], sy1[su])
-        ukey = ((g[su] * stride_g + lx * stride_y + ly) << 1) | (dx[su] == 0)
-        order = np.argsort(ukey, kind="stable")
-        sk = ukey[order]
-        dup = np.zeros(len(sk), dtype=bool)
-        same = sk[1:] == sk[:-1]
-        dup[1:] |= same
-        dup[:-1] |= same
-        alive = np.ones(len(sx0), dtype=bool)
-        alive[su[order[dup]]] = False
-        if not alive.all():
-            sx0, sy0, sx1, sy1, g, edge_ring, dx, dy = (
-                a[alive] for a in (sx0, sy0, sx1, sy1, g, edge_ring, dx, dy)
-            )
 
-    # Link each edge to the edge leaving its end vertex; where two leave (two foreground
-    # pixels touching at a corner), turn left: around the background pixel.
-    start_key = g * stride_g + sx0 * stride_y + sy0
-    end_key = g * stride_g + sx1 * stride_y + sy1
-    by_start = np.argsort(start_key, kind="stable")
-    sorted_start = start_key[by_start]
-    lo = np.searchsorted(sorted_start, end_key, side="left")
-    hi = np.searchsorted(sorted_start, end_key, side="right")
-    count = hi - lo
+def _cancel_shared(edges: _Edges, candidates: np.ndarray, strides: tuple[int, int]) -> _Edges:
+    """Drop 1-pixel edges present twice in a group (once from each side of a seam)."""
+    stride_g, stride_y = strides
+    c = np.flatnonzero(candidates)
+    if len(c) == 0:
+        return edges
+    low_x = np.minimum(edges.x0[c], edges.x1[c])
+    low_y = np.minimum(edges.y0[c], edges.y1[c])
+    key = ((edges.group[c] * stride_g + low_x * stride_y + low_y) << 1) | (edges.x0[c] == edges.x1[c])
+    order = np.argsort(key, kind="stable")
+    same = key[order][1:] == key[order][:-1]
+    twin = np.zeros(len(c), dtype=bool)
+    twin[1:] |= same
+    twin[:-1] |= same
+    alive = np.ones(len(edges.x0), dtype=bool)
+    alive[c[order[twin]]] = False
+    return edges if alive.all() else edges.take(alive)
+
+
+def _link(edges: _Edges, strides: tuple[int, int]) -> np.ndarray:
+    """Successor of each edge: the edge leaving its end vertex.
+
+    Where two edges leave a vertex (two foreground pixels of the group touch there at a
+    corner), the ring turns left, around the background pixel: rings then touch at that
+    point instead of crossing, as in valid GDAL and GEOS output.
+    """
+    stride_g, stride_y = strides
+    start = edges.group * stride_g + edges.x0 * stride_y + edges.y0
+    end = edges.group * stride_g + edges.x1 * stride_y + edges.y1
+    by_start = np.argsort(start, kind="stable")
+    sorted_start = start[by_start]
+    lo = np.searchsorted(sorted_start, end, side="left")
+    count = np.searchsorted(sorted_start, end, side="right") - lo
     if ((count < 1) | (count > 2)).any():
         raise _StitchFailed("a ring vertex has no or too many outgoing edges")
     succ = by_start[lo]
     two = np.flatnonzero(count == 2)
     if len(two):
+        dx, dy = edges.dx, edges.dy
         first, second = by_start[lo[two]], by_start[lo[two] + 1]
         left_x, left_y = -dy[two], dx[two]
         first_ok = (dx[first] == left_x) & (dy[first] == left_y)
@@ -583,11 +599,18 @@ def _stitch(
         if not (first_ok | second_ok).all():
             raise _StitchFailed("no left turn at a vertex where two foreground pixels touch")
         succ[two] = np.where(first_ok, first, second)
-    if not np.array_equal(np.bincount(succ, minlength=len(succ)), np.ones(len(succ), dtype=np.int64)):
+    if not (np.bincount(succ, minlength=len(succ)) == 1).all():
         raise _StitchFailed("edges do not form closed rings")
+    return succ
 
-    # Walk the rings chain by chain: runs of edges already in order (succ = e + 1) are
-    # chains, so the Python loop only visits the places where rings were cut or joined.
+
+def _walk(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order edges ring by ring: ``(edge order, ring id of each ordered edge)``.
+
+    Runs of edges already in order (``succ[e] == e + 1``, the untouched parts of the
+    pieces' rings) are walked as one chain, so the Python loop only visits the places
+    where rings were cut or joined.
+    """
     m = len(succ)
     pred = np.empty(m, dtype=np.int64)
     pred[succ] = np.arange(m)
@@ -600,60 +623,95 @@ def _stitch(
     ring_chains: list[int] = []
     ring_sizes: list[int] = []
     for c in range(len(head)):
-        if seen[c]:
-            continue
         size = 0
         while not seen[c]:
             seen[c] = 1
             ring_chains.append(c)
             size += 1
             c = chain_next[c]
-        ring_sizes.append(size)
+        if size:
+            ring_sizes.append(size)
     chains = np.asarray(ring_chains, dtype=np.int64)
     lengths = chain_end[chains] - head[chains] + 1
     order = np.repeat(head[chains] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
     ring_id = np.repeat(np.repeat(np.arange(len(ring_sizes)), ring_sizes), lengths)
+    return order, ring_id
 
-    # Keep only vertices where the direction changes.
-    ex, ey, ddx, ddy, eg = sx0[order], sy0[order], dx[order], dy[order], g[order]
+
+def _assemble(
+    edges: _Edges, order: np.ndarray, ring_id: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rings -> one polygon per group (exterior first, then holes), corners only.
+
+    Returns ``(polygons, ok)``; a group whose rings do not hold exactly one exterior gets
+    None and ``ok`` False.
+    """
+    x, y, dx, dy, group = (a[order] for a in (edges.x0, edges.y0, edges.dx, edges.dy, edges.group))
+    n_rings = int(ring_id[-1]) + 1
     ring_first = np.concatenate([[0], np.flatnonzero(np.diff(ring_id)) + 1])
     prev = np.arange(len(order)) - 1
     prev[ring_first] = np.append(ring_first[1:], len(order)) - 1
-    turn = (ddx != ddx[prev]) | (ddy != ddy[prev])
-    vx, vy, vring = ex[turn], ey[turn], ring_id[turn]
-    n_out_rings = len(ring_sizes)
-    nv = np.bincount(vring, minlength=n_out_rings)
+    corner = (dx != dx[prev]) | (dy != dy[prev])  # drop vertices on straight runs
+    vx, vy, vring = x[corner], y[corner], ring_id[corner]
+    nv = np.bincount(vring, minlength=n_rings)
     if (nv < 4).any():
         raise _StitchFailed("a ring collapsed")
-    ring_group = eg[ring_first]
+    ring_group = group[ring_first]
 
-    # Close the rings, find each group's exterior (the one ring with foreground inside).
-    closed_off = np.zeros(n_out_rings + 1, dtype=np.int64)
-    np.cumsum(nv + 1, out=closed_off[1:])
-    pos = np.arange(len(vx)) + vring  # room for one closing vertex per ring
-    out = np.empty((closed_off[-1], 2), dtype=np.float64)
-    out[pos, 0], out[pos, 1] = vx, vy
-    first_v = np.concatenate([[0], np.cumsum(nv)[:-1]])
-    out[closed_off[1:] - 1] = np.stack([vx[first_v], vy[first_v]], axis=1)
-    area2 = _ring_areas(out, closed_off)
-    is_shell = area2 < 0
-    shells_per_group = np.bincount(ring_group[is_shell], minlength=n_groups)
-    ok = shells_per_group == 1
+    # Closed rings: one extra slot per ring for the repeated first vertex.
+    offsets = np.zeros(n_rings + 1, dtype=np.int64)
+    np.cumsum(nv + 1, out=offsets[1:])
+    xy = np.empty((offsets[-1], 2), dtype=np.float64)
+    slot = np.arange(len(vx)) + vring
+    xy[slot, 0], xy[slot, 1] = vx, vy
+    first = np.concatenate([[0], np.cumsum(nv)[:-1]])
+    xy[offsets[1:] - 1, 0], xy[offsets[1:] - 1, 1] = vx[first], vy[first]
+    is_shell = _ring_areas(xy, offsets) < 0  # foreground on the right: exteriors clockwise
+    ok = np.bincount(ring_group[is_shell], minlength=n_groups) == 1
 
-    # Assemble: each group's exterior first, then its holes.
-    ring_order = np.lexsort((~is_shell, ring_group))
-    ring_order = ring_order[ok[ring_group[ring_order]]]
     result = np.full(n_groups, None, dtype=object)
+    ring_order = np.lexsort((~is_shell, ring_group))  # by group, exterior first
+    ring_order = ring_order[ok[ring_group[ring_order]]]
     if len(ring_order):
         sizes = nv[ring_order] + 1
-        src = np.repeat(closed_off[ring_order] - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
-        new_ring_off = np.concatenate([[0], np.cumsum(sizes)])
-        rings_per = np.bincount(ring_group[ring_order], minlength=n_groups)[ok]
-        new_geom_off = np.concatenate([[0], np.cumsum(rings_per)])
-        result[ok] = shapely.from_ragged_array(
-            shapely.GeometryType.POLYGON, out[src], (new_ring_off, new_geom_off)
-        )
+        src = np.repeat(offsets[ring_order] - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+        ring_off = np.concatenate([[0], np.cumsum(sizes)])
+        rings_per_group = np.bincount(ring_group[ring_order], minlength=n_groups)[ok]
+        geom_off = np.concatenate([[0], np.cumsum(rings_per_group)])
+        result[ok] = shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy[src], (ring_off, geom_off))
     return result, ok
+
+
+def _stitch(
+    pieces: np.ndarray, group: np.ndarray, rects: np.ndarray, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Join the pieces of each group into one polygon, in time linear in their vertices.
+
+    Steps: ring edges of every piece -> edges on block sides cut into 1-pixel edges ->
+    1-pixel edges shared by two pieces cancel -> the rest relinked into rings -> rings
+    assembled into one polygon per group.
+
+    Args:
+        pieces: polygons (pixel coordinates), sorted by ``group``.
+        group: group id of each piece, 0..G-1, non-decreasing.
+        rects: ``(n, 4)`` core of each piece's block: row_off, col_off, bottom, right.
+
+    Returns:
+        ``(polygons, ok)``: one polygon per group; None where ``ok`` is False (that group
+        needs the fallback).
+
+    Raises:
+        _StitchFailed: on any input the method does not handle (the caller falls back).
+    """
+    n_groups = int(group[-1]) + 1
+    strides = ((width + 1) * (height + 1), height + 1)  # vertex key: g * s_g + x * s_y + y
+    if n_groups * strides[0] * 2 >= 2**62:
+        raise _StitchFailed("scene too large for 64-bit vertex keys")
+    edges, on_side = _piece_edges(pieces, group, rects)
+    edges, is_cut = _cut_into_pixels(edges, on_side)
+    edges = _cancel_shared(edges, is_cut, strides)
+    order, ring_id = _walk(_link(edges, strides))
+    return _assemble(edges, order, ring_id, n_groups)
 
 
 def _union_groups(pieces: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -730,7 +788,8 @@ def merge_seams(blocks: Sequence[BlockPolygons], *, method: MergeMethod = "stitc
         keep = np.ones(len(geoms), dtype=bool)
         keep[members] = False
         geoms = np.concatenate([geoms[keep], merged])
-        pixel_count = np.concatenate([pixel_count[keep], np.bincount(group, weights=pixel_count[members]).astype(np.int64)])
+        group_count = np.bincount(group, weights=pixel_count[members]).astype(np.int64)
+        pixel_count = np.concatenate([pixel_count[keep], group_count])
         prob_sum = np.concatenate([prob_sum[keep], np.bincount(group, weights=prob_sum[members])])
 
     top, left = _top_left(geoms)

@@ -168,7 +168,9 @@ def blob_mask() -> np.ndarray:
     return mask
 
 
-@pytest.mark.parametrize("crs,affine", [(UTM, NORTH_UP_HALF_METRE), ("EPSG:4326", Affine(5e-6, 0, 10, 0, -5e-6, 45))])
+@pytest.mark.parametrize(
+    ("crs", "affine"), [(UTM, NORTH_UP_HALF_METRE), ("EPSG:4326", Affine(5e-6, 0, 10, 0, -5e-6, 45))]
+)
 def test_simplification_does_not_depend_on_the_block_grid(crs, affine) -> None:
     mask = blob_mask()
     kwargs = dict(affine=affine, crs=crs, simplify_m=1.2, scene_shape=mask.shape)

@@ -144,7 +144,9 @@ HOLE_ACROSS_SEAMS = grid(
 )
 
 
-@pytest.mark.parametrize(("row_cuts", "col_cuts"), [([3], [4]), ([2, 4], [2, 3, 5]), ([1, 6], [1, 7]), ([3], [])])
+@pytest.mark.parametrize(
+    ("row_cuts", "col_cuts"), [([3], [4]), ([2, 4], [2, 3, 5]), ([1, 6], [1, 7]), ([3], [])]
+)
 def test_hole_crossing_seams(row_cuts, col_cuts) -> None:
     merged = merge_seams(cuts_to_blocks(HOLE_ACROSS_SEAMS, None, row_cuts, col_cuts))
     assert len(merged) == 1

@@ -103,7 +103,8 @@ def test_ring_with_hole_and_corner_touching_pixels() -> None:
 
 
 def test_empty_and_full_blocks() -> None:
-    empty = polygonize_block(np.zeros((3, 4), bool), None, row_off=3, col_off=0, scene_height=6, scene_width=4)
+    empty = polygonize_block(np.zeros((3, 4), bool), None, row_off=3, col_off=0,
+                             scene_height=6, scene_width=4)
     assert len(empty) == 0 and empty.pixel_count.dtype == np.int64
     assert empty.edges["top"].tolist() == [0, 0, 0, 0]
     full = polygonize_block(np.ones((3, 4), np.uint8), np.full((3, 4), 0.5), row_off=0, col_off=0,

@@ -36,11 +36,12 @@ from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 # --- road model -------------------------------------------------------------------------
 LOCAL, MAIN, DEAD_END = 0, 1, 2
 ROAD_KINDS = ("local", "main", "dead_end")
-CURVE_SAMPLES = 25  # points per road centreline
+CURVE_SAMPLES = 13  # points per road centreline (about 9 m apart; sagitta of a bend < 0.1 m)
 MAIN_LINE_PROBABILITY = 0.2  # share of grid lines that are main roads
 EXTRA_EDGE_PROBABILITY = 0.72  # share of non-spanning-tree grid edges that are kept
 DEAD_END_PROBABILITY = 0.35  # share of dropped edges kept as a dead end
 WIDTH_M = {LOCAL: (6.0, 8.5), MAIN: (10.0, 14.0), DEAD_END: (6.0, 7.0)}
+DASH_FRACTION = 0.4  # lane-marking dash length as a share of a centreline sample interval
 
 # --- building model ---------------------------------------------------------------------
 HOUSE, L_SHAPE, T_SHAPE, TERRACE, LARGE = 0, 1, 2, 3, 4
@@ -84,6 +85,8 @@ TREE_RADIUS_M = (1.8, 4.2)
 TREE_HEIGHT_M = (5.0, 13.0)
 TREE_CLEARANCE_M = 0.8  # crown edge -> road or building
 TREE_BUCKET_PX = 256  # spatial buckets for finding the trees of a window
+ROAD_CHUNK = 2048  # roads per chunk when laying out plots (bounds temporary memory)
+TREE_CHUNK = 50_000  # trees per chunk when checking clearance (bounds temporary memory)
 
 # Truth pieces smaller than this (slivers cut by the scene edge) are dropped -- and, since
 # only truth polygons are painted, they are not painted either.
@@ -207,7 +210,7 @@ def road_network(rng: np.random.Generator, width: int, height: int, valid: tuple
     main_line = rng.random(2 * m) < MAIN_LINE_PROBABILITY
     line_width = np.where(main_line, _uniform(rng, WIDTH_M[MAIN], 2 * m), _uniform(rng, WIDTH_M[LOCAL], 2 * m))
 
-    # Keep edges near the scene only (both ends within one spacing of it).
+    # Keep edges near the scene only (an end within one spacing of it).
     def near(k: np.ndarray) -> np.ndarray:
         return ((node_x[k] > -spacing) & (node_x[k] < width + spacing)
                 & (node_y[k] > -spacing) & (node_y[k] < height + spacing))
@@ -252,13 +255,14 @@ def road_network(rng: np.random.Generator, width: int, height: int, valid: tuple
 
     # Only roads whose polygon may reach the scene.
     pad = width_px[:, None] / 2 + 2
-    inside = ((xy[..., 0] > -pad) & (xy[..., 0] < width + pad) & (xy[..., 1] > -pad) & (xy[..., 1] < height + pad)).any(1)
+    inside = ((xy[..., 0] > -pad) & (xy[..., 0] < width + pad)
+              & (xy[..., 1] > -pad) & (xy[..., 1] < height + pad)).any(axis=1)
     xy, kind, width_px = xy[inside], kind[inside], width_px[inside]
     centre = shapely.linestrings(xy)
     keepout = shapely.buffer(centre, width_px / 2, quad_segs=4)
 
-    pieces, piece_road = _connected_pieces(keepout, valid, MIN_TRUTH_AREA_M2 / gsd**2)
-    lines, line_road = _centrelines(centre, pieces, piece_road, valid)
+    pieces, piece_road, intact = _connected_pieces(keepout, valid, MIN_TRUTH_AREA_M2 / gsd**2)
+    lines, line_road = _centrelines(centre, pieces, piece_road, intact, valid)
     dashes = _dashes(xy, kind, gsd, keep_roads=np.unique(piece_road))
     return Roads(pieces=pieces, piece_road=piece_road, lines=lines, line_road=line_road,
                  width_px=width_px, kind=kind, keepout=keepout, dashes=dashes, centre_xy=xy)
@@ -268,48 +272,83 @@ def _valid_box(valid: tuple[int, int, int, int]) -> shapely.Polygon:
     return shapely.box(*valid)
 
 
+def clip_to_box(geoms: np.ndarray, box: shapely.Polygon) -> tuple[np.ndarray, np.ndarray]:
+    """Intersect with ``box``; only geometries crossing it are recomputed. Returns (clipped, intact)."""
+    shapely.prepare(box)
+    intact = shapely.contains(box, geoms)
+    out = geoms.copy()
+    cut = np.flatnonzero(~intact)
+    if len(cut):
+        out[cut] = shapely.intersection(geoms[cut], box)
+    return out, intact
+
+
+def explode(geoms: np.ndarray, type_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Single geometries of ``type_id`` (e.g. Polygon) and the index of the input each came from.
+
+    Geometries that are already single are passed through without copying; multi-part ones
+    (rare: cut by the clip) are split; other types (points, empties) are dropped.
+    """
+    types = shapely.get_type_id(geoms)
+    single = np.flatnonzero(types == type_id)
+    multi = np.flatnonzero((types != type_id) & ~shapely.is_empty(geoms))
+    parts, idx = shapely.get_parts(geoms[multi], return_index=True)
+    ok = shapely.get_type_id(parts) == type_id
+    out = np.concatenate([geoms[single], parts[ok]])
+    owner = np.concatenate([single, multi[idx[ok]]])
+    order = np.argsort(owner, kind="stable")
+    return out[order], owner[order]
+
+
 def _connected_pieces(polygons: np.ndarray, valid: tuple[int, int, int, int],
-                      min_area: float) -> tuple[np.ndarray, np.ndarray]:
-    """Clip road polygons to the valid area and keep the largest connected network."""
-    clipped = shapely.intersection(polygons, _valid_box(valid))
-    parts, road = shapely.get_parts(clipped, return_index=True)
-    poly = shapely.get_type_id(parts) == shapely.GeometryType.POLYGON.value
-    parts, road = parts[poly], road[poly]
+                      min_area: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip road polygons to the valid area and keep the largest connected network.
+
+    Returns the pieces, the road of each piece and, per road, whether it lay wholly inside.
+    """
+    clipped, intact = clip_to_box(polygons, _valid_box(valid))
+    parts, road = explode(clipped, shapely.GeometryType.POLYGON.value)
     good = shapely.area(parts) >= min_area
     parts, road = parts[good], road[good]
     if len(parts) == 0:
-        return parts, road
+        return parts, road, intact
     pairs = shapely.STRtree(parts).query(parts, predicate="intersects")
     graph = coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(len(parts), len(parts)))
     _, label = connected_components(graph, directed=False)
     area = np.bincount(label, weights=shapely.area(parts))
     main = label == int(np.argmax(area))
-    return parts[main], road[main]
+    return parts[main], road[main], intact
 
 
-def _centrelines(centre: np.ndarray, pieces: np.ndarray, piece_road: np.ndarray,
+def _centrelines(centre: np.ndarray, pieces: np.ndarray, piece_road: np.ndarray, intact: np.ndarray,
                  valid: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Centreline parts inside the kept road pieces (LineStrings only)."""
     if len(pieces) == 0:
         return np.array([], dtype=object), np.array([], dtype=np.int64)
     order = np.argsort(piece_road, kind="stable")
     roads, first, count = np.unique(piece_road[order], return_index=True, return_counts=True)
-    kept = pieces[order][first]
-    for k in np.flatnonzero(count > 1):  # roads cut into several pieces by the clip (rare)
-        kept[k] = shapely.union_all(pieces[order][first[k]:first[k] + count[k]])
-    clipped = shapely.intersection(shapely.intersection(centre[roads], _valid_box(valid)), kept)
-    parts, idx = shapely.get_parts(clipped, return_index=True)
-    is_line = (shapely.get_type_id(parts) == shapely.GeometryType.LINESTRING.value) & (shapely.length(parts) > 0)
-    return parts[is_line], roads[idx[is_line]]
+    lines = centre[roads].copy()
+    # Roads cut by the clip: keep the centreline inside the valid area and inside the kept pieces.
+    cut = np.flatnonzero(~intact[roads])
+    kept = pieces[order][first[cut]]
+    for j in np.flatnonzero(count[cut] > 1):  # a road cut into several pieces (rare)
+        k = cut[j]
+        kept[j] = shapely.union_all(pieces[order][first[k]:first[k] + count[k]])
+    lines[cut] = shapely.intersection(clip_to_box(centre[roads[cut]], _valid_box(valid))[0], kept)
+    parts, idx = explode(lines, shapely.GeometryType.LINESTRING.value)
+    long = shapely.length(parts) > 0
+    return parts[long], roads[idx[long]]
 
 
 def _dashes(xy: np.ndarray, kind: np.ndarray, gsd: float, keep_roads: np.ndarray) -> np.ndarray:
-    """Dashed centre line on main roads: every other sample interval, away from junctions."""
+    """Dashed centre line on main roads: a dash at the start of every other sample interval."""
     main = np.intersect1d(np.flatnonzero(kind == MAIN), keep_roads)
     if len(main) == 0:
         return np.array([], dtype=object)
-    k = np.arange(2, CURVE_SAMPLES - 3, 2)
-    seg = np.stack([xy[main][:, k], xy[main][:, k + 1]], axis=2).reshape(-1, 2, 2)
+    k = np.arange(1, CURVE_SAMPLES - 2, 2)  # not in the first and last interval (junctions)
+    a = xy[main][:, k]
+    b = a + DASH_FRACTION * (xy[main][:, k + 1] - a)
+    seg = np.stack([a, b], axis=2).reshape(-1, 2, 2)
     return shapely.buffer(shapely.linestrings(seg), 0.3 / gsd, cap_style="flat")
 
 
@@ -347,39 +386,12 @@ def place_buildings(rng: np.random.Generator, roads: Roads, width: int, height: 
     n_roads = len(xy)
     if n_roads == 0:
         return _empty_buildings()
-    seg = np.diff(xy, axis=1)
-    road_len = np.hypot(seg[..., 0], seg[..., 1]).sum(1)
     metre = 1.0 / gsd
-
-    # Plots: per road side, a run of plots with random frontage and gaps.
-    min_step = (FRONTAGE_M[HOUSE][0] * 0.8 + PLOT_GAP_M[0]) * metre
-    slots = int(math.ceil(road_len.max() / min_step)) + 1
-    rows = 2 * n_roads
-    kind = rng.choice(len(BUILDING_KINDS), size=(rows, slots), p=KIND_PROBABILITY)
-    units = np.where(kind == TERRACE, rng.integers(TERRACE_UNITS[0], TERRACE_UNITS[1] + 1, (rows, slots)), 1)
-    unit_w = _uniform(rng, TERRACE_UNIT_M, (rows, slots))
-    frontage = np.where(kind == TERRACE, units * unit_w,
-                        _pick_by_kind(kind, FRONTAGE_M, rng.random((rows, slots)))) * metre
-    gap = _uniform(rng, PLOT_GAP_M, (rows, slots)) * metre
-    step = frontage + gap
-    clearance = JUNCTION_CLEARANCE_M * metre
-    start = clearance + np.cumsum(step, axis=1) - step
-    road_of_row = np.repeat(np.arange(n_roads), 2)
-    side = np.tile([1.0, -1.0], n_roads)
-    # Centrelines start at a junction; a dead end needs no clearance at its far end.
-    end_clearance = np.where(roads.kind == DEAD_END, 3.0 * metre, clearance)
-    fits = start + frontage <= (road_len - end_clearance)[road_of_row][:, None]
-
-    r_idx, k_idx = np.nonzero(fits)
-    road = road_of_row[r_idx]
-    sd = side[r_idx]
-    kind = kind[r_idx, k_idx]
-    frontage = frontage[r_idx, k_idx]
-    units = units[r_idx, k_idx]
+    road, sd, kind, frontage, units, s_mid = _plots(rng, xy, roads.kind, metre)
     n = len(kind)
     depth = _pick_by_kind(kind, DEPTH_M, rng.random(n)) * metre
     setback = _uniform(rng, SETBACK_M, n) * metre
-    x, y, tx, ty = _along(xy, road, start[r_idx, k_idx] + frontage / 2)
+    x, y, tx, ty = _along(xy, road, s_mid)
 
     # Districts: the chance that a plot is built varies smoothly over the scene.
     local = _district_density(rng, x, y, width, height, gsd)
@@ -424,14 +436,48 @@ def place_buildings(rng: np.random.Generator, roads: Roads, width: int, height: 
                      group=group, height_px=height_px, flat=flat, roof=roof)
 
 
+def _plots(rng: np.random.Generator, xy: np.ndarray, road_kind: np.ndarray,
+           metre: float) -> tuple[np.ndarray, ...]:
+    """Plots along both sides of each road: road, side, kind, frontage, units, arc position of the middle.
+
+    Per road side, a run of plots with random frontage and gaps from one junction clearance to
+    the other. Roads are handled in fixed chunks so the per-slot arrays stay small.
+    """
+    seg = np.diff(xy, axis=1)
+    road_len = np.hypot(seg[..., 0], seg[..., 1]).sum(1)
+    min_step = (FRONTAGE_M[HOUSE][0] * 0.8 + PLOT_GAP_M[0]) * metre
+    slots = int(math.ceil(road_len.max() / min_step)) + 1
+    clearance = JUNCTION_CLEARANCE_M * metre
+    # Centrelines start at a junction; a dead end needs no clearance at its far end.
+    usable = road_len - np.where(road_kind == DEAD_END, 3.0 * metre, clearance)
+    out: list[tuple[np.ndarray, ...]] = []
+    for lo in range(0, len(xy), ROAD_CHUNK):
+        hi = min(len(xy), lo + ROAD_CHUNK)
+        rows = 2 * (hi - lo)
+        kind = rng.choice(len(BUILDING_KINDS), size=(rows, slots), p=KIND_PROBABILITY)
+        units = np.where(kind == TERRACE, rng.integers(TERRACE_UNITS[0], TERRACE_UNITS[1] + 1, (rows, slots)), 1)
+        unit_w = _uniform(rng, TERRACE_UNIT_M, (rows, slots))
+        frontage = np.where(kind == TERRACE, units * unit_w,
+                            _pick_by_kind(kind, FRONTAGE_M, rng.random((rows, slots)))) * metre
+        step = frontage + _uniform(rng, PLOT_GAP_M, (rows, slots)) * metre
+        start = clearance + np.cumsum(step, axis=1) - step
+        road_of_row = np.repeat(np.arange(lo, hi), 2)
+        r_idx, k_idx = np.nonzero(start + frontage <= usable[road_of_row][:, None])
+        f = frontage[r_idx, k_idx]
+        out.append((road_of_row[r_idx], np.where(r_idx % 2 == 0, 1.0, -1.0), kind[r_idx, k_idx], f,
+                    units[r_idx, k_idx], start[r_idx, k_idx] + f / 2))
+    return tuple(np.concatenate(col) for col in zip(*out))
+
+
 def _footprints(rng: np.random.Generator, kind: np.ndarray, f: np.ndarray, d: np.ndarray, units: np.ndarray,
                 cx: np.ndarray, cy: np.ndarray, tx: np.ndarray, ty: np.ndarray, nx: np.ndarray, ny: np.ndarray,
                 metre: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Footprint polygons in world pixels, built from explicit local vertices.
 
-    Returns polygons, the plot each came from, parts ``(n, 2, 4)`` and part counts. Local frame: ``u`` along the road, ``v`` away from it,
-    the facade at ``v = -d/2``. Attached terraced houses are cut from one row at shared
-    ``u`` values, so neighbours share their wall vertices bit for bit.
+    Returns polygons, the plot each came from, parts ``(n, 2, 4)`` and part counts. Local
+    frame: ``u`` along the road, ``v`` away from it, the facade at ``v = -d/2``. Attached
+    terraced houses are cut from one row at shared ``u`` values, so neighbours share their
+    wall vertices bit for bit.
     """
     out_polys, out_owner, out_parts, out_nparts = [], [], [], []
     nan4 = np.full(4, np.nan)
@@ -559,14 +605,8 @@ def _roof_colours(rng: np.random.Generator, flat: np.ndarray, group: np.ndarray)
 
 def _clip_truth(polys: np.ndarray, valid: tuple[int, int, int, int], min_area: float) -> tuple[np.ndarray, np.ndarray]:
     """Footprints clipped to the valid area, as single Polygons (a cut building may split)."""
-    box = _valid_box(valid)
-    inside = shapely.within(polys, box)
-    clipped = polys.copy()
-    cut = np.flatnonzero(~inside)
-    if len(cut):
-        clipped[cut] = shapely.intersection(polys[cut], box)
-    parts, owner = shapely.get_parts(clipped, return_index=True)
-    good = (shapely.get_type_id(parts) == shapely.GeometryType.POLYGON.value) & (shapely.area(parts) >= min_area)
+    parts, owner = explode(clip_to_box(polys, _valid_box(valid))[0], shapely.GeometryType.POLYGON.value)
+    good = shapely.area(parts) >= min_area
     return parts[good], owner[good]
 
 
@@ -607,8 +647,8 @@ def plant_trees(rng: np.random.Generator, roads: Roads, buildings: Buildings, wi
     obstacles = np.concatenate([roads.keepout, buildings.truth])
     if len(obstacles):
         index = shapely.STRtree(obstacles)
-        for lo in range(0, n, 200_000):
-            hi = min(n, lo + 200_000)
+        for lo in range(0, n, TREE_CHUNK):
+            hi = min(n, lo + TREE_CHUNK)
             pts = shapely.points(x[lo:hi], y[lo:hi])
             hit = index.query(pts, predicate="dwithin", distance=r[lo:hi] + TREE_CLEARANCE_M * metre)[0]
             keep[lo + hit] = False

@@ -39,6 +39,9 @@ ASPHALT = np.zeros((3, 4), dtype=np.float32)
 ASPHALT[LOCAL] = (0.41, 0.41, 0.42, 0.36)
 ASPHALT[MAIN] = (0.31, 0.31, 0.33, 0.28)
 ASPHALT[DEAD_END] = (0.45, 0.44, 0.43, 0.40)
+# Where roads overlap at junctions: dead ends below local roads below main roads.
+PAINT_ORDER = np.zeros(3, dtype=np.int8)
+PAINT_ORDER[[DEAD_END, LOCAL, MAIN]] = (0, 1, 2)
 MARKING = np.array((0.86, 0.86, 0.84, 0.78), dtype=np.float32)
 SHADOW = np.array((0.42, 0.46, 0.56, 0.38), dtype=np.float32)  # multiplies what lies below
 CROWN = np.array((0.14, 0.24, 0.09, 0.62), dtype=np.float32)
@@ -154,8 +157,7 @@ def _roads(flat: np.ndarray, layout: Layout, win: Window, tex: np.ndarray) -> No
     q = _query(layout.road_index, win.box)
     if len(q) == 0:
         return
-    kind = roads.kind[roads.piece_road[q]]
-    q = q[np.argsort(kind, kind="stable")]  # main roads on top of the local ones they cross
+    q = q[np.argsort(PAINT_ORDER[roads.kind[roads.piece_road[q]]], kind="stable")]
     kind_map = _burn(roads.pieces[q], roads.kind[roads.piece_road[q]].astype(np.int64) + 1, win, "uint8").ravel()
     idx = np.flatnonzero(kind_map)
     kind = kind_map[idx].astype(np.intp) - 1
@@ -286,7 +288,8 @@ def _roofs(flat: np.ndarray, layout: Layout, win: Window, tex: np.ndarray) -> No
     u = ox * b.tx[k] + oy * b.ty[k]
     v = ox * b.nx[k] + oy * b.ny[k]
     second = b.parts[k, 1]
-    in_second = (b.n_parts[k] == 2) & (u >= second[:, 0]) & (u <= second[:, 1]) & (v >= second[:, 2]) & (v <= second[:, 3])
+    in_second = ((b.n_parts[k] == 2) & (u >= second[:, 0]) & (u <= second[:, 1])
+                 & (v >= second[:, 2]) & (v <= second[:, 3]))
     part = np.where(in_second[:, None], second, b.parts[k, 0])
     u0, u1, v0, v1 = part.T
     metre = 1.0 / layout.gsd

@@ -695,10 +695,13 @@ def run(settings: TrainingSettings, *, resume: str | Path | None = None, progres
                 bar.update(1)
                 bar.set_postfix_str(f"ep {epoch + 1} loss {loss_sum / loss_n:.4f} lr {lr:.2e}{last_val}", refresh=False)
 
+            tv = time.perf_counter()
             val = validate(model, scenes, tiles, bands, norm, settings, device=device, dtype=dtype, loss_fn=loss_fn)
+            val_time = time.perf_counter() - tv
             elapsed = elapsed_before + (time.perf_counter() - run_t0)
             row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": loss_sum / max(loss_n, 1),
-                                   **val, "epoch_time_s": time.perf_counter() - te, "elapsed_s": elapsed}
+                                   **val, "train_time_s": tv - te, "val_time_s": val_time,
+                                   "epoch_time_s": time.perf_counter() - te, "elapsed_s": elapsed}
             history.append(row)
             value = row.get(metric, math.nan)
             improved = is_better(value, best_value, metric)

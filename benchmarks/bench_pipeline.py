@@ -1,0 +1,238 @@
+"""Pipeline benchmarks on this machine (issues 3 and 6).
+
+  python benchmarks/bench_pipeline.py ratio  --size 4096 --width 16
+      end-to-end `run_scenes` time / model-forward-only time over the same tiles, same
+      precision and threads (target <= 1.10-1.15 on CPU)
+  python benchmarks/bench_pipeline.py memory --sizes 4000 12000 --width 16
+      peak RSS of all processes of `geounet predict` (client + workers) per scene size
+      (target: 12000^2 / 4000^2 <= 1.3)
+  python benchmarks/bench_pipeline.py halo --size 1024 --width 16
+      seam error (max |tiled - whole|) and compute overhead against the halo
+  python benchmarks/bench_pipeline.py precision --size 2048 --width 16
+      bf16 vs fp32: max probability difference and polygon agreement (F1@0.5)
+
+Results are printed and saved as benchmarks/results/<suite>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import sys
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import checkpoint, machine, run_cli, save, scene
+
+
+def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_size: int) -> float:
+    """Seconds to run the model over every tile of ``plan`` (random inputs), best layout of
+    ``threads``: T Python threads x 1 torch thread (as the Dask workers run), or 1 x T."""
+    import torch
+
+    from geounet.checkpoint import load_checkpoint
+    from geounet.infer import resolve_precision, run_model
+
+    model = load_checkpoint(ckpt).to(memory_format=torch.channels_last)
+    device = torch.device("cpu")
+    dtype = resolve_precision(precision, device)
+    th, tw = plan.tile_shape
+    n = plan.n_tiles
+    x = torch.rand(batch_size, model.spec.in_channels, th, tw)
+    run_model(model, x[:1], device=device, dtype=dtype)  # warm-up
+
+    def work(count: int) -> None:
+        done = 0
+        while done < count:
+            b = min(batch_size, count - done)
+            run_model(model, x[:b], device=device, dtype=dtype)
+            done += b
+
+    best = float("inf")
+    # layout A: one thread, torch uses all threads
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    work(n)
+    best = min(best, time.perf_counter() - t0)
+    # layout B: `threads` Python threads, torch single-threaded (what the workers do)
+    torch.set_num_threads(1)
+    share = [n // threads + (i < n % threads) for i in range(threads)]
+    ts = [threading.Thread(target=work, args=(k,)) for k in share]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    best = min(best, time.perf_counter() - t0)
+    torch.set_num_threads(threads)
+    return best
+
+
+def ratio(args: argparse.Namespace) -> None:
+    from distributed import Client, LocalCluster
+
+    from geounet.engine import TorchThreads, plan_cluster
+    from geounet.pipeline import ModelInfo, make_plan, run_scenes
+    from geounet.scenes import open_scene
+    from geounet.settings import InferenceSettings
+
+    path = scene(args.size)
+    ckpt = checkpoint(args.width)
+    settings = InferenceSettings(precision=args.precision, tile_size=args.tile, batch_size=args.batch)
+    mi = ModelInfo.from_checkpoint(ckpt)
+    plan = make_plan(open_scene(path, in_channels=3), mi, settings)
+    shape = plan_cluster("cpu")
+    threads = shape.workers * shape.threads_per_worker
+    cluster = LocalCluster(n_workers=shape.workers, threads_per_worker=shape.threads_per_worker,
+                           processes=True, dashboard_address=None)
+    client = Client(cluster)
+    client.register_plugin(TorchThreads(shape.torch_threads))
+    runs = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(args.repeat):
+                t0 = time.perf_counter()
+                res = run_scenes([str(path)], ckpt, Path(tmp) / f"o{i}", settings, client=client, progress=False)
+                runs.append(time.perf_counter() - t0)
+                assert res[0].status == "success", res[0].error
+                timings = res[0].timings
+    finally:
+        client.close()
+        cluster.close()
+    model_s = min(_model_only(ckpt, plan, threads=threads, precision=args.precision, batch_size=args.batch)
+                  for _ in range(args.repeat))
+    e2e = min(runs)
+    save("ratio", {
+        "command": f"python benchmarks/bench_pipeline.py ratio --size {args.size} --width {args.width} "
+                   f"--precision {args.precision} --tile {args.tile} --batch {args.batch} --repeat {args.repeat}",
+        "machine": machine(), "scene_px": args.size**2, "tiles": plan.n_tiles, "tile_shape": plan.tile_shape,
+        "halo": plan.halo, "overhead": round(plan.overhead, 3), "end_to_end_s": round(e2e, 3),
+        "end_to_end_runs_s": [round(r, 3) for r in runs], "model_only_s": round(model_s, 3),
+        "ratio": round(e2e / model_s, 3), "scene_mpx_per_s": round(args.size**2 / e2e / 1e6, 3),
+        "model_mpx_per_s": round(plan.n_tiles * plan.tile_shape[0] * plan.tile_shape[1] / model_s / 1e6, 3),
+        "stage_timings_s": timings,
+    })
+
+
+def memory(args: argparse.Namespace) -> None:
+    ckpt = checkpoint(args.width)
+    rows = []
+    for size in args.sizes:
+        path = scene(size)
+        with tempfile.TemporaryDirectory() as tmp:
+            wall, peak, _ = run_cli(["-q", "predict", str(path), "-m", str(ckpt), "-o", tmp, "--no-progress"])
+        rows.append({"size": size, "pixels": size * size, "wall_s": round(wall, 1),
+                     "peak_rss_mb": round(peak / 2**20, 1)})
+    save("memory", {
+        "command": f"python benchmarks/bench_pipeline.py memory --sizes {' '.join(map(str, args.sizes))} --width {args.width}",
+        "machine": machine(), "runs": rows,
+        "ratio_largest_to_smallest": round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3),
+    })
+
+
+def halo(args: argparse.Namespace) -> None:
+    import torch
+    from rasterio.windows import Window
+
+    from geounet.blocks import plan_tiles
+    from geounet.checkpoint import load_checkpoint
+    from geounet.infer import infer_block, prepare_input, read_window, resolve_precision, run_model
+    from geounet.pipeline import ModelInfo
+    from geounet.scenes import open_scene
+
+    path = scene(args.size)
+    ckpt = checkpoint(args.width)
+    model = load_checkpoint(ckpt).to(memory_format=torch.channels_last)
+    mi = ModelInfo.from_checkpoint(ckpt)
+    info = open_scene(path, in_channels=3)
+    dev = torch.device("cpu")
+    dtype = resolve_precision("fp32", dev)
+    raw, valid = read_window(info, Window(0, 0, info.width, info.height))
+    whole = run_model(model, prepare_input(raw, valid, mi.normalization), device=dev, dtype=dtype).numpy()[0]
+    rows = []
+    m = model.spec.multiple
+    for h in range(0, ((model.receptive_field_radius + m - 1) // m) * m + 1, m):
+        plan = plan_tiles(info.width, info.height, tile_size=args.tile, halo=h, multiple=m)
+        tiled = np.empty_like(whole)
+        t0 = time.perf_counter()
+        for b in plan.blocks:
+            r, v = read_window(info, b.read)
+            p = infer_block(model, prepare_input(r, v, mi.normalization), b, batch_size=4, device=dev, dtype=dtype)
+            c = b.core
+            tiled[:, int(c.row_off):int(c.row_off + c.height), int(c.col_off):int(c.col_off + c.width)] = p
+        dt = time.perf_counter() - t0
+        err = float(np.abs(tiled - whole).max())
+        rows.append({"halo": h, "max_abs_error": err, "mean_abs_error": float(np.abs(tiled - whole).mean()),
+                     "overhead": round(plan.overhead, 3), "seconds": round(dt, 2)})
+        print(rows[-1])
+    save("halo", {
+        "command": f"python benchmarks/bench_pipeline.py halo --size {args.size} --width {args.width} --tile {args.tile}",
+        "machine": machine(), "receptive_field_radius": model.receptive_field_radius, "tile": args.tile,
+        "precision": "fp32", "rows": rows,
+    })
+
+
+def precision(args: argparse.Namespace) -> None:
+    import geopandas as gpd
+
+    from geounet.evaluate import building_f1
+
+    path = scene(args.size)
+    ckpt = checkpoint(args.width) if not args.model else Path(args.model)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in ("fp32", "bf16"):
+            wall, _, _ = run_cli(["-q", "predict", str(path), "-m", str(ckpt), "-o", f"{tmp}/{p}",
+                                  "--precision", p, "--no-progress"])
+            out[p] = wall
+        import rasterio
+
+        with rasterio.open(f"{tmp}/fp32/{path.stem}/probability.tif") as a, \
+             rasterio.open(f"{tmp}/bf16/{path.stem}/probability.tif") as b:
+            diff = max(int(np.abs(a.read(k).astype(int) - b.read(k).astype(int)).max()) for k in (1, 2))
+        f1 = {}
+        for cls in ("buildings", "roads"):
+            g32 = gpd.read_file(f"{tmp}/fp32/{path.stem}/{cls}.geojson").to_crs(3857)
+            g16 = gpd.read_file(f"{tmp}/bf16/{path.stem}/{cls}.geojson").to_crs(3857)
+            f1[cls] = round(building_f1(g16.geometry, g32.geometry).f1, 4)
+    save("precision", {
+        "command": f"python benchmarks/bench_pipeline.py precision --size {args.size} --width {args.width}"
+                   + (f" --model {args.model}" if args.model else ""),
+        "machine": machine(), "wall_s": {k: round(v, 2) for k, v in out.items()},
+        "max_probability_difference": round(diff / 255.0, 4),
+        "polygon_f1_bf16_vs_fp32": f1,
+    })
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="suite", required=True)
+    a = sub.add_parser("ratio")
+    a.add_argument("--size", type=int, default=4096)
+    a.add_argument("--width", type=int, default=16)
+    a.add_argument("--precision", default="auto")
+    a.add_argument("--tile", type=int, default=1024)
+    a.add_argument("--batch", type=int, default=1)
+    a.add_argument("--repeat", type=int, default=2)
+    m = sub.add_parser("memory")
+    m.add_argument("--sizes", type=int, nargs="+", default=[4000, 12000])
+    m.add_argument("--width", type=int, default=16)
+    h = sub.add_parser("halo")
+    h.add_argument("--size", type=int, default=1024)
+    h.add_argument("--width", type=int, default=16)
+    h.add_argument("--tile", type=int, default=512)
+    p = sub.add_parser("precision")
+    p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--model")
+    args = ap.parse_args()
+    {"ratio": ratio, "memory": memory, "halo": halo, "precision": precision}[args.suite](args)
+
+
+if __name__ == "__main__":
+    main()

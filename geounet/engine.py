@@ -1,15 +1,18 @@
 """The Dask distributed engine: an embedded LocalCluster sized to the machine, or an
 existing scheduler given by address.
 
-Sizing (embedded cluster):
+Sizing (embedded cluster, :func:`plan_cluster`):
 
 * one worker process per visible GPU, each with ``resources={"GPU": 1}`` and that GPU pinned
   through ``CUDA_VISIBLE_DEVICES``;
-* otherwise CPU workers whose torch threads are set so that
-  ``workers x threads_per_worker x torch_threads <= cores``.
+* otherwise CPU workers, with torch's intra-op threads set explicitly so that
+  ``workers x threads_per_worker x torch_threads <= cores``: parallelism comes from
+  task threads (reading, polygonizing and the forward pass overlap), not from torch
+  threads competing with them.
 
-Nothing assumes the workers share the client's memory: tasks receive their inputs as
-arguments and the checkpoint is scattered once per run.
+The cluster starts lazily (:class:`LazyClient`): a run whose scenes are all complete or
+refused never starts one. Nothing assumes the workers share the client's memory: tasks
+receive their inputs as arguments and the checkpoint is scattered once per run.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import dask
 from distributed import Client, LocalCluster, Nanny, SpecCluster, Worker, WorkerPlugin
@@ -26,6 +30,16 @@ from distributed import Client, LocalCluster, Nanny, SpecCluster, Worker, Worker
 from geounet.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+# CPU task threads per worker process when the number of workers is not given. Parts of a
+# block task hold the GIL (building polygon objects, Python glue), so one process with many
+# threads stops scaling; a few threads per process keep that contention low while the
+# model is still loaded once per process, not once per thread.
+THREADS_PER_CPU_WORKER = 4
+
+# Embedded cluster: a task whose worker dies is retried on another worker this many times
+# before its scene is reported failed ("a worker died ...").
+ALLOWED_FAILURES = 2
 
 
 class TorchThreads(WorkerPlugin):
@@ -67,8 +81,22 @@ def available_cores() -> int:
 
 
 def plan_cluster(device: str = "auto", workers: int | None = None, cores: int | None = None,
-                 gpus: int | None = None) -> ClusterShape:
-    """Pure sizing rule for the embedded cluster (see module docstring)."""
+                 gpus: int | None = None, *, threads_per_worker: int | None = None) -> ClusterShape:
+    """Pure sizing rule for the embedded cluster (see the module docstring).
+
+    CPU: ``workers`` defaults to one process per :data:`THREADS_PER_CPU_WORKER` cores;
+    task threads default to ``cores // workers``; torch gets the cores left over, at
+    least 1. Requests that would oversubscribe the cores (more workers than cores, or
+    more threads than a worker's share) are reduced, with a warning, so that
+    ``workers x threads_per_worker x torch_threads <= cores`` always holds.
+
+    GPU: one worker per GPU (at most ``workers``), ``max(2, cores // gpus)`` task threads
+    each so reading and polygonizing overlap the GPU's work, torch threads 1.
+    """
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    if threads_per_worker is not None and threads_per_worker < 1:
+        raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
     cores = cores or available_cores()
     if gpus is None:
         gpus = 0
@@ -80,13 +108,57 @@ def plan_cluster(device: str = "auto", workers: int | None = None, cores: int | 
         gpus = 0
     if gpus:
         n = min(workers or gpus, gpus)
-        threads = max(2, cores // n)  # reading/polygonizing threads beside the GPU stream
+        threads = threads_per_worker or max(2, cores // n)
         return ClusterShape(workers=n, threads_per_worker=threads, torch_threads=1, gpus=n)
-    if workers is not None and workers < 1:
-        raise ConfigError(f"workers must be >= 1, got {workers}")
-    n = workers or 1
-    threads = max(1, cores // n)
-    return ClusterShape(workers=n, threads_per_worker=threads, torch_threads=1, gpus=0)
+    n = workers or max(1, cores // THREADS_PER_CPU_WORKER)
+    if n > cores:
+        log.warning("%d CPU workers requested but only %d core(s) are available; using %d", n, cores, cores)
+        n = cores
+    share = cores // n
+    threads = threads_per_worker or share
+    if threads > share:
+        log.warning("%d threads per worker x %d worker(s) exceed %d core(s); using %d thread(s) per worker",
+                    threads, n, cores, share)
+        threads = share
+    torch_threads = max(1, cores // (n * threads))
+    return ClusterShape(workers=n, threads_per_worker=threads, torch_threads=torch_threads, gpus=0)
+
+
+def dashboard_link(client: Client) -> str | None:
+    """The scheduler's dashboard URL, or None when it serves none (bokeh not installed)."""
+    info = client.scheduler_info()
+    if "dashboard" not in (info.get("services") or {}):
+        return None
+    return client.dashboard_link
+
+
+class LazyClient:
+    """Stands in for a :class:`distributed.Client` and connects on first use.
+
+    Any attribute access (``submit``, ``scatter``, ``run`` ...) starts the cluster or
+    connects to the scheduler, then forwards to the real client. ``on_connect`` is called
+    once with the real client (to log the dashboard address, for instance).
+    """
+
+    def __init__(self, connect: Callable[[], Client], on_connect: Callable[[Client], None] | None = None) -> None:
+        self._connect = connect
+        self._on_connect = on_connect
+        self._client: Client | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._client is not None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = self._connect()
+            if self._on_connect is not None:
+                self._on_connect(self._client)
+        return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
 
 
 @contextlib.contextmanager
@@ -98,28 +170,55 @@ def dask_client(
     threads_per_worker: int | None = None,
     processes: bool = True,
     dashboard: bool = True,
+    lazy: bool = False,
+    on_connect: Callable[[Client], None] | None = None,
 ) -> Iterator[Client]:
     """A connected client: to ``scheduler`` if given, else to a fresh embedded cluster.
 
-    The embedded cluster is closed on exit; an external cluster is left running.
+    With ``lazy=True`` a :class:`LazyClient` is yielded and nothing starts until it is
+    used. The embedded cluster is closed on exit; an external cluster is left running.
     """
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise ConfigError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
-        try:
-            client.register_plugin(TorchThreads(1))
+    stack = contextlib.ExitStack()
+
+    def connect() -> Client:
+        if scheduler:
+            return stack.enter_context(_external(scheduler))
+        return stack.enter_context(_embedded(device, workers, threads_per_worker, processes, dashboard))
+
+    with stack:
+        if lazy:
+            yield LazyClient(connect, on_connect)  # type: ignore[misc]
+        else:
+            client = connect()
+            if on_connect is not None:
+                on_connect(client)
             yield client
-        finally:
-            client.close()
-        return
-    shape = plan_cluster(device, workers)
-    if threads_per_worker:
-        shape = ClusterShape(shape.workers, threads_per_worker, shape.torch_threads, shape.gpus)
+
+
+@contextlib.contextmanager
+def _external(scheduler: str) -> Iterator[Client]:
+    try:
+        client = Client(scheduler, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+    try:
+        n = len(client.scheduler_info().get("workers", {}))
+        log.info("connected to Dask scheduler %s with %d worker(s)", scheduler, n)
+        if not n:
+            log.warning("the Dask scheduler at %s has no workers yet; tasks wait until one joins", scheduler)
+        client.register_plugin(TorchThreads(1))
+        yield client
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _embedded(device: str, workers: int | None, threads_per_worker: int | None, processes: bool,
+              dashboard: bool) -> Iterator[Client]:
+    shape = plan_cluster(device, workers, threads_per_worker=threads_per_worker)
     log.info("starting embedded Dask cluster: %s", shape.describe())
     dash = ":0" if dashboard else None
-    with dask.config.set({"distributed.scheduler.allowed-failures": 2,
+    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
                           "distributed.worker.daemon": False,
                           "distributed.admin.tick.limit": "30s"}):
         if shape.gpus:
@@ -138,13 +237,15 @@ def dask_client(
                 n_workers=shape.workers, threads_per_worker=shape.threads_per_worker,
                 processes=processes, dashboard_address=dash, silence_logs=logging.WARNING,
             )
+    try:
         client = Client(cluster)
         try:
             client.register_plugin(TorchThreads(shape.torch_threads))
             yield client
         finally:
             client.close()
-            cluster.close()
+    finally:
+        cluster.close()
 
 
 def _scheduler_cls() -> type:

@@ -232,7 +232,7 @@ class _SceneJob:
 
 def finalize_scene(job: _SceneJob, config_hash: str, options: dict[str, Any]) -> SceneOutcome:
     """Merge seams, post-process in metres, write every output, then scene.json."""
-    from geounet.polygons import postprocess
+    from geounet.polygons import areas_m2, postprocess
     from geounet.vectorize import merge_seams
 
     info, model, s = job.info, job.model, job.settings
@@ -241,11 +241,15 @@ def finalize_scene(job: _SceneJob, config_hash: str, options: dict[str, Any]) ->
     pixel_geoms: list[Any] = []
     counts: dict[str, int] = {}
     for k, name in enumerate(model.class_names):
-        merged = merge_seams(job.polygons[k])
+        # blocks arrive in any order; merging them in grid order makes the output files
+        # byte-for-byte reproducible (ring and hole order of merged polygons)
+        merged = merge_seams(sorted(job.polygons[k], key=lambda b: (b.row_off, b.col_off)))
         geoms, area, score, _ = postprocess(
             merged.geoms, merged.pixel_count, merged.prob_sum, affine=info.affine, crs=info.crs_wkt,
             simplify_m=s.simplify_m, min_area_m2=s.min_area_m2, fill_holes_m2=s.fill_holes_m2,
+            scene_shape=(info.height, info.width),
         )
+        geoms, area, score = _single_parts(geoms, area, score, info.crs_wkt, areas_m2)
         pixel_geoms.append(merged.geoms)
         layers[name] = gpd.GeoDataFrame(
             {
@@ -297,6 +301,23 @@ def finalize_scene(job: _SceneJob, config_hash: str, options: dict[str, Any]) ->
     write_json(record, job.folder / SCENE_JSON)
     return SceneOutcome(scene=info.path, stem=info.stem, status="success", out_dir=str(job.folder),
                         polygons=counts, timings=timings, pixels=info.pixels, blocks=len(job.plan.blocks))
+
+
+def _single_parts(geoms: Any, area: Any, score: Any, crs: str, areas: Any) -> tuple[Any, Any, Any]:
+    """Split any MultiPolygon (simplification can produce one) so layers hold Polygons only;
+    parts keep their polygon's score and get their own area."""
+    import shapely
+
+    geoms = np.asarray(geoms, dtype=object)
+    multi = shapely.get_type_id(geoms) != 3 if len(geoms) else np.zeros(0, bool)
+    if not multi.any():
+        return geoms, np.asarray(area), np.asarray(score)
+    parts, idx = shapely.get_parts(geoms, return_index=True)
+    parts_area = np.asarray(area)[idx].astype(np.float64)
+    from_multi = multi[idx]
+    if from_multi.any():
+        parts_area[from_multi] = areas(parts[from_multi], crs)
+    return parts, parts_area, np.asarray(score)[idx]
 
 
 def _describe_task_error(exc: BaseException, info: SceneInfo, block_index: int) -> str:
@@ -384,6 +405,17 @@ def _cuda_available() -> bool:
 def _threads(client: Client) -> int:
     info = client.scheduler_info()
     return max(1, sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()))
+
+
+def _next_batch(ac: as_completed, stop: threading.Event | None) -> list[Any]:
+    """Finished futures; returns [] as soon as ``stop`` is set instead of waiting for a
+    long block to finish (SIGTERM must not wait for the slowest task in flight)."""
+    while not ac.has_ready():
+        if stop is not None and stop.wait(0.05):
+            return []
+        if stop is None:
+            return ac.next_batch(block=True)
+    return ac.next_batch(block=False)
 
 
 def _drive(client, infos, out, model, settings, spec, ckpt_ref, config_hash, options, limit, gpu,
@@ -475,7 +507,7 @@ def _drive(client, infos, out, model, settings, spec, ckpt_ref, config_hash, opt
                     time.sleep(0.05)
                     continue
                 break
-            batch = ac.next_batch(block=True)
+            batch = _next_batch(ac, stop)
             for fut in batch:
                 in_flight -= 1
                 i, bidx = where.pop(fut.key)

@@ -1,11 +1,21 @@
 """Batch runs over directories of scenes: ``geounet run WORKFLOW.yaml``.
 
-A run finds its scenes (a folder, a glob, a list file or GDAL URLs), takes a lock on the
-output folder (an overlapping cron job exits at once; a lock left by a killed run is
-released by the kernel with the process), cleans leftovers of interrupted writes, drives
-:func:`geounet.pipeline.run_scenes` on a Dask cluster, and records everything in
-``OUT/run.json`` and ``OUT/geounet.log``. SIGTERM and Ctrl-C stop the submission of work,
-leave nothing half-written and still write ``run.json``.
+A run, in order:
+
+1. finds its scenes (a folder, a glob, a list file, GDAL URLs, or a list of these) and
+   reads the checkpoint's header -- a bad model fails here, before anything else;
+2. checks that the output folder takes files (read-only or missing space fails here,
+   before any computing, with exit code 4);
+3. takes an exclusive lock on the output folder (``flock``: an overlapping cron job exits
+   at once with code 3; the kernel releases the lock of a killed run);
+4. removes ``.partial-*`` leftovers of interrupted writes, then drives
+   :func:`geounet.pipeline.run_scenes` on a Dask cluster that starts only if some scene
+   needs work;
+5. records everything in ``OUT/run.json`` (rewritten after each scene) and
+   ``OUT/geounet.log``.
+
+SIGTERM and Ctrl-C stop the submission of work, leave nothing half-written and still
+write ``run.json`` (``"interrupted": true``).
 """
 
 from __future__ import annotations
@@ -15,20 +25,20 @@ import glob as globlib
 import logging
 import os
 import signal
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
 from pydantic import Field
 
 from geounet.config import StrictModel, load_config
-from geounet.errors import ConfigError, LockHeldError
+from geounet.errors import LockHeldError, OutputError
 from geounet.export import PARTIAL_PREFIX, write_json
-from geounet.pipeline import SceneOutcome, library_versions, run_scenes
+from geounet.pipeline import SceneOutcome, check_writable, library_versions, run_scenes
 from geounet.scenes import is_remote
 from geounet.settings import InferenceSettings
 
@@ -46,7 +56,7 @@ class ClusterSettings(StrictModel):
     scheduler: str | None = None
     """Address of an existing Dask scheduler (tcp://host:8786); null: an embedded LocalCluster."""
     workers: int | None = Field(None, ge=1)
-    """Embedded cluster: worker processes; null: one per GPU, else 1."""
+    """Embedded cluster: worker processes; null: one per GPU, else one per 4 cores."""
     threads_per_worker: int | None = Field(None, ge=1)
     """Embedded cluster: task threads per worker; null: cores / workers."""
     processes: bool = True
@@ -72,6 +82,7 @@ class WorkflowSettings(StrictModel):
     """Dask cluster settings."""
 
 
+# --------------------------------------------------------------------------- paths
 def resolve_model(model: str, base: Path | None = None) -> str:
     """'default' -> the shipped weights; relative paths are taken from ``base``."""
     if model == "default":
@@ -86,13 +97,62 @@ def resolve_model(model: str, base: Path | None = None) -> str:
     return str(p)
 
 
+def resolve_out(out: str, base: Path | None = None) -> Path:
+    """The output folder: relative paths (from the workflow file) are taken from ``base``."""
+    p = Path(out)
+    return base / p if not p.is_absolute() and base is not None else p
+
+
+def _is_glob(s: str) -> bool:
+    return any(ch in s for ch in "*?[")
+
+
+def _below(path: Path, folder: Path) -> bool:
+    """True when ``path`` lies inside ``folder`` (both resolved)."""
+    try:
+        path.relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder part of a glob before its first wildcard."""
+    parts = Path(pattern).parts
+    fixed = parts[: next((i for i, q in enumerate(parts) if _is_glob(q)), len(parts))]
+    return Path(*fixed) if fixed else Path(".")
+
+
 def discover_scenes(spec: str | list[str], *, pattern: str = "*.tif", recursive: bool = True,
-                    base: Path | None = None) -> list[str]:
+                    base: Path | None = None, exclude: Path | None = None) -> list[str]:
     """Scene paths from a folder, glob, list file, URL, or a list of any of these.
 
-    Sorted within each source; order of sources is kept; duplicates are dropped.
+    * a folder is searched (recursively unless ``recursive`` is false) for ``pattern``;
+      the default ``*.tif`` matches ``.tif`` and ``.tiff`` in any case;
+    * a glob (``*``, ``?``, ``[``; ``**`` crosses folders) is expanded; a relative glob
+      that matches nothing from the current folder is tried from ``base``;
+    * any other existing file that is not a GeoTIFF is a list file: one path or URL per
+      line, ``#`` comments; relative paths are taken from the list file's folder;
+    * GDAL URLs (``/vsis3/...``, ``https://...``) and paths that do not exist are passed
+      through (a missing file is then reported as a failed scene, not silently dropped).
+
+    Hidden files (``.name``) are skipped, and so are files under ``exclude`` (the output
+    folder, whose ``probability.tif`` files are not scenes) when it lies inside the
+    searched folder. Sorted within each source; the order of sources is kept; duplicates
+    are dropped.
     """
     specs = [spec] if isinstance(spec, str) else list(spec)
+    skip = exclude.resolve() if exclude is not None else None
+
+    def select(hits: Iterator[Path], root: Path) -> list[str]:
+        r = root.resolve()
+        out_inside = skip is not None and skip != r and _below(skip, r)
+        return sorted(
+            str(q) for q in hits
+            if not q.name.startswith(".") and q.is_file()
+            and not (out_inside and _below(q.resolve(), skip))  # type: ignore[arg-type]
+        )
+
     found: list[str] = []
     for s in specs:
         if is_remote(s):
@@ -102,46 +162,74 @@ def discover_scenes(spec: str | list[str], *, pattern: str = "*.tif", recursive:
         if not p.is_absolute() and base is not None and not p.exists() and (base / p).exists():
             p = base / p
         if p.is_dir():
-            it = p.rglob("*") if recursive else p.glob("*")
             if pattern == "*.tif":
-                hits = [q for q in it if q.suffix.lower() in SCENE_SUFFIXES and (q.is_file() or q.is_symlink())]
+                hits = (q for q in (p.rglob("*") if recursive else p.glob("*"))
+                        if q.suffix.lower() in SCENE_SUFFIXES)
             else:
-                hits = [q for q in (p.rglob(pattern) if recursive else p.glob(pattern))]
-            found += sorted(str(q) for q in hits)
+                hits = p.rglob(pattern) if recursive else p.glob(pattern)
+            found += select(hits, p)
         elif p.is_file() and p.suffix.lower() not in SCENE_SUFFIXES:
             for line in p.read_text(encoding="utf-8").splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
                     q = line if is_remote(line) or os.path.isabs(line) else str(p.parent / line)
                     found.append(q)
-        elif any(ch in s for ch in "*?["):
-            found += sorted(globlib.glob(s, recursive=True))
+        elif _is_glob(s):
+            pat = s
+            if not os.path.isabs(s) and base is not None and not globlib.glob(s, recursive=True):
+                pat = str(base / s)
+            found += select((Path(q) for q in globlib.glob(pat, recursive=True)), _glob_root(pat))
         else:
             found.append(str(p))  # a single file (or a missing one: reported per scene)
     seen: set[str] = set()
     return [x for x in found if not (x in seen or seen.add(x))]
 
 
+# --------------------------------------------------------------------------- run folder
 @contextlib.contextmanager
 def output_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out`` for the run; fail at once if another run holds it."""
-    out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(out / LOCK_NAME), timeout=0)
+    """Hold an exclusive lock on ``out`` for the run; fail at once if another run holds it.
+
+    The lock is an ``flock`` on ``OUT/.geounet.lock``: the kernel drops it when the
+    holding process ends, however it ends (SIGKILL, power cut of a container, OOM
+    killer), so a dead run never blocks the next one. The file records the holder
+    (pid, host, start time) for the message a second run prints.
+
+    Raises:
+        LockHeldError: another process holds the lock.
+        OutputError: the lock file cannot be created (read-only folder, disk full).
+    """
+    import fcntl
+
+    path = out / LOCK_NAME
     try:
-        lock.acquire()
-    except Timeout:
-        raise LockHeldError(
-            f"output folder {out} is locked by another geounet run ({out / LOCK_NAME}); "
-            "wait for it to finish or choose another --out"
-        ) from None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise OutputError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
     try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            raise LockHeldError(
+                f"output folder {out} is locked by another geounet run (lock {path}"
+                + (f", held by {holder}" if holder else "")
+                + "); wait for it to finish or choose another --out"
+            ) from None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now}\n".encode(), 0)
         yield
     finally:
-        lock.release()
+        os.close(fd)  # releases the flock
 
 
 def clean_partials(out: Path) -> int:
-    """Remove temporary files left by interrupted runs anywhere under ``out``."""
+    """Remove temporary files left by interrupted runs anywhere under ``out``.
+
+    Only called while holding the output lock, so no other run is writing them.
+    """
     n = 0
     for p in out.rglob(f"{PARTIAL_PREFIX}*"):
         with contextlib.suppress(OSError):
@@ -150,22 +238,43 @@ def clean_partials(out: Path) -> int:
     return n
 
 
+def remove_empty_scene_folders(outcomes: list[SceneOutcome]) -> None:
+    """Remove the (empty) folders of scenes that failed or were interrupted."""
+    for o in outcomes:
+        if o.status == "failed":
+            with contextlib.suppress(OSError):
+                Path(o.out_dir).rmdir()  # only succeeds when empty
+
+
 @contextlib.contextmanager
 def run_log(out: Path, level: int = logging.INFO) -> Iterator[None]:
-    """Append this run's log records to OUT/geounet.log."""
+    """Append this run's log records (and Dask's warnings) to OUT/geounet.log.
+
+    The console keeps the verbosity the user chose: handlers already attached to the
+    root logger are pinned to the previous level while the file takes ``level``.
+    """
     handler = logging.FileHandler(out / LOG_NAME, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(level)
     root = logging.getLogger("geounet")
+    dask_log = logging.getLogger("distributed")
+    console_level = root.getEffectiveLevel()
+    file_level = min(level, console_level)
+    handler.setLevel(file_level)
+    pinned = [h for h in logging.getLogger().handlers if h.level == logging.NOTSET]
+    for h in pinned:
+        h.setLevel(console_level)
     old = root.level
     root.addHandler(handler)
-    if root.level == logging.NOTSET or root.level > level:
-        root.setLevel(level)
+    dask_log.addHandler(handler)
+    root.setLevel(file_level)
     try:
         yield
     finally:
         root.removeHandler(handler)
+        dask_log.removeHandler(handler)
         root.setLevel(old)
+        for h in pinned:
+            h.setLevel(logging.NOTSET)
         handler.close()
 
 
@@ -180,7 +289,7 @@ def stop_on_signals() -> Iterator[threading.Event]:
     def handler(signum: int, _frame: Any) -> None:
         if signum == signal.SIGINT and stop.is_set():
             raise KeyboardInterrupt
-        log.warning("received %s: finishing nothing new, cleaning up", signal.Signals(signum).name)
+        log.warning("received %s: submitting nothing new, cleaning up", signal.Signals(signum).name)
         stop.set()
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -195,6 +304,7 @@ def load_workflow(path: str | Path | None, overrides: dict[str, Any]) -> Workflo
     return load_config(WorkflowSettings, path, overrides)
 
 
+# --------------------------------------------------------------------------- the run
 def run_workflow(
     wf: WorkflowSettings,
     *,
@@ -203,22 +313,31 @@ def run_workflow(
     dry_run: bool = False,
     progress: bool = True,
     client: Any = None,
+    announce: Callable[[str], None] | None = None,
 ) -> tuple[list[SceneOutcome], dict[str, Any]]:
-    """Run a workflow; returns the outcomes and the run record written to run.json."""
-    from geounet.engine import dask_client
+    """Run a workflow; returns the outcomes and the run record written to run.json.
 
-    out = Path(wf.out)
-    if not out.is_absolute() and base is not None:
-        out = base / out
-    model = resolve_model(wf.model, base)
-    scenes = discover_scenes(wf.scenes, pattern=wf.pattern, recursive=wf.recursive, base=base)
-    if not scenes:
-        raise ConfigError(f"no scenes found for {wf.scenes!r} (pattern {wf.pattern!r})")
+    ``client``: an existing Dask client to use instead of the workflow's cluster settings.
+    ``announce``: receives one-line messages for the user (the dashboard address).
+
+    Raises:
+        CheckpointError, ConfigError: bad model or settings; nothing was written.
+        OutputError: the output folder cannot take files (before any computing), or
+            became full during the run (the run stops; finished scenes stay intact).
+        LockHeldError: another run holds the output folder.
+    """
     from geounet.checkpoint import read_metadata
+    from geounet.engine import dask_client, dashboard_link
 
-    read_metadata(model)  # a bad model fails before any scene
+    out = resolve_out(wf.out, base)
+    model = resolve_model(wf.model, base)
+    read_metadata(model)  # a bad model fails before anything else
+    scenes = discover_scenes(wf.scenes, pattern=wf.pattern, recursive=wf.recursive, base=base, exclude=out)
+    if not scenes:
+        log.warning("no scenes found for %r (pattern %r): nothing to do", wf.scenes, wf.pattern)
     if dry_run:
-        return _dry_run(scenes, model, out, wf), {}
+        return _dry_run(scenes, model, out, wf, force), {}
+    check_writable(out)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     with output_lock(out), run_log(out), stop_on_signals() as stop:
@@ -229,17 +348,22 @@ def run_workflow(
         outcomes: list[SceneOutcome] = []
         record: dict[str, Any] = {}
 
-        def write_record(final: bool, error: str | None = None) -> None:
+        def write_record(status: str, error: str | None = None) -> None:
+            final = status != "running"
             record.clear()
             record.update({
-                "status": "finished" if final else "running",
+                "status": "interrupted" if final and stop.is_set() else status,
                 "started": started.isoformat(timespec="seconds"),
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds") if final else None,
                 "wall_s": round(time.perf_counter() - t0, 3),
+                "pid": os.getpid(),
                 "model": model,
+                "out": str(out),
                 "config_hash": wf.inference.fingerprint(),
+                "force": force,
                 "interrupted": stop.is_set(),
                 "error": error,
+                "total": len(scenes),
                 "counts": {s: sum(o.status == s for o in outcomes) for s in ("success", "skipped", "failed")},
                 "scenes": [o.to_dict() for o in outcomes],
                 "versions": library_versions(),
@@ -248,29 +372,42 @@ def run_workflow(
 
         def on_outcome(o: SceneOutcome) -> None:
             outcomes.append(o)
-            write_record(False)
+            write_record("running")
+
+        def on_connect(c: Any) -> None:
+            link = dashboard_link(c)
+            msg = f"Dask dashboard: {link}" if link else "Dask dashboard: not available (bokeh is not installed)"
+            log.info("%s", msg)
+            if announce is not None:
+                announce(msg)
 
         ctx = contextlib.nullcontext(client) if client is not None else dask_client(
             wf.cluster.scheduler, device=wf.inference.device, workers=wf.cluster.workers,
-            threads_per_worker=wf.cluster.threads_per_worker, processes=wf.cluster.processes)
+            threads_per_worker=wf.cluster.threads_per_worker, processes=wf.cluster.processes,
+            lazy=True, on_connect=on_connect)
         try:
             with ctx as c:
-                link = getattr(c, "dashboard_link", None)
-                if link:
-                    log.warning("Dask dashboard: %s", link)
                 final = run_scenes(scenes, model, out, wf.inference, client=c, force=force,
                                    progress=progress, stop=stop, on_outcome=on_outcome)
+                if not getattr(c, "started", True):
+                    log.info("no scene needed computing; no Dask cluster was started")
         except BaseException as exc:
             with contextlib.suppress(Exception):
-                write_record(True, error=f"{type(exc).__name__}: {exc}")
+                write_record("stopped", error=f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            n = clean_partials(out)
+            if n:
+                log.warning("removed %d temporary file(s) after the run", n)
         outcomes[:] = final
-        write_record(True)
-        log.info("run finished: %s", record["counts"])
+        remove_empty_scene_folders(final)
+        write_record("finished")
+        log.info("run %s: %s", record["status"], record["counts"])
         return final, record
 
 
-def _dry_run(scenes: list[str], model: str, out: Path, wf: WorkflowSettings) -> list[SceneOutcome]:
+def _dry_run(scenes: list[str], model: str, out: Path, wf: WorkflowSettings, force: bool) -> list[SceneOutcome]:
+    """What a run would do, per scene: run, skip (complete) or refuse. Reads headers only."""
     from geounet.errors import SceneError
     from geounet.pipeline import ModelInfo, is_complete
     from geounet.scenes import open_scene, unique_stems
@@ -280,11 +417,11 @@ def _dry_run(scenes: list[str], model: str, out: Path, wf: WorkflowSettings) -> 
     for path, stem in zip(scenes, unique_stems(scenes)):
         try:
             info = open_scene(path, in_channels=mi.in_channels, bands=wf.inference.bands or mi.bands,
-                              max_pixels=wf.inference.max_pixels, stem=stem)
-            done = is_complete(out / stem, info, mi, wf.inference.fingerprint())
+                              max_pixels=wf.inference.max_pixels, use_nodata=wf.inference.use_nodata,
+                              stem=stem)
+            done = not force and is_complete(out / stem, info, mi, wf.inference.fingerprint())
             res.append(SceneOutcome(scene=path, stem=stem, status="skipped" if done else "success",
-                                    out_dir=str(out / stem), pixels=info.pixels,
-                                    error=None))
+                                    out_dir=str(out / stem), pixels=info.pixels))
         except SceneError as exc:
             res.append(SceneOutcome(scene=path, stem=stem, status="failed", out_dir=str(out / stem), error=str(exc)))
     return res

@@ -75,16 +75,17 @@ def _paths(out_dir: Path, name: str) -> dict[str, Path]:
     }
 
 
-def _check_options(*, name: str, width: int, height: int, bands: int, dtype: str, building_density: float,
-                   road_spacing_m: float, tree_density: float, nodata: float | None, nodata_border: int,
-                   block_size: int) -> float | None:
+def _check_options(*, name: str, seed: int, width: int, height: int, bands: int, dtype: str,
+                   building_density: float, road_spacing_m: float, tree_density: float,
+                   nodata: float | None, nodata_border: int, block_size: int) -> float | None:
     """Validate options; returns the nodata value as the scene's dtype will store it."""
     if not name or os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
         raise ConfigError(f"name {name!r} must be a plain file name without folders")
-    for label, v, lo, hi in (("width", width, 16, 1_000_000), ("height", height, 16, 1_000_000),
-                             ("block_size", block_size, 16, 16384)):
+    for label, v, lo, hi in (("seed", seed, 0, 2**63 - 1), ("width", width, 16, 1_000_000),
+                             ("height", height, 16, 1_000_000), ("block_size", block_size, 16, 16384)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not lo <= v <= hi:
-            raise ConfigError(f"{label} {v!r} must be a whole number of pixels from {lo} to {hi}")
+            unit = "" if label == "seed" else " of pixels"
+            raise ConfigError(f"{label} {v!r} must be a whole number{unit} from {lo} to {hi}")
     if bands not in BAND_NAMES:
         raise ConfigError(f"bands {bands!r} must be 1 (gray), 3 (red, green, blue) or 4 (red, green, blue, nir)")
     if dtype not in FULL_SCALE:
@@ -165,16 +166,17 @@ def synthesize_scene(
     Returns:
         :class:`SynthScene` with the paths, CRS, transform and truth counts.
 
-    Cost: the raster is never held whole -- memory is about 40 bytes per pixel of one
-    window plus a 64 MB GDAL cache plus about 1 kB per building and road polygon (a
-    30000 x 30000 scene fits in well under 1 GB). Time is roughly proportional to pixels.
+    Cost: one pass, window by window; the raster is never held whole. Memory is about
+    40 bytes per pixel of one window, a 32 MB GDAL cache and the vector layout (about 1 kB
+    per building and road polygon: some 0.6 bytes per scene pixel at the default densities,
+    whatever the bands and dtype). Time is proportional to the pixels.
 
     Raises:
         ConfigError: an option is invalid or outputs exist and ``overwrite`` is False.
         OutputError: the outputs cannot be written (disk full, read-only folder).
     """
     # 1. options
-    nodata_value = _check_options(name=name, width=width, height=height, bands=bands, dtype=dtype,
+    nodata_value = _check_options(name=name, seed=seed, width=width, height=height, bands=bands, dtype=dtype,
                                   building_density=building_density, road_spacing_m=road_spacing_m,
                                   tree_density=tree_density, nodata=nodata, nodata_border=nodata_border,
                                   block_size=block_size)
@@ -254,6 +256,8 @@ def to_dtype(img: np.ndarray, bands: int, dtype: str, nodata: float | None) -> n
         data = img[:bands]
     data = np.clip(data, 0.0, 1.0)
     if dtype == "float32":
+        if nodata is not None and 0.0 <= nodata <= 1.0:  # NaN and values outside 0-1 never occur
+            data[data == np.float32(nodata)] = np.nextafter(np.float32(nodata), np.float32(2))
         return data
     data *= np.float32(FULL_SCALE[dtype])
     np.rint(data, out=data)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,28 @@ class TorchThreads(WorkerPlugin):
         torch.set_num_threads(self.threads)
         with contextlib.suppress(RuntimeError):
             torch.set_num_interop_threads(1)
+
+
+class IgnoreSigint(WorkerPlugin):
+    """Embedded worker processes ignore SIGINT; the client alone handles Ctrl-C.
+
+    A terminal sends Ctrl-C to its whole process group, the embedded cluster's worker
+    processes included. Left alone, each would die of it and turn an orderly stop (the
+    client stops submitting and cleans up) into crashed tasks and restarted workers.
+    Plugins are applied again to restarted workers. Workers running as threads of the
+    client process are left alone (``signal.signal`` only works in a main thread).
+    """
+
+    name = "geounet-ignore-sigint"
+
+    def __init__(self) -> None:
+        self.client_pid = os.getpid()
+
+    def setup(self, worker: Worker) -> None:  # noqa: D401
+        import threading
+
+        if os.getpid() != self.client_pid and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass(frozen=True)
@@ -241,6 +264,7 @@ def _embedded(device: str, workers: int | None, threads_per_worker: int | None, 
         client = Client(cluster)
         try:
             client.register_plugin(TorchThreads(shape.torch_threads))
+            client.register_plugin(IgnoreSigint())
             yield client
         finally:
             client.close()

@@ -101,8 +101,8 @@ def write_geojson(gdf: gpd.GeoDataFrame, final: Path) -> None:
     """RFC 7946 GeoJSON: GDAL reprojects to WGS84, winds exteriors CCW, cuts at ±180°."""
     with atomic_output(final) as tmp:
         try:
-            pyogrio.write_dataframe(
-                gdf, tmp, driver="GeoJSON", geometry_type="Unknown",
+            pyogrio.write_dataframe(  # layer= names the collection (else the temporary file's name)
+                gdf, tmp, layer=final.stem, driver="GeoJSON", geometry_type="Unknown",
                 layer_options={"RFC7946": "YES", "WRITE_BBOX": "YES"},
             )
         except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, OSError) as exc:

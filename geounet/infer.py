@@ -125,6 +125,22 @@ def close_datasets() -> None:
     _LOCAL.handles = {}
 
 
+def gdal_reason(exc: BaseException) -> str:
+    """The useful part of a rasterio error: rasterio says "Read failed. See previous exception
+    for details." and chains GDAL's messages beneath it, the most specific one (e.g.
+    "got 100 bytes, expected 12299") last. Returns the first and the last of them."""
+    msgs: list[str] = []
+    e: BaseException | None = exc
+    while e is not None and len(msgs) < 10:
+        text = str(e).strip()
+        if text and "See previous exception" not in text and text not in msgs:
+            msgs.append(text)
+        e = e.__cause__ or e.__context__
+    if not msgs:
+        return type(exc).__name__
+    return msgs[0] if len(msgs) == 1 else f"{msgs[0]} ({msgs[-1]})"
+
+
 def read_window(scene: SceneInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
     """Raw pixels (bands, h, w) of ``window`` and a validity mask (h, w).
 
@@ -141,6 +157,7 @@ def read_window(scene: SceneInfo, window: Window) -> tuple[np.ndarray, np.ndarra
         return data, valid
     inner = Window(ic0, ir0, ic1 - ic0, ir1 - ir0)
     sl = (slice(ir0 - r0, ir1 - r0), slice(ic0 - c0, ic1 - c0))
+    failure = None
     try:
         with rasterio.Env(**GDAL_ENV):
             ds = _dataset(scene.path)
@@ -151,7 +168,15 @@ def read_window(scene: SceneInfo, window: Window) -> tuple[np.ndarray, np.ndarra
                 part_valid = np.ones(part.shape[1:], dtype=bool)
     except (RasterioError, OSError) as exc:
         close_datasets()
-        raise SceneReadError(scene.path, f"reading pixels {inner} failed: {exc}") from None
+        failure = gdal_reason(exc)
+    if failure is not None:
+        # Raised outside the except block: GDAL's chained errors cannot be unpickled, and Dask
+        # would then hand the client a bare Exception instead of this SceneReadError.
+        raise SceneReadError(
+            scene.path,
+            f"reading columns {ic0}-{ic1}, rows {ir0}-{ir1} failed: {failure}; the file is "
+            "probably truncated or corrupt (copy it again)",
+        )
     if part.dtype.kind == "f":
         part_valid &= ~np.isnan(part).any(axis=0)
     data[(slice(None), *sl)] = part

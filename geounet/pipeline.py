@@ -351,6 +351,11 @@ def run_scenes(
     out = Path(out)
     check_writable(out)
     model = ModelInfo.from_checkpoint(checkpoint)
+    # The header alone does not prove the weights load: check tensor shapes, content hash and
+    # finite values once here, so a bad model is a CheckpointError (exit 2) before any scene.
+    from geounet.checkpoint import load_checkpoint
+
+    load_checkpoint(checkpoint)
     thresholds = resolve_thresholds(model, settings)
     config_hash = settings.fingerprint()
     options = settings.model_dump(mode="json")

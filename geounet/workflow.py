@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import glob as globlib
+import importlib.util
 import logging
 import os
 import signal
@@ -36,7 +37,7 @@ from typing import Any
 from pydantic import Field
 
 from geounet.config import StrictModel, load_config
-from geounet.errors import LockHeldError, OutputError
+from geounet.errors import GeounetError, LockHeldError, OutputError
 from geounet.export import PARTIAL_PREFIX, write_json
 from geounet.pipeline import SceneOutcome, check_writable, library_versions, run_scenes
 from geounet.scenes import is_remote
@@ -90,11 +91,9 @@ def resolve_model(model: str, base: Path | None = None) -> str:
 
         return str(default_weights())
     p = Path(model)
-    if not p.is_absolute() and base is not None and not p.exists():
-        cand = base / p
-        if cand.exists():
-            return str(cand)
-    return str(p)
+    if not p.is_absolute() and base is not None and not p.exists() and (base / p).exists():
+        p = base / p
+    return os.path.abspath(p)
 
 
 def resolve_out(out: str, base: Path | None = None) -> Path:
@@ -246,12 +245,26 @@ def remove_empty_scene_folders(outcomes: list[SceneOutcome]) -> None:
                 Path(o.out_dir).rmdir()  # only succeeds when empty
 
 
+class _Forward(logging.Handler):
+    """Passes records on to another handler."""
+
+    def __init__(self, target: logging.Handler, level: int) -> None:
+        super().__init__(level)
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.target.handle(record)
+
+
 @contextlib.contextmanager
 def run_log(out: Path, level: int = logging.INFO) -> Iterator[None]:
     """Append this run's log records (and Dask's warnings) to OUT/geounet.log.
 
     The console keeps the verbosity the user chose: handlers already attached to the
-    root logger are pinned to the previous level while the file takes ``level``.
+    root logger are pinned to the previous level while the file takes ``level``. Dask's
+    records reach the file through a forwarding handler that is not a StreamHandler,
+    because LocalCluster lowers every StreamHandler on the ``distributed`` logger to
+    WARNING for the cluster's lifetime (``silence_logs``).
     """
     handler = logging.FileHandler(out / LOG_NAME, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -264,14 +277,15 @@ def run_log(out: Path, level: int = logging.INFO) -> Iterator[None]:
     for h in pinned:
         h.setLevel(console_level)
     old = root.level
+    forward = _Forward(handler, logging.WARNING)
     root.addHandler(handler)
-    dask_log.addHandler(handler)
+    dask_log.addHandler(forward)
     root.setLevel(file_level)
     try:
         yield
     finally:
         root.removeHandler(handler)
-        dask_log.removeHandler(handler)
+        dask_log.removeHandler(forward)
         root.setLevel(old)
         for h in pinned:
             h.setLevel(logging.NOTSET)
@@ -376,7 +390,12 @@ def run_workflow(
 
         def on_connect(c: Any) -> None:
             link = dashboard_link(c)
-            msg = f"Dask dashboard: {link}" if link else "Dask dashboard: not available (bokeh is not installed)"
+            if link is None:
+                msg = "Dask dashboard: not served by this scheduler"
+            else:
+                msg = f"Dask dashboard: {link}"
+                if importlib.util.find_spec("bokeh") is None:
+                    msg += " (its plots need bokeh>=3.1, which is not installed)"
             log.info("%s", msg)
             if announce is not None:
                 announce(msg)
@@ -391,6 +410,15 @@ def run_workflow(
                                    progress=progress, stop=stop, on_outcome=on_outcome)
                 if not getattr(c, "started", True):
                     log.info("no scene needed computing; no Dask cluster was started")
+        except Exception as exc:
+            if not stop.is_set() or isinstance(exc, GeounetError):
+                with contextlib.suppress(Exception):
+                    write_record("stopped", error=f"{type(exc).__name__}: {exc}")
+                raise
+            # the signal also reached the worker processes (a terminal's Ctrl-C, systemd's
+            # stop): what failed after it is part of the interruption, not an error
+            log.warning("stopped by a signal (%s: %s)", type(exc).__name__, exc)
+            final = list(outcomes)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 write_record("stopped", error=f"{type(exc).__name__}: {exc}")

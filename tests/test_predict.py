@@ -32,7 +32,7 @@ def _probe_scene(path: Path, crs: str, transform: Affine, bands: int = 3) -> Pat
 
 def _expected_lonlat(crs: str, transform: Affine) -> shapely.Polygon:
     c0, r0, c1, r1 = RECT
-    corners = [transform * (c, r) for c, r in [(c0, r0), (c1, r0), (c1, r1), (c0, r1)]]
+    corners = [transform @ (c, r) for c, r in [(c0, r0), (c1, r0), (c1, r1), (c0, r1)]]
     tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     return shapely.Polygon([tr.transform(x, y) for x, y in corners])
 
@@ -91,14 +91,14 @@ def test_forced_region_lands_at_the_right_lonlat(tmp_path: Path, dask_local, cas
     gdf = gpd.read_file(folder / "polygons.gpkg", layer="buildings")
     assert gdf.crs.to_epsg() == int(crs.split(":")[1])
     c0, r0, c1, r1 = RECT
-    want = shapely.Polygon([transform * (c, r) for c, r in [(c0, r0), (c1, r0), (c1, r1), (c0, r1)]])
+    want = shapely.Polygon([transform @ (c, r) for c, r in [(c0, r0), (c1, r0), (c1, r1), (c0, r1)]])
     assert gdf.geometry.iloc[0].symmetric_difference(want).area < 1e-6 * want.area
 
     # COG on the scene grid
     with rasterio.open(folder / "probability.tif") as ds:
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert ds.crs.to_string() == crs and ds.transform.almost_equals(transform)
-        assert ds.count == 2 and ds.dtypes[0] == "uint8" and ds.is_tiled
+        assert ds.count == 2 and ds.dtypes[0] == "uint8" and ds.block_shapes[0] == (512, 512)
         p = ds.read(1)
         assert p[r0:r1, c0:c1].min() == 255 and p[:r0].max() == 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,7 +10,18 @@ import click
 
 from geounet.cli.options import inference_options, inference_overrides
 from geounet.cli.summary import exit_code_for_outcomes, print_summary
+from geounet.scenes import is_remote
 from geounet.workflow import load_workflow, run_workflow
+
+DRY_RUN_LABELS = {"success": "would run", "skipped": "complete, would skip", "failed": "REFUSED"}
+
+
+def _from_cwd(path: str | None) -> str | None:
+    """Paths given on the command line are relative to the current folder (paths inside
+    the workflow file are relative to the file's folder)."""
+    if path is None or is_remote(path) or os.path.isabs(path) or path == "default":
+        return path
+    return os.path.join(os.getcwd(), path)
 
 
 @click.command("run")
@@ -30,25 +42,29 @@ def command(workflow: str, scenes: str | None, out: str | None, model: str | Non
 
     Writes OUT/<scene>/... for each scene, OUT/run.json and OUT/geounet.log. Scenes whose
     scene.json records success for the same input, model and settings are skipped.
+    Relative paths in WORKFLOW are taken from its folder; relative paths given as
+    options, from the current folder.
 
     Exit codes: 0 all scenes succeeded (or were already complete), 1 some failed,
     5 all failed, 2 configuration or usage error, 3 output folder locked by another run,
     4 environment error (output not writable, disk full), 130 interrupted.
     """
-    overrides = {"scenes": scenes, "out": out, "model": model, "cluster.scheduler": scheduler,
-                 "cluster.workers": workers, **inference_overrides(dict(kw), prefix="inference.")}
+    overrides = {"scenes": _from_cwd(scenes), "out": _from_cwd(out), "model": _from_cwd(model),
+                 "cluster.scheduler": scheduler, "cluster.workers": workers,
+                 **inference_overrides(dict(kw), prefix="inference.")}
     wf = load_workflow(workflow, overrides)
     show = sys.stderr.isatty() if progress is None else progress
     outcomes, record = run_workflow(wf, base=Path(workflow).resolve().parent, force=force,
-                                    dry_run=dry_run, progress=show)
+                                    dry_run=dry_run, progress=show,
+                                    announce=lambda msg: click.echo(msg, err=True))
     if dry_run:
         for o in outcomes:
-            what = {"success": "would run", "skipped": "complete, would skip", "failed": "REFUSED"}[o.status]
-            click.echo(f"{o.stem}: {what}" + (f" -- {o.error}" if o.error else ""))
+            click.echo(f"{o.stem}: {DRY_RUN_LABELS[o.status]} ({o.scene})" + (f" -- {o.error}" if o.error else ""))
         sys.exit(0)
     print_summary(outcomes)
     if record.get("interrupted"):
         from geounet.cli.main import EXIT_INTERRUPTED
 
+        click.echo("interrupted: unfinished scenes were removed; run again to continue", err=True)
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(exit_code_for_outcomes(outcomes))

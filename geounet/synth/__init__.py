@@ -23,8 +23,10 @@ What a scene holds (sizes at the default 0.5 m per pixel):
   roads and buildings; not part of the truth.
 
 Pixels depend only on the seed and the options, never on the window size used to write.
+``CONTENT_VERSION`` (also in the GeoTIFF tag ``GEOUNET_SYNTH_VERSION``) changes whenever
+what a seed produces changes.
 """
 
-from geounet.synth.scene import SynthScene, synthesize_scene, synthesize_set
+from geounet.synth.scene import CONTENT_VERSION, SynthScene, synthesize_scene, synthesize_set
 
-__all__ = ["SynthScene", "synthesize_scene", "synthesize_set"]
+__all__ = ["CONTENT_VERSION", "SynthScene", "synthesize_scene", "synthesize_set"]

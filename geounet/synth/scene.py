@@ -37,6 +37,9 @@ COLOR_INTERP = {
     4: (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined),
 }
 GDAL_CACHE_BYTES = 32 * 1024 * 1024  # block cache while writing: bounds memory for scenes of any size
+# Bump whenever the pixels or truth a given seed and options produce change, so that caches
+# of generated scenes (e.g. a training set keyed on its options) can tell stale scenes apart.
+CONTENT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,8 @@ def _write_image(path: Path, grid: SceneGrid, layout: Layout, *, seed: int, band
         for i, band in enumerate(BAND_NAMES[bands], start=1):
             dst.set_band_description(i, band)
         dst.update_tags(GEOUNET_SYNTH_SEED=str(seed), GEOUNET_SYNTH_GSD_M=f"{grid.gsd:.6g}",
-                        GEOUNET_SYNTH_FULL_SCALE=f"{FULL_SCALE[dtype]:g}")
+                        GEOUNET_SYNTH_FULL_SCALE=f"{FULL_SCALE[dtype]:g}",
+                        GEOUNET_SYNTH_VERSION=str(CONTENT_VERSION))
         for win in tqdm(wins, desc=f"synth {name}", unit="window", disable=None if progress is None else not progress,
                         leave=False):
             img = paint_window(layout, keys, win, nir=bands == 4)

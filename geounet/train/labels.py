@@ -219,7 +219,7 @@ def read_class_geometries(paths: Sequence[str | Path], selector: ClassLabels, ds
 def window_box(transform: Affine, height: int, width: int) -> shapely.Polygon:
     """Footprint of a ``height`` x ``width`` window with ``transform``, in CRS units."""
     t = transform
-    return shapely.Polygon([t * (0, 0), t * (width, 0), t * (width, height), t * (0, height)])
+    return shapely.Polygon([t @ (0, 0), t @ (width, 0), t @ (width, height), t @ (0, height)])
 
 
 def burn(cg: ClassGeometries, transform: Affine, shape: tuple[int, int], *, separate: bool | None = None) -> np.ndarray:

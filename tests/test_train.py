@@ -1,0 +1,289 @@
+"""Training end to end on a tiny generated scene: logs, checkpoints, normalization, resume, config errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+import torch
+import yaml
+from affine import Affine
+from click.testing import CliRunner
+
+from geounet.checkpoint import load_checkpoint, read_metadata
+from geounet.errors import CheckpointError, ConfigError
+from geounet.train import load_training_settings, train
+from geounet.train.config import OptimSettings
+from geounet.train.data import TrainScene, estimate_normalization, load_window, open_scenes
+from geounet.train.loop import _split, lr_at, optimizer_state, restore_optimizer, state_paths
+from geounet.train.sampling import WindowRef
+
+from .conftest import write_tif
+
+T = Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0)
+H, W = 64, 128
+
+
+def _box(r0: float, c0: float, r1: float, c1: float) -> shapely.Polygon:
+    (x0, y0), (x1, y1) = T @ (c0, r0), T @ (c1, r1)
+    return shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def make_scene(folder: Path, dtype: str = "uint8", nodata: float | None = None) -> tuple[Path, Path]:
+    """A 128 x 64 px scene: bright roofs on a dark field, a gray road; labels in EPSG:4326 and a misnamed layer."""
+    rng = np.random.default_rng(0)
+    img = (40 + rng.normal(0, 6, (3, H, W))).clip(0, 255)
+    houses = [(6, 6, 14, 16), (6, 16, 14, 24), (30, 40, 40, 52), (44, 70, 56, 80), (8, 90, 18, 104),
+              (40, 100, 50, 110), (46, 8, 58, 20)]
+    for r0, c0, r1, c1 in houses:
+        img[:, r0:r1, c0:c1] = [200, 120, 90]
+    img[:, 22:28, :] = 130  # road, 6 px = 3 m wide, centre on the row-25 edge
+    if dtype == "uint16":
+        img = img * 16  # 12-bit like
+    data = img.astype(dtype)
+    if nodata is not None:
+        data[:, 60:, 100:] = nodata
+    image = write_tif(folder / "scene.tif", data, transform=T, nodata=nodata)
+    labels = folder / "labels.gpkg"
+    b = gpd.GeoSeries([_box(*h) for h in houses], crs="EPSG:32633").to_crs("EPSG:4326")
+    gpd.GeoDataFrame({"kind": ["Building"] * len(houses)}, geometry=b).to_file(labels, layer="misnamed_layer")
+    y = (T @ (0, 25))[1]
+    road = gpd.GeoSeries([shapely.LineString([(500000.0, y), (500064.0, y)])], crs="EPSG:32633").to_crs("EPSG:4326")
+    gpd.GeoDataFrame({"width_m": [3.0]}, geometry=road).to_file(folder / "roads.geojson")
+    return image, labels
+
+
+def write_config(folder: Path, out: Path, **sections) -> Path:
+    image, labels = make_scene(folder, **sections.pop("scene", {}))
+    cfg = {
+        "data": {
+            "classes": [
+                {"name": "building", "separate_touching": True},
+                {"name": "road", "width_field": "width_m"},
+            ],
+            "scenes": [{"image": str(image), "labels": {"building": str(labels), "road": str(folder / "roads.geojson")}}],
+        },
+        "sampling": {"window": 32, "windows_per_epoch": 16, "batch_size": 4, "balance": 0.5},
+        "split": {"kind": "strip", "val_fraction": 0.25},
+        "model": {"width": 4, "depth": 2},
+        "optim": {"epochs": 2, "lr": 0.01, "warmup": 0.0, "schedule": "constant"},
+        "normalization": {"sample_windows": 8},
+        "validation": {"tile": 32},
+        "compute": {"threads": 1, "precision": "fp32", "seed": 3, "prefetch": True},
+        "output": {"dir": str(out)},
+    }
+    for key, value in sections.items():
+        cfg[key].update(value)
+    path = folder / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    config = write_config(folder, folder / "run")
+    settings = load_training_settings(config)
+    result = train(settings, progress=False)
+    return folder, config, settings, result
+
+
+def test_training_decreases_loss_and_writes_outputs(two_epochs):
+    folder, _, settings, result = two_epochs
+    out = folder / "run"
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
+    for name in ("best.safetensors", "last.safetensors", "log.csv", "curves.png", "last.state.json",
+                 "last.state.safetensors"):
+        assert (out / name).is_file(), name
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = (out / "log.csv").read_text().splitlines()
+    assert len(lines) == 3
+    for col in ("epoch", "train_loss", "val_loss", "building_iou", "road_iou", "building_f1", "score"):
+        assert col in lines[0].split(",")
+    assert result.best_checkpoint == out / "best.safetensors"
+    assert 1 <= result.best_epoch <= 2
+
+
+def test_checkpoint_records_normalization_and_provenance(two_epochs):
+    folder, _, settings, result = two_epochs
+    model = load_checkpoint(result.best_checkpoint)
+    meta = read_metadata(result.best_checkpoint)
+    assert list(model.spec.classes) == ["building", "road"] and model.spec.mode == "multilabel"
+    assert meta.bands == [1, 2, 3]
+    # the statistics equal those computed from the sampled training windows
+    scenes = open_scenes(settings)
+    train_rects, _ = _split(scenes, settings)
+    expected = estimate_normalization(scenes, train_rects, [1, 2, 3], settings.normalization, 32, seed=3)
+    assert meta.normalization.kind == "meanstd"
+    np.testing.assert_allclose(meta.normalization.mean, expected.mean)
+    np.testing.assert_allclose(meta.normalization.std, expected.std)
+    assert 30 < meta.normalization.mean[0] < 120  # windows only from the training strip, not constant
+    prov = meta.provenance
+    assert prov["seed"] == 3 and prov["epochs"] == result.best_epoch
+    assert prov["data"][0]["image"].endswith("scene.tif")
+    assert prov["config"]["model"]["width"] == 4
+    assert prov["training_time_s"] > 0 and "building_f1" in prov["metrics"]
+    assert "git_commit" in prov
+    assert meta.thresholds == {"building": 0.5, "road": 0.5}
+
+
+def test_resume_continues_from_the_stored_epoch(tmp_path, two_epochs):
+    _, config, _, full = two_epochs
+    out = tmp_path / "resumed"
+    runner = CliRunner()
+    from geounet.cli.train import command
+
+    res = runner.invoke(command, [str(config), "--epochs", "1", "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    state = json.loads(state_paths(out / "last.safetensors")[0].read_text())
+    assert state["epoch"] == 1 and state["step"] == 4
+    seen = []
+    settings = load_training_settings(config, {"output.dir": str(out)})
+    result = train(settings, resume=out / "last.safetensors", progress=False, on_epoch=lambda r: seen.append(r["epoch"]))
+    assert seen == [2]
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert json.loads(state_paths(out / "last.safetensors")[0].read_text())["step"] == 8
+    # the same windows, weights and optimizer state: the resumed epoch matches the uninterrupted run
+    assert math.isclose(result.history[1]["train_loss"], full.history[1]["train_loss"], rel_tol=1e-3)
+    assert len((out / "log.csv").read_text().splitlines()) == 3
+
+
+def test_resume_needs_the_state_sidecar(tmp_path, two_epochs):
+    folder, config, _, result = two_epochs
+    lone = tmp_path / "lone.safetensors"
+    lone.write_bytes(result.best_checkpoint.read_bytes())
+    settings = load_training_settings(config, {"output.dir": str(tmp_path / "x")})
+    with pytest.raises(CheckpointError, match="training state"):
+        train(settings, resume=lone, progress=False)
+
+
+def test_existing_run_is_not_overwritten(two_epochs):
+    _, config, _, _ = two_epochs
+    with pytest.raises(ConfigError, match="earlier run.*--overwrite"):
+        train(load_training_settings(config), progress=False)
+
+
+def test_multiclass_uint16_with_nodata(tmp_path):
+    config = write_config(tmp_path, tmp_path / "mc", scene={"dtype": "uint16", "nodata": 0},
+                          model={"mode": "multiclass"}, optim={"epochs": 1},
+                          sampling={"windows_per_epoch": 8, "batch_size": 4})
+    settings = load_training_settings(config)
+    scenes = open_scenes(settings)
+    assert scenes[0].has_mask
+    raw, valid = scenes[0].read(WindowRef(0, 32, 96, 32, 32), [1, 2, 3])
+    assert not valid[28:, 4:].any() and valid[:28].all()
+    result = train(settings, progress=False)
+    meta = read_metadata(result.best_checkpoint)
+    assert meta.normalization.kind == "percentile"  # 16-bit scene
+    assert meta.spec.mode == "multiclass"
+    assert math.isfinite(result.history[0]["val_loss"])
+
+
+def test_nodata_pixels_are_zero_after_normalization(tmp_path):
+    config = write_config(tmp_path, tmp_path / "nd", scene={"nodata": 0})
+    settings = load_training_settings(config)
+    scene: TrainScene = open_scenes(settings)[0]
+    from geounet.normalize import MeanStd
+
+    x, y, v = load_window(scene, WindowRef(0, 32, 96, 32, 32), [1, 2, 3], MeanStd(mean=[40] * 3, std=[10] * 3))
+    assert not v[28:, 4:].any()
+    assert (x[:, ~v] == 0).all() and (x[:, v] != 0).any()
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        ({"sampling": {"window": -5}}, r"sampling\.window' = -5"),
+        ({"sampling": {"windw": 64}}, r"unknown key 'sampling\.windw'"),
+        ({"split": {"gap": 8}}, r"split\.gap = 8 px is smaller than sampling\.window = 32"),
+        ({"model": {"mode": "multi"}}, r"model\.mode' = 'multi'"),
+        ({"optim": {"schedule": "linear"}}, r"optim\.schedule' = 'linear'"),
+    ],
+)
+def test_config_errors_name_file_key_and_value(tmp_path, patch, expected):
+    config = write_config(tmp_path, tmp_path / "out")
+    data = yaml.safe_load(config.read_text())
+    for section, values in patch.items():
+        data[section].update(values)
+    config.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=expected) as err:
+        load_training_settings(config)
+    assert str(config) in str(err.value)
+
+
+def test_data_errors_name_the_file_and_layer(tmp_path):
+    config = write_config(tmp_path, tmp_path / "out")
+    data = yaml.safe_load(config.read_text())
+    data["data"]["classes"][0]["layer"] = "buildings"
+    config.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"labels.gpkg.*layer 'buildings'.*misnamed_layer"):
+        open_scenes(load_training_settings(config))
+    data["data"]["classes"][0].update(layer=None, field="kind", value="House")
+    config.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="class 'building' selects no feature"):
+        open_scenes(load_training_settings(config))
+
+
+def test_cli_help_lists_options_with_defaults():
+    from geounet.cli.train import command
+
+    res = CliRunner().invoke(command, ["--help"])
+    assert res.exit_code == 0
+    for flag in ("--epochs", "--out", "--resume", "--device", "--precision", "--threads", "--seed", "--batch-size",
+                 "--windows-per-epoch", "--window", "--lr", "--export", "--overwrite", "--progress"):
+        assert flag in res.output
+    assert "Default" in res.output and "pixels" in res.output
+
+
+def test_lr_schedules():
+    cfg = OptimSettings(lr=1.0, schedule="onecycle", warmup=0.2)
+    lrs = [lr_at(s, 100, cfg) for s in range(100)]
+    assert math.isclose(lrs[0], 1 / 25) and math.isclose(max(lrs), 1.0) and lrs.index(max(lrs)) == 20
+    assert lrs[-1] < 1e-3 and all(a >= b for a, b in zip(lrs[20:], lrs[21:]))
+    cos = [lr_at(s, 10, OptimSettings(lr=1.0, schedule="cosine", warmup=0.2)) for s in range(10)]
+    assert cos[:2] == [0.5, 1.0] and cos[-1] == 0.0
+    assert lr_at(5, 10, OptimSettings(lr=0.1, schedule="constant")) == 0.1
+
+
+def test_optimizer_state_round_trip():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1)
+    layer(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    tensors, meta = optimizer_state(opt)
+    json.dumps(meta)  # plain JSON, nothing pickled
+    opt2 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.5)
+    restore_optimizer(opt2, tensors, json.loads(json.dumps(meta)))
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for k in a["state"]:
+        for key in a["state"][k]:
+            assert torch.equal(torch.as_tensor(a["state"][k][key]), torch.as_tensor(b["state"][k][key]))
+
+
+def test_default_weights_missing_is_a_clear_error(monkeypatch):
+    import geounet.weights as weights
+
+    monkeypatch.setattr(weights, "DEFAULT_NAME", "not-there.safetensors")
+    with pytest.raises(CheckpointError, match="train-default.yaml"):
+        weights.default_weights()
+
+
+def test_shipped_default_weights_load():
+    from geounet.weights import default_weights
+
+    try:
+        path = default_weights()
+    except CheckpointError:
+        pytest.skip("default weights not trained yet")
+    meta = read_metadata(path)
+    assert list(meta.spec.classes) == ["building", "road"] and meta.spec.mode == "multilabel"
+    assert path.stat().st_size < 10_000_000
+    assert meta.provenance["config"]["data"]["synthetic"]["train"]["n"] >= 1

@@ -10,6 +10,9 @@
       seam error (max |tiled - whole|) and compute overhead against the halo
   python benchmarks/bench_pipeline.py precision --size 2048 --width 16
       bf16 vs fp32: max probability difference and polygon agreement (F1@0.5)
+  python benchmarks/bench_pipeline.py sweep --width 16 --tiles 256 512 1024 1536
+      model throughput per tile size, and scene throughput (scene px/s = model px/s /
+      halo overhead) for every halo up to the seam-free one; writes results/sweep.png
 
 Results are printed and saved as benchmarks/results/<suite>.json.
 """
@@ -209,6 +212,62 @@ def precision(args: argparse.Namespace) -> None:
     })
 
 
+def sweep(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from geounet.blocks import plan_tiles
+    from geounet.checkpoint import load_checkpoint
+    from geounet.infer import resolve_precision, run_model
+
+    ckpt = checkpoint(args.width)
+    model = load_checkpoint(ckpt).to(memory_format=torch.channels_last)
+    dev = torch.device("cpu")
+    dtype = resolve_precision(args.precision, dev)
+    m = model.spec.multiple
+    seam_free = ((model.receptive_field_radius + m - 1) // m) * m
+    halos = sorted({0, 32, 64, 96, seam_free})
+    rows = []
+    for tile in args.tiles:
+        x = torch.rand(1, 3, tile, tile)
+        run_model(model, x, device=dev, dtype=dtype)
+        reps = max(2, int(4 * 1024**2 / tile**2))
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            run_model(model, x, device=dev, dtype=dtype)
+        model_mpx = reps * tile * tile / (time.perf_counter() - t0) / 1e6
+        for h in halos:
+            if tile - 2 * h < 2 * m:
+                continue
+            plan = plan_tiles(args.scene, args.scene, tile_size=tile, halo=h, multiple=m)
+            rows.append({"tile": tile, "halo": h, "seam_free": h >= seam_free, "model_mpx_per_s": round(model_mpx, 3),
+                         "overhead": round(plan.overhead, 3), "scene_mpx_per_s": round(model_mpx / plan.overhead, 3)})
+            print(rows[-1])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for h in halos:
+        pts = [(r["tile"], r["scene_mpx_per_s"]) for r in rows if r["halo"] == h]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=f"halo {h} px" + (" (seam-free)" if h >= seam_free else ""))
+    pts = sorted({(r["tile"], r["model_mpx_per_s"]) for r in rows})
+    ax.plot(*zip(*pts), "k--", label="model only (no halo cost)")
+    ax.set_xlabel("tile size (px)")
+    ax.set_ylabel("throughput (Mpx/s of scene)")
+    ax.set_title(f"UNet width {args.width}, {args.precision}, {machine()['cores']} CPU cores")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    RESULTS_DIR = Path(__file__).resolve().parent / "results"
+    RESULTS_DIR.mkdir(exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(RESULTS_DIR / "sweep.png", dpi=110)
+    save("sweep", {"command": f"python benchmarks/bench_pipeline.py sweep --width {args.width} --tiles "
+                              + " ".join(map(str, args.tiles)) + f" --precision {args.precision}",
+                   "machine": machine(), "receptive_field_radius": model.receptive_field_radius,
+                   "scene_px_for_overhead": args.scene, "rows": rows, "plot": "benchmarks/results/sweep.png"})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="suite", required=True)
@@ -230,8 +289,13 @@ def main() -> None:
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--model")
+    w = sub.add_parser("sweep")
+    w.add_argument("--width", type=int, default=16)
+    w.add_argument("--tiles", type=int, nargs="+", default=[256, 512, 1024, 1536])
+    w.add_argument("--precision", default="auto")
+    w.add_argument("--scene", type=int, default=8192)
     args = ap.parse_args()
-    {"ratio": ratio, "memory": memory, "halo": halo, "precision": precision}[args.suite](args)
+    {"ratio": ratio, "memory": memory, "halo": halo, "precision": precision, "sweep": sweep}[args.suite](args)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import rasterio
 import rasterio.shutil
 import shapely
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
@@ -38,6 +39,9 @@ from rasterio.windows import Window
 from geounet.errors import OutputError
 
 PARTIAL_PREFIX = ".partial-"
+# What GDAL raises through rasterio when a raster cannot be written (disk full, read-only):
+# CPLE_* errors (e.g. a failed flush at close) are not RasterioError subclasses.
+RASTER_WRITE_ERRORS = (rasterio.errors.RasterioError, CPLE_BaseError, OSError)
 # Outline colours for the quicklook, by class index (RGB).
 CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
     (255, 48, 48), (255, 214, 0), (0, 200, 255), (170, 80, 255), (60, 255, 90), (255, 130, 0),
@@ -167,21 +171,25 @@ class ProbabilityWriter:
                 tiled=True, blockxsize=512, blockysize=512, compress="deflate",
                 predictor=2, BIGTIFF="IF_SAFER", SPARSE_OK=True,
             )
-        except (rasterio.errors.RasterioError, OSError) as exc:
+        except RASTER_WRITE_ERRORS as exc:
             raise OutputError(f"cannot write {self.final}: {exc}") from exc
 
     def write(self, core: tuple[int, int, int, int], data: np.ndarray) -> None:
         col, row, w, h = core
         try:
             self.ds.write(data, window=Window(col, row, w, h))
-        except (rasterio.errors.RasterioError, OSError) as exc:
+        except RASTER_WRITE_ERRORS as exc:
             raise OutputError(f"cannot write {self.final}: {exc}") from exc
 
     def finish(self) -> Path:
         """Close the staging file, convert it to a COG and move it into place."""
-        for i, name in enumerate(self.class_names, start=1):
-            self.ds.set_band_description(i, f"{name} probability x 255")
-        self.ds.close()
+        try:
+            for i, name in enumerate(self.class_names, start=1):
+                self.ds.set_band_description(i, f"{name} probability x 255")
+            self.ds.close()  # flushes cached blocks: a full disk shows here
+        except RASTER_WRITE_ERRORS as exc:
+            self.abort()
+            raise OutputError(f"cannot write {self.final}: {exc}") from exc
         try:
             with atomic_output(self.final) as tmp:
                 try:
@@ -190,7 +198,7 @@ class ProbabilityWriter:
                         BLOCKSIZE=512, OVERVIEWS="IGNORE_EXISTING", RESAMPLING="AVERAGE",
                         BIGTIFF="IF_SAFER",
                     )
-                except rasterio.errors.RasterioError as exc:
+                except RASTER_WRITE_ERRORS as exc:
                     raise OutputError(f"cannot write {self.final}: {exc}") from exc
         finally:
             with contextlib.suppress(OSError):

@@ -135,6 +135,8 @@ def discover_scenes(spec: str | list[str], *, pattern: str = "*.tif", recursive:
     * GDAL URLs (``/vsis3/...``, ``https://...``) and paths that do not exist are passed
       through (a missing file is then reported as a failed scene, not silently dropped).
 
+    Local paths are made absolute (symbolic links are kept as they are).
+
     Hidden files (``.name``) are skipped, and so are files under ``exclude`` (the output
     folder, whose ``probability.tif`` files are not scenes) when it lies inside the
     searched folder. Sorted within each source; the order of sources is kept; duplicates
@@ -180,6 +182,9 @@ def discover_scenes(spec: str | list[str], *, pattern: str = "*.tif", recursive:
             found += select((Path(q) for q in globlib.glob(pat, recursive=True)), _glob_root(pat))
         else:
             found.append(str(p))  # a single file (or a missing one: reported per scene)
+    # absolute paths: records name the file unambiguously, and workers (possibly on an
+    # external cluster, in another working folder) open exactly that file
+    found = [x if is_remote(x) else os.path.abspath(x) for x in found]
     seen: set[str] = set()
     return [x for x in found if not (x in seen or seen.add(x))]
 

@@ -191,8 +191,9 @@ def test_nodata_pixels_are_zero_after_normalization(tmp_path):
     scene: TrainScene = open_scenes(settings)[0]
     from geounet.normalize import MeanStd
 
-    x, y, v = load_window(scene, WindowRef(0, 32, 96, 32, 32), [1, 2, 3], MeanStd(mean=[40] * 3, std=[10] * 3))
-    assert not v[28:, 4:].any()
+    x, y, w = load_window(scene, WindowRef(0, 32, 96, 32, 32), [1, 2, 3], MeanStd(mean=[40] * 3, std=[10] * 3))
+    v = w > 0  # loss weights: 0 on nodata
+    assert not v[28:, 4:].any() and v[:28].all()
     assert (x[:, ~v] == 0).all() and (x[:, v] != 0).any()
 
 

@@ -14,7 +14,8 @@ from scipy import ndimage
 
 from geounet.errors import ConfigError
 from geounet.train.config import ClassLabels
-from geounet.train.labels import burn, read_class_geometries
+from geounet.train.data import pixel_weights
+from geounet.train.labels import burn, burn_with_gaps, read_class_geometries
 
 # Raster grid of these tests: EPSG:32633, 0.5 m pixels, 40 x 40 px, upper-left (500000, 4650000).
 T = Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0)
@@ -127,3 +128,17 @@ def test_touching_features_are_separated_by_one_pixel(tmp_path):
     win = Window(12, 3, 11, 20)
     part = burn(sep, window_transform(win, T), (20, 11))
     np.testing.assert_array_equal(part, mask[3:23, 12:23])
+
+
+def test_two_pixel_separation_and_gap_weights(tmp_path):
+    path = tmp_path / "pair.geojson"
+    gpd.GeoDataFrame({"id": [0, 1]}, geometry=[px_box(5, 5, 15, 12), px_box(5, 12, 15, 18)], crs=UTM).to_file(path)
+    cg = read_class_geometries([path], ClassLabels(name="building", separate_touching=True, separation_px=2), UTM)
+    mask, gaps = burn_with_gaps(cg, T, SHAPE)
+    assert ndimage.label(mask)[1] == 2
+    assert np.flatnonzero(gaps.any(axis=0)).tolist() == [11, 12]  # one column on each side of the wall
+    assert gaps.sum() == 20 and not (gaps & (mask > 0)).any()
+    valid = np.ones(SHAPE, bool)
+    valid[:, 12] = False
+    w = pixel_weights(valid, gaps, 5.0)
+    assert w[5, 11] == 5.0 and w[5, 12] == 0.0 and w[0, 0] == 1.0

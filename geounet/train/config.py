@@ -49,8 +49,10 @@ class ClassLabels(StrictModel):
     width_field: str | None = None
     """Attribute holding each line's width in metres (e.g. ``width_m``); empty values use ``width_m``."""
     separate_touching: bool = False
-    """Burn a 1-pixel background line where two features of this class touch, so that attached
+    """Burn a background line where two features of this class touch, so that attached
     buildings (terraced houses) are predicted, and polygonized, as separate objects."""
+    separation_px: int = Field(1, ge=1, le=2)
+    """Width of that line, pixels (1: cut from one of the two features; 2: from both)."""
 
     @model_validator(mode="after")
     def _field_and_value(self) -> ClassLabels:
@@ -275,6 +277,9 @@ class LossSettings(StrictModel):
     """Weight of the (binary) cross-entropy term."""
     dice_weight: float = Field(1.0, ge=0.0)
     """Weight of the soft Dice term; 0 turns it off."""
+    separation_weight: float = Field(1.0, ge=0.0, le=1000.0)
+    """Loss weight of the pixels of separation lines (see data.classes[].separate_touching),
+    relative to 1 for every other valid pixel; > 1 teaches the model to draw those thin lines."""
     class_weights: dict[str, float] = Field(default_factory=dict)
     """Per-class weight of positives (binary/multilabel: BCE pos_weight) or of the class
     (multiclass: cross-entropy weight); missing classes weigh 1."""

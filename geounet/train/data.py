@@ -23,7 +23,6 @@ import shapely
 from affine import Affine
 from pyproj import CRS
 from rasterio.errors import RasterioError
-from rasterio.windows import transform as window_transform
 
 from geounet.errors import ConfigError, SceneReadError
 from geounet.normalize import MeanStd, Percentile, apply_normalization, compute_normalization
@@ -62,7 +61,8 @@ class TrainScene:
         return abs(t.a * t.e - t.b * t.d)
 
     def transform_of(self, ref: WindowRef) -> Affine:
-        return window_transform(ref.window, self.transform)
+        """Affine transform of a window (pixel -> CRS coordinates)."""
+        return self.transform @ Affine.translation(ref.col, ref.row)
 
     def _dataset(self) -> rasterio.io.DatasetReader:
         handles: dict[str, Any] = getattr(_LOCAL, "handles", None) or {}
@@ -94,6 +94,10 @@ class TrainScene:
 
     def labels(self, ref: WindowRef, *, separate: bool | None = None) -> np.ndarray:
         """Label stack ``(classes, h, w)`` uint8 of a window, burned from the vectors."""
+        return self.targets(ref, separate=separate)[0]
+
+    def targets(self, ref: WindowRef, *, separate: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Label stack ``(classes, h, w)`` uint8 and separation gaps ``(h, w)`` bool of a window."""
         return rasterize_window(self.classes, self.transform_of(ref), (ref.height, ref.width), separate=separate)
 
     def presence(self, refs: Sequence[WindowRef], min_pixels: int) -> np.ndarray:
@@ -281,24 +285,36 @@ def prepare(raw: np.ndarray, valid: np.ndarray, norm: MeanStd | Percentile) -> n
     return x
 
 
+def pixel_weights(valid: np.ndarray, gaps: np.ndarray, separation_weight: float = 1.0) -> np.ndarray:
+    """Loss weights ``(h, w)`` float32: 0 on invalid pixels, ``separation_weight`` on gap pixels, else 1."""
+    w = valid.astype(np.float32)
+    if separation_weight != 1.0:
+        w[gaps & valid] = separation_weight
+    return w
+
+
 def load_window(scene: TrainScene, ref: WindowRef, bands: Sequence[int], norm: MeanStd | Percentile, *,
-                use_nodata: bool = True, aug: AugmentSettings | None = None,
-                rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One training sample: normalized image, label stack and valid mask, augmented if ``aug``."""
+                use_nodata: bool = True, aug: AugmentSettings | None = None, rng: np.random.Generator | None = None,
+                separation_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One training sample: normalized image ``(bands, h, w)``, label stack ``(classes, h, w)``
+    and loss weights ``(h, w)`` (0 where invalid, see :func:`pixel_weights`), augmented if ``aug``."""
     raw, valid = scene.read(ref, bands, use_nodata)
     x = prepare(raw, valid, norm)
-    y = scene.labels(ref)
+    y, gaps = scene.targets(ref)
     if aug is not None and rng is not None:
-        x, y, valid = augment(x, y, valid, rng, aug)
+        stacked = np.concatenate([y, gaps[None].astype(np.uint8)])  # gaps move with the labels
+        x, stacked, valid = augment(x, stacked, valid, rng, aug)
+        y, gaps = stacked[:-1], stacked[-1].astype(bool)
         x = np.ascontiguousarray(x, dtype=np.float32)
         x[:, ~valid] = 0.0
-    return x, y, valid
+    return x, y, pixel_weights(valid, gaps, separation_weight)
 
 
 def load_batch(scenes: Sequence[TrainScene], refs: Sequence[WindowRef], bands: Sequence[int],
                norm: MeanStd | Percentile, *, use_nodata: bool, aug: AugmentSettings | None,
-               seed: int, epoch: int, first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stacked ``(x, y, valid)`` of windows ``first, first + 1, ...`` of an epoch.
+               seed: int, epoch: int, first: int, separation_weight: float = 1.0,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stacked ``(x, y, weights)`` of windows ``first, first + 1, ...`` of an epoch.
 
     Window ``j`` of epoch ``e`` is augmented with ``default_rng([seed, e, 17, j])``, so a
     batch is the same whichever thread builds it and whether or not the run was resumed.
@@ -306,7 +322,8 @@ def load_batch(scenes: Sequence[TrainScene], refs: Sequence[WindowRef], bands: S
     xs, ys, vs = [], [], []
     for j, ref in enumerate(refs):
         rng = np.random.default_rng([seed, epoch, 17, first + j])
-        x, y, v = load_window(scenes[ref.scene], ref, bands, norm, use_nodata=use_nodata, aug=aug, rng=rng)
+        x, y, v = load_window(scenes[ref.scene], ref, bands, norm, use_nodata=use_nodata, aug=aug, rng=rng,
+                              separation_weight=separation_weight)
         xs.append(x)
         ys.append(y)
         vs.append(v)

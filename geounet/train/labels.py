@@ -33,7 +33,8 @@ from geounet.train.config import ClassLabels
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClassGeometries", "choose_layer", "read_class_geometries", "window_box", "burn", "rasterize_window"]
+__all__ = ["ClassGeometries", "choose_layer", "read_class_geometries", "window_box", "burn", "burn_with_gaps",
+           "rasterize_window", "to_class_index"]
 
 
 @dataclass
@@ -43,13 +44,15 @@ class ClassGeometries:
     Attributes:
         name: class name.
         geoms: shapely polygons (object array) in the raster's CRS.
-        separate_touching: burn a 1-pixel gap where two features touch.
+        separate_touching: burn a gap where two features touch.
+        separation_px: width of that gap, 1 or 2 pixels.
         sources: ``file:layer`` strings the features came from.
     """
 
     name: str
     geoms: np.ndarray
     separate_touching: bool = False
+    separation_px: int = 1
     sources: list[str] = field(default_factory=list)
     tree: shapely.STRtree | None = field(init=False, default=None)
 
@@ -210,7 +213,7 @@ def read_class_geometries(paths: Sequence[str | Path], selector: ClassLabels, ds
         polys = polys[np.isin(shapely.get_type_id(polys), (3, 6)) & ~shapely.is_empty(polys)]
         parts.append(polys)
     geoms_all = np.concatenate(parts) if parts else np.empty(0, dtype=object)
-    return ClassGeometries(selector.name, geoms_all, selector.separate_touching, sources)
+    return ClassGeometries(selector.name, geoms_all, selector.separate_touching, selector.separation_px, sources)
 
 
 # -- burning ---------------------------------------------------------------------------------
@@ -222,45 +225,66 @@ def window_box(transform: Affine, height: int, width: int) -> shapely.Polygon:
     return shapely.Polygon([t @ (0, 0), t @ (width, 0), t @ (width, height), t @ (0, height)])
 
 
-def burn(cg: ClassGeometries, transform: Affine, shape: tuple[int, int], *, separate: bool | None = None) -> np.ndarray:
-    """uint8 mask (h, w) of ``cg``'s features on one window (1 where a pixel centre is inside).
+def burn_with_gaps(cg: ClassGeometries, transform: Affine, shape: tuple[int, int], *,
+                   separate: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 mask (h, w) of ``cg``'s features on one window, and the bool separation gaps cut from it.
 
-    With ``separate`` (default: the class's ``separate_touching``), each feature is burned
-    with its own id on a window one pixel larger to the right and bottom; a foreground pixel
-    whose right or bottom neighbour belongs to another feature becomes background. Every
-    4-adjacent pair of pixels of two different features thus loses one member, so touching
-    features fall apart into separate 4-connected regions, whatever the window grid.
+    A pixel belongs to a feature when its centre is inside. With ``separate`` (default: the
+    class's ``separate_touching``), each feature is burned with its own id on the window
+    grown by one pixel on every side; a foreground pixel is cut (becomes background and a
+    *gap* pixel) when its right or bottom 4-neighbour belongs to another feature
+    (``separation_px`` 1), or when any 4-neighbour does (``separation_px`` 2). Either way
+    every 4-adjacent pair of pixels of two different features loses at least one member,
+    so touching features fall apart into separate 4-connected regions, and the result does
+    not depend on the window grid.
 
     Cost: one STRtree query and one rasterization of the features touching the window.
     """
     h, w = shape
     sep = cg.separate_touching if separate is None else separate
-    hh, ww = (h + 1, w + 1) if sep else (h, w)
-    geoms = cg.query(window_box(transform, hh, ww))
-    if len(geoms) == 0:
-        return np.zeros(shape, dtype=np.uint8)
+    no_gaps = np.zeros(shape, dtype=bool)
     if not sep:
-        return rasterio.features.rasterize(
+        geoms = cg.query(window_box(transform, h, w))
+        if len(geoms) == 0:
+            return np.zeros(shape, dtype=np.uint8), no_gaps
+        mask = rasterio.features.rasterize(
             ((g, 1) for g in geoms), out_shape=shape, transform=transform, fill=0, dtype="uint8"
         )
+        return mask, no_gaps
+    grown = transform @ Affine.translation(-1, -1)
+    geoms = cg.query(window_box(grown, h + 2, w + 2))
+    if len(geoms) == 0:
+        return np.zeros(shape, dtype=np.uint8), no_gaps
     ids = rasterio.features.rasterize(
-        ((g, i + 1) for i, g in enumerate(geoms)), out_shape=(hh, ww), transform=transform, fill=0, dtype="uint32"
+        ((g, i + 1) for i, g in enumerate(geoms)), out_shape=(h + 2, w + 2), transform=grown, fill=0, dtype="uint32"
     )
-    core = ids[:h, :w]
-    right = ids[:h, 1 : w + 1]
-    below = ids[1 : h + 1, :w]
-    edge = ((right != 0) & (right != core)) | ((below != 0) & (below != core))
-    return ((core != 0) & ~edge).astype(np.uint8)
+    core = ids[1:-1, 1:-1]
+    neighbours = [ids[1:-1, 2:], ids[2:, 1:-1]]  # right, below
+    if cg.separation_px >= 2:
+        neighbours += [ids[1:-1, :-2], ids[:-2, 1:-1]]  # left, above
+    cut = np.zeros(shape, dtype=bool)
+    for nb in neighbours:
+        cut |= (nb != 0) & (nb != core)
+    cut &= core != 0
+    return ((core != 0) & ~cut).astype(np.uint8), cut
+
+
+def burn(cg: ClassGeometries, transform: Affine, shape: tuple[int, int], *, separate: bool | None = None) -> np.ndarray:
+    """uint8 mask (h, w) of ``cg``'s features on one window; see :func:`burn_with_gaps`."""
+    return burn_with_gaps(cg, transform, shape, separate=separate)[0]
 
 
 def rasterize_window(
     classes: Sequence[ClassGeometries], transform: Affine, shape: tuple[int, int], *, separate: bool | None = None
-) -> np.ndarray:
-    """Label stack (n_classes, h, w) uint8 of one window, one channel per class in order."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Label stack (n_classes, h, w) uint8 of one window, one channel per class in order, and
+    the separation gaps (h, w) bool of all classes together."""
     out = np.zeros((len(classes), *shape), dtype=np.uint8)
+    gaps = np.zeros(shape, dtype=bool)
     for k, cg in enumerate(classes):
-        out[k] = burn(cg, transform, shape, separate=separate)
-    return out
+        out[k], g = burn_with_gaps(cg, transform, shape, separate=separate)
+        gaps |= g
+    return out, gaps
 
 
 def to_class_index(stack: np.ndarray) -> np.ndarray:

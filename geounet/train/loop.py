@@ -63,7 +63,7 @@ from geounet.normalize import MeanStd, Percentile
 from geounet.scenes import fingerprint
 from geounet.train.config import OptimSettings, TrainingSettings
 from geounet.train.data import (
-    TrainScene, bands_of, close_datasets, estimate_normalization, load_batch, open_scenes, prepare,
+    TrainScene, bands_of, close_datasets, estimate_normalization, load_batch, open_scenes, pixel_weights, prepare,
 )
 from geounet.train.labels import to_class_index, window_box
 from geounet.train.sampling import Rect, WindowRef, WindowSampler, spread, split_scene, tile_rects
@@ -284,8 +284,8 @@ def validate(model: SegmentationModel, scenes: Sequence[TrainScene], tiles: Sequ
             logits = logits.float()
             truth = sc.labels(ref, separate=False)
             if loss_fn is not None and valid.any():
-                target = sc.labels(ref)
-                vt = torch.from_numpy(valid)[None].to(device)
+                target, gaps = sc.targets(ref)
+                vt = torch.from_numpy(pixel_weights(valid, gaps, settings.loss.separation_weight))[None].to(device)
                 if spec.mode == "multiclass":
                     tt = torch.from_numpy(to_class_index(target))[None].to(device)
                 else:
@@ -648,7 +648,7 @@ def run(settings: TrainingSettings, *, resume: str | Path | None = None, progres
 
             def load(b: tuple[int, list[WindowRef]], epoch: int = epoch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 return load_batch(scenes, b[1], bands, norm, use_nodata=use_nodata, aug=aug, seed=seed,
-                                  epoch=epoch, first=b[0])
+                                  epoch=epoch, first=b[0], separation_weight=settings.loss.separation_weight)
 
             pending: Future | None = executor.submit(load, batches[0]) if executor else None
             loss_sum, loss_n = 0.0, 0

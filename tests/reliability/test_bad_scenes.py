@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from rasterio.windows import Window
 
 from geounet.errors import SceneReadError
+from geounet.infer import read_window
 from geounet.pipeline import run_scenes
 from geounet.scenes import open_scene
 from geounet.settings import InferenceSettings
@@ -148,9 +150,6 @@ def test_scene_failing_mid_read_fails_alone(tmp_path: Path, dask_local, probe_ck
     bad = build(tmp_path)
     # Precondition: the header opens, the first row of blocks reads, row 2 does not.
     info = open_scene(bad, in_channels=3)
-    from geounet.infer import read_window
-    from rasterio.windows import Window
-
     for col in range(4):
         read_window(info, Window(col * 64, 0, 64, 64))
     with pytest.raises(SceneReadError):

@@ -1,4 +1,4 @@
-"""Shared data and helpers for the batch-workflow tests (``geounet run``).
+"""Fixtures for the batch-workflow tests (``geounet run``).
 
 Every run goes through the real command line in a subprocess (its own session, so the
 test can signal it and find every process it started), with a real ``unet`` of width 4,
@@ -8,15 +8,10 @@ different sub-folders. One uninterrupted run is the reference the other runs mus
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
+import contextlib
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,36 +21,7 @@ if str(_REPO) not in sys.path:  # `pytest tests/workflow` without `python -m`
     sys.path.insert(0, str(_REPO))
 
 from tests.conftest import make_checkpoint, smooth_image, write_tif  # noqa: E402
-
-GEOUNET = Path(sys.executable).parent / "geounet"
-DASK = Path(sys.executable).parent / "dask"
-STEMS = ("a", "sub1_b", "sub2_b")
-SCENE_FILES = ("a.tif", "sub1/b.tif", "sub2/b.tif")
-OUTPUTS = ("buildings.geojson", "roads.geojson", "polygons.gpkg", "probability.tif", "quicklook.png")
-WORKFLOW = """\
-scenes: scenes
-model: model.safetensors
-out: out
-inference:
-  tile_size: 256
-  tiles_per_block: 1
-  precision: fp32
-  min_area_m2: 5
-cluster:
-  workers: 1
-  threads_per_worker: 2
-"""
-
-
-@dataclass(frozen=True)
-class Job:
-    """A workflow folder: scenes/, model.safetensors, workflow.yaml, more/ (larger scenes)."""
-
-    root: Path
-    workflow: Path
-    scenes: Path
-    model: Path
-    more: Path  # two 480 x 480 scenes (16 blocks each) for runs that must last a while
+from tests.workflow._helpers import SCENE_FILES, WORKFLOW, Job, Reference, kill_session, run  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -72,67 +38,6 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Job:
     return Job(root, root / "workflow.yaml", root / "scenes", root / "model.safetensors", root / "more")
 
 
-# --------------------------------------------------------------------------- processes
-def start(job: Job, *args: str, preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[str]:
-    """``geounet run WORKFLOW *args`` in a new session (its pgid is its pid)."""
-    return subprocess.Popen(
-        [str(GEOUNET), "run", str(job.workflow), *args], cwd=job.root, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=preexec_fn,
-    )
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str, str]:
-    """Wait for ``proc``; on timeout kill its whole session and fail."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_session(proc)
-        out, err = proc.communicate()
-        pytest.fail(f"geounet run did not finish in {timeout} s\nstdout:\n{out}\nstderr:\n{err[-4000:]}")
-    return proc.returncode, out, err
-
-
-def run(job: Job, *args: str, timeout: float = 240, **kw: object) -> tuple[int, str, str]:
-    return finish(start(job, *args, **kw), timeout)  # type: ignore[arg-type]
-
-
-def session_pids(pgid: int) -> list[int]:
-    """Live processes (not zombies) of process group ``pgid``."""
-    import psutil
-
-    pids = []
-    for p in psutil.process_iter(["pid", "status"]):
-        try:
-            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == pgid:
-                pids.append(p.pid)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return pids
-
-
-def kill_session(proc: subprocess.Popen[str]) -> None:
-    """SIGKILL every process of the session started for ``proc`` (nothing else)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02,
-             proc: subprocess.Popen[str] | None = None) -> object:
-    """Poll ``condition`` until it is truthy; fail after ``timeout`` s or when ``proc`` ends."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"geounet run ended (rc {proc.returncode}) before {what}\n{out}\n{err[-4000:]}")
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
 @pytest.fixture
 def sessions() -> Iterator[list[subprocess.Popen[str]]]:
     """Processes a test starts; every one of their sessions is killed at the end."""
@@ -140,20 +45,8 @@ def sessions() -> Iterator[list[subprocess.Popen[str]]]:
     yield procs
     for p in procs:
         kill_session(p)
-        with_timeout = getattr(p, "wait")
-        try:
-            with_timeout(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-# --------------------------------------------------------------------------- outputs
-@dataclass(frozen=True)
-class Reference:
-    out: Path
-    rc: int
-    stdout: str
-    stderr: str
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -163,70 +56,3 @@ def reference(job: Job, tmp_path_factory: pytest.TempPathFactory) -> Reference:
     rc, stdout, stderr = run(job, "--out", str(out), "--progress")
     assert rc == 0, stderr[-4000:]
     return Reference(out, rc, stdout, stderr)
-
-
-def partials(out: Path) -> list[Path]:
-    return [p for p in out.rglob("*") if p.name.startswith(".partial-")]
-
-
-def assert_clean(out: Path) -> None:
-    """No temporary files, and no scene folder holds outputs without its scene.json."""
-    assert not partials(out), partials(out)
-    for folder in (p for p in out.iterdir() if p.is_dir()):
-        names = {p.name for p in folder.iterdir()}
-        assert not names or "scene.json" in names, f"{folder} holds {sorted(names)} without scene.json"
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def scene_record(folder: Path) -> dict:
-    """scene.json without what legitimately differs between runs (timings, timestamps)."""
-    rec = read_json(folder / "scene.json")
-    rec.pop("timings_s")
-    rec.pop("finished")
-    return rec
-
-
-def assert_same_scene(got: Path, want: Path) -> None:
-    """Same GeoJSON and GeoPackage content, same probability and quicklook pixels, same
-    scene.json except timings and timestamps."""
-    import numpy as np
-    import pyogrio
-    import rasterio
-    from PIL import Image
-
-    for name in ("buildings.geojson", "roads.geojson"):
-        assert read_json(got / name) == read_json(want / name), f"{got / name} differs from {want / name}"
-    layers = sorted(n for n, _ in pyogrio.list_layers(want / "polygons.gpkg"))
-    assert sorted(n for n, _ in pyogrio.list_layers(got / "polygons.gpkg")) == layers
-    for layer in layers:
-        a = pyogrio.read_dataframe(got / "polygons.gpkg", layer=layer)
-        b = pyogrio.read_dataframe(want / "polygons.gpkg", layer=layer)
-        assert a.crs == b.crs
-        assert list(a.geometry.to_wkb()) == list(b.geometry.to_wkb()), f"{layer} geometries differ"
-        assert a.drop(columns="geometry").equals(b.drop(columns="geometry")), f"{layer} attributes differ"
-    with rasterio.open(got / "probability.tif") as ga, rasterio.open(want / "probability.tif") as wa:
-        assert ga.profile == wa.profile
-        assert np.array_equal(ga.read(), wa.read())
-    assert np.array_equal(np.asarray(Image.open(got / "quicklook.png")), np.asarray(Image.open(want / "quicklook.png")))
-    assert scene_record(got) == scene_record(want)
-
-
-def assert_same_outputs(out: Path, ref: Path, stems: tuple[str, ...] = STEMS) -> None:
-    for stem in stems:
-        assert_same_scene(out / stem, ref / stem)
-
-
-def copy_scene(ref: Path, out: Path, stem: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(ref / stem, out / stem)
-
-
-def digest(folder: Path) -> dict[str, str]:
-    """Content hash of every file under ``folder`` (to prove nothing was touched)."""
-    import hashlib
-
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 
 # CPU task threads per worker process when the number of workers is not given. Parts of a
 # block task hold the GIL (building polygon objects, Python glue), so one process with many
-# threads stops scaling; a few threads per process keep that contention low while the
-# model is still loaded once per process, not once per thread.
+# threads is expected to stop scaling; a few threads per process keep that contention low
+# while the model is still loaded once per process, not once per thread. (A design choice:
+# not yet measured on a machine with more than 2 cores.)
 THREADS_PER_CPU_WORKER = 4
 
 # Embedded cluster: a task whose worker dies is retried on another worker this many times
@@ -148,7 +149,9 @@ def plan_cluster(device: str = "auto", workers: int | None = None, cores: int | 
 
 
 def dashboard_link(client: Client) -> str | None:
-    """The scheduler's dashboard URL, or None when it serves none (bokeh not installed)."""
+    """The scheduler's dashboard URL, or None when it serves none (``--no-dashboard``).
+
+    Without bokeh the address still answers, with a page asking to install it."""
     info = client.scheduler_info()
     if "dashboard" not in (info.get("services") or {}):
         return None
@@ -181,6 +184,8 @@ class LazyClient:
         return self._client
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # probes for private or special attributes start nothing
+            raise AttributeError(name)
         return getattr(self.client, name)
 
 
@@ -240,7 +245,9 @@ def _embedded(device: str, workers: int | None, threads_per_worker: int | None, 
               dashboard: bool) -> Iterator[Client]:
     shape = plan_cluster(device, workers, threads_per_worker=threads_per_worker)
     log.info("starting embedded Dask cluster: %s", shape.describe())
-    dash = ":0" if dashboard else None
+    # the scheduler's HTTP server (health, metrics, and the dashboard when wanted) always
+    # takes a free port: the default, 8787, is often held by another cluster or run
+    dash = ":0"
     with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
                           "distributed.worker.daemon": False,
                           "distributed.admin.tick.limit": "30s"}):
@@ -253,12 +260,14 @@ def _embedded(device: str, workers: int | None, threads_per_worker: int | None, 
                 }
                 for i in range(shape.gpus)
             }
-            cluster = SpecCluster(workers=specs, scheduler={"cls": _scheduler_cls(),
-                                  "options": {"dashboard_address": dash}}, silence_logs=logging.WARNING)
+            cluster = SpecCluster(workers=specs, scheduler={"cls": _scheduler_cls(), "options": {
+                                  "dashboard_address": dash, "dashboard": dashboard}},
+                                  silence_logs=logging.WARNING)
         else:
             cluster = LocalCluster(
                 n_workers=shape.workers, threads_per_worker=shape.threads_per_worker,
                 processes=processes, dashboard_address=dash, silence_logs=logging.WARNING,
+                scheduler_kwargs={"dashboard": dashboard},
             )
     try:
         client = Client(cluster)

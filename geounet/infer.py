@@ -294,7 +294,8 @@ class BlockResult:
 def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec: BlockTaskSpec) -> BlockResult:
     """Read, normalize, infer, threshold and polygonize one block (runs on a worker).
 
-    Idempotent and free of side effects: it may be retried on another worker.
+    Idempotent and free of side effects: it may be retried on another worker. A block whose
+    core holds no valid pixel skips the model (no polygons, probability 0).
     Memory: about (bands + 2 * classes) * read-window pixels * 4 bytes plus the model's
     activations for ``batch_size`` tiles.
     """
@@ -305,16 +306,24 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
     dtype = resolve_precision(spec.precision, device)
     model = get_model(checkpoint, spec.content_hash, device)
     raw, valid = read_window(scene, block.read)
-    x = prepare_input(raw, valid, spec.normalization)
-    del raw
-    t1 = time.perf_counter()
-    probs = infer_block(model, x, block, batch_size=spec.batch_size, device=device, dtype=dtype)
-    del x
-    t2 = time.perf_counter()
     cr = int(block.core.row_off - block.read.row_off)
     cc = int(block.core.col_off - block.read.col_off)
     h, w = int(block.core.height), int(block.core.width)
     core_valid = valid[cr : cr + h, cc : cc + w]
+    skipped = not core_valid.any()
+    if skipped:
+        # Nothing valid to segment (a nodata collar, an empty or sparse region): the
+        # outputs are defined without the model -- no polygons, probability 0.
+        del raw
+        t1 = t2 = time.perf_counter()
+        probs = np.zeros((model.spec.out_channels, h, w), np.float32)
+    else:
+        x = prepare_input(raw, valid, spec.normalization)
+        del raw
+        t1 = time.perf_counter()
+        probs = infer_block(model, x, block, batch_size=spec.batch_size, device=device, dtype=dtype)
+        del x
+        t2 = time.perf_counter()
     cls_probs, labels = class_probabilities(probs, model.spec.mode)
     masks = class_masks(cls_probs, labels, core_valid, spec.thresholds)
     polys = [
@@ -327,6 +336,7 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
     prob_u8 = None
     if spec.keep_probability:
         prob_u8 = np.rint(np.clip(cls_probs, 0.0, 1.0) * 255.0).astype(np.uint8)
+        prob_u8[:, ~core_valid] = 0  # nodata pixels have probability 0, model or not
     t3 = time.perf_counter()
     return BlockResult(
         index=block.index,
@@ -334,5 +344,5 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
         probability=prob_u8,
         polygons=polys,
         valid_pixels=int(core_valid.sum()),
-        timings={"read": t1 - t0, "infer": t2 - t1, "vectorize": t3 - t2},
+        timings={"read": t1 - t0, "infer": t2 - t1, "vectorize": t3 - t2, "skipped_blocks": float(skipped)},
     )

@@ -208,6 +208,7 @@ class _SceneJob:
         # memory, so collected ones are dropped (else the whole probability raster stays there).
         self.futures: set[Any] = set()
         self.timings: dict[str, float] = {"read": 0.0, "infer": 0.0, "vectorize": 0.0}
+        self.skipped_blocks = 0  # blocks without any valid pixel: no model run
         self.started = time.perf_counter()
         self.failed: str | None = None
         self.prob_writer: ProbabilityWriter | None = None
@@ -225,7 +226,10 @@ class _SceneJob:
         if self.prob_writer is not None and result.probability is not None:
             self.prob_writer.write(result.core, result.probability)
         for k, v in result.timings.items():
-            self.timings[k] = self.timings.get(k, 0.0) + v
+            if k == "skipped_blocks":
+                self.skipped_blocks += int(v)
+            else:
+                self.timings[k] = self.timings.get(k, 0.0) + v
         self.pending.discard(result.index)
 
     def abort(self) -> None:
@@ -295,7 +299,8 @@ def finalize_scene(job: _SceneJob, config_hash: str, options: dict[str, Any]) ->
         "size": {"width": info.width, "height": info.height, "bands": list(info.bands)},
         "crs": f"EPSG:{info.epsg}" if info.epsg else info.crs_wkt,
         "tiling": {"tile_size": job.plan.tile_size, "halo": job.plan.halo, "blocks": len(job.plan.blocks),
-                   "tiles": job.plan.n_tiles, "overhead": round(job.plan.overhead, 3)},
+                   "tiles": job.plan.n_tiles, "overhead": round(job.plan.overhead, 3),
+                   "blocks_without_valid_pixels": job.skipped_blocks},
         "timings_s": timings,
         "polygons": counts,
         "outputs": written,

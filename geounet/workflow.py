@@ -4,10 +4,10 @@ A run, in order:
 
 1. finds its scenes (a folder, a glob, a list file, GDAL URLs, or a list of these) and
    reads the checkpoint's header -- a bad model fails here, before anything else;
-2. checks that the output folder takes files (read-only or missing space fails here,
-   before any computing, with exit code 4);
-3. takes an exclusive lock on the output folder (``flock``: an overlapping cron job exits
+2. takes an exclusive lock on the output folder (``flock``: an overlapping cron job exits
    at once with code 3; the kernel releases the lock of a killed run);
+3. checks that the output folder takes files: a read-only folder, a path that is no
+   folder or a full disk fails here, before any computing, with exit code 4;
 4. removes ``.partial-*`` leftovers of interrupted writes, then drives
    :func:`geounet.pipeline.run_scenes` on a Dask cluster that starts only if some scene
    needs work;
@@ -29,7 +29,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -135,17 +135,15 @@ def discover_scenes(spec: str | list[str], *, pattern: str = "*.tif", recursive:
     * GDAL URLs (``/vsis3/...``, ``https://...``) and paths that do not exist are passed
       through (a missing file is then reported as a failed scene, not silently dropped).
 
-    Local paths are made absolute (symbolic links are kept as they are).
-
     Hidden files (``.name``) are skipped, and so are files under ``exclude`` (the output
     folder, whose ``probability.tif`` files are not scenes) when it lies inside the
-    searched folder. Sorted within each source; the order of sources is kept; duplicates
-    are dropped.
+    searched folder. Local paths are made absolute (symbolic links are kept). Sorted
+    within each source; the order of sources is kept; duplicates are dropped.
     """
     specs = [spec] if isinstance(spec, str) else list(spec)
     skip = exclude.resolve() if exclude is not None else None
 
-    def select(hits: Iterator[Path], root: Path) -> list[str]:
+    def select(hits: Iterable[Path], root: Path) -> list[str]:
         r = root.resolve()
         out_inside = skip is not None and skip != r and _below(skip, r)
         return sorted(
@@ -195,21 +193,22 @@ def output_lock(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``out`` for the run; fail at once if another run holds it.
 
     The lock is an ``flock`` on ``OUT/.geounet.lock``: the kernel drops it when the
-    holding process ends, however it ends (SIGKILL, power cut of a container, OOM
-    killer), so a dead run never blocks the next one. The file records the holder
+    holding process ends, however it ends (SIGKILL, the OOM killer, a crash), so a
+    dead run never blocks the next one. The file records the holder
     (pid, host, start time) for the message a second run prints.
 
     Raises:
         LockHeldError: another process holds the lock.
-        OutputError: the lock file cannot be created (read-only folder, disk full).
+        OutputError: the folder or the lock file cannot be created (read-only, not a folder).
     """
     import fcntl
 
     path = out / LOCK_NAME
     try:
+        out.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        raise OutputError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
+        raise OutputError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -346,7 +345,6 @@ def run_workflow(
         LockHeldError: another run holds the output folder.
     """
     from geounet.checkpoint import read_metadata
-    from geounet.engine import dask_client, dashboard_link
 
     out = resolve_out(wf.out, base)
     model = resolve_model(wf.model, base)
@@ -356,87 +354,98 @@ def run_workflow(
         log.warning("no scenes found for %r (pattern %r): nothing to do", wf.scenes, wf.pattern)
     if dry_run:
         return _dry_run(scenes, model, out, wf, force), {}
-    check_writable(out)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    with output_lock(out), run_log(out), stop_on_signals() as stop:
-        removed = clean_partials(out)
-        if removed:
-            log.info("removed %d temporary file(s) left by an interrupted run", removed)
-        log.info("run started: %d scene(s), model %s, output %s", len(scenes), model, out)
-        outcomes: list[SceneOutcome] = []
-        record: dict[str, Any] = {}
+    with output_lock(out):
+        check_writable(out)  # a full disk fails here, before the cluster starts
+        with run_log(out), stop_on_signals() as stop:
+            return _run_locked(wf, scenes, model, out, force, progress, client, announce, stop, started, t0)
 
-        def write_record(status: str, error: str | None = None) -> None:
-            final = status != "running"
-            record.clear()
-            record.update({
-                "status": "interrupted" if final and stop.is_set() else status,
-                "started": started.isoformat(timespec="seconds"),
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds") if final else None,
-                "wall_s": round(time.perf_counter() - t0, 3),
-                "pid": os.getpid(),
-                "model": model,
-                "out": str(out),
-                "config_hash": wf.inference.fingerprint(),
-                "force": force,
-                "interrupted": stop.is_set(),
-                "error": error,
-                "total": len(scenes),
-                "counts": {s: sum(o.status == s for o in outcomes) for s in ("success", "skipped", "failed")},
-                "scenes": [o.to_dict() for o in outcomes],
-                "versions": library_versions(),
-            })
-            write_json(record, out / RUN_JSON)
 
-        def on_outcome(o: SceneOutcome) -> None:
-            outcomes.append(o)
-            write_record("running")
+def _run_locked(wf: WorkflowSettings, scenes: list[str], model: str, out: Path, force: bool, progress: bool,
+                client: Any, announce: Callable[[str], None] | None, stop: threading.Event,
+                started: datetime, t0: float) -> tuple[list[SceneOutcome], dict[str, Any]]:
+    """The run proper, holding the output lock, logging to OUT/geounet.log, with ``stop``
+    set by SIGTERM / Ctrl-C."""
+    from geounet.engine import dask_client, dashboard_link
 
-        def on_connect(c: Any) -> None:
-            link = dashboard_link(c)
-            if link is None:
-                msg = "Dask dashboard: not served by this scheduler"
-            else:
-                msg = f"Dask dashboard: {link}"
-                if importlib.util.find_spec("bokeh") is None:
-                    msg += " (its plots need bokeh>=3.1, which is not installed)"
-            log.info("%s", msg)
-            if announce is not None:
-                announce(msg)
+    removed = clean_partials(out)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run", removed)
+    log.info("run started: %d scene(s), model %s, output %s", len(scenes), model, out)
+    outcomes: list[SceneOutcome] = []
+    record: dict[str, Any] = {}
 
-        ctx = contextlib.nullcontext(client) if client is not None else dask_client(
-            wf.cluster.scheduler, device=wf.inference.device, workers=wf.cluster.workers,
-            threads_per_worker=wf.cluster.threads_per_worker, processes=wf.cluster.processes,
-            lazy=True, on_connect=on_connect)
-        try:
-            with ctx as c:
-                final = run_scenes(scenes, model, out, wf.inference, client=c, force=force,
-                                   progress=progress, stop=stop, on_outcome=on_outcome)
-                if not getattr(c, "started", True):
-                    log.info("no scene needed computing; no Dask cluster was started")
-        except Exception as exc:
-            if not stop.is_set() or isinstance(exc, GeounetError):
-                with contextlib.suppress(Exception):
-                    write_record("stopped", error=f"{type(exc).__name__}: {exc}")
-                raise
-            # the signal also reached the worker processes (a terminal's Ctrl-C, systemd's
-            # stop): what failed after it is part of the interruption, not an error
-            log.warning("stopped by a signal (%s: %s)", type(exc).__name__, exc)
-            final = list(outcomes)
-        except BaseException as exc:
+    def write_record(status: str, error: str | None = None) -> None:
+        final = status != "running"
+        record.clear()
+        record.update({
+            "status": "interrupted" if final and stop.is_set() else status,
+            "started": started.isoformat(timespec="seconds"),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds") if final else None,
+            "wall_s": round(time.perf_counter() - t0, 3),
+            "pid": os.getpid(),
+            "model": model,
+            "out": str(out),
+            "config_hash": wf.inference.fingerprint(),
+            "force": force,
+            "interrupted": stop.is_set(),
+            "error": error,
+            "total": len(scenes),
+            "counts": {s: sum(o.status == s for o in outcomes) for s in ("success", "skipped", "failed")},
+            "scenes": [o.to_dict() for o in outcomes],
+            "versions": library_versions(),
+        })
+        write_json(record, out / RUN_JSON)
+
+    def on_outcome(o: SceneOutcome) -> None:
+        outcomes.append(o)
+        write_record("running")
+
+    def on_connect(c: Any) -> None:
+        link = dashboard_link(c)
+        if link is None:
+            msg = "Dask dashboard: not served by this scheduler"
+        else:
+            msg = f"Dask dashboard: {link}"
+            if importlib.util.find_spec("bokeh") is None:
+                msg += " (its plots need bokeh>=3.1, which is not installed)"
+        log.info("%s", msg)
+        if announce is not None:
+            announce(msg)
+
+    ctx = contextlib.nullcontext(client) if client is not None else dask_client(
+        wf.cluster.scheduler, device=wf.inference.device, workers=wf.cluster.workers,
+        threads_per_worker=wf.cluster.threads_per_worker, processes=wf.cluster.processes,
+        lazy=True, on_connect=on_connect)
+    try:
+        with ctx as c:
+            final = run_scenes(scenes, model, out, wf.inference, client=c, force=force,
+                               progress=progress, stop=stop, on_outcome=on_outcome)
+            if not getattr(c, "started", True):
+                log.info("no scene needed computing; no Dask cluster was started")
+    except Exception as exc:
+        if not stop.is_set() or isinstance(exc, GeounetError):
             with contextlib.suppress(Exception):
                 write_record("stopped", error=f"{type(exc).__name__}: {exc}")
             raise
-        finally:
-            n = clean_partials(out)
-            if n:
-                log.warning("removed %d temporary file(s) after the run", n)
-        outcomes[:] = final
-        remove_empty_scene_folders(final)
-        write_record("finished")
-        log.info("run %s: %s", record["status"], record["counts"])
-        return final, record
+        # the signal also reached the worker processes (a terminal's Ctrl-C, systemd's
+        # stop): what failed after it is part of the interruption, not an error
+        log.warning("stopped by a signal (%s: %s)", type(exc).__name__, exc)
+        final = list(outcomes)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            write_record("stopped", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        n = clean_partials(out)
+        if n:
+            log.warning("removed %d temporary file(s) after the run", n)
+    outcomes[:] = final
+    remove_empty_scene_folders(final)
+    write_record("finished")
+    log.info("run %s: %s", record["status"], record["counts"])
+    return final, record
 
 
 def _dry_run(scenes: list[str], model: str, out: Path, wf: WorkflowSettings, force: bool) -> list[SceneOutcome]:

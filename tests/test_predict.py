@@ -186,3 +186,22 @@ def test_all_nodata_scene_gives_empty_feature_collection(tmp_path: Path, dask_lo
     assert res[0].status == "success", res[0].error
     doc = json.loads((tmp_path / "out" / "empty" / "buildings.geojson").read_text())
     assert doc["type"] == "FeatureCollection" and doc["features"] == []
+
+
+def test_nodata_collar_blocks_skip_the_model_and_have_probability_zero(tmp_path: Path, dask_local) -> None:
+    img = np.zeros((3, 150, 200), np.uint8)
+    img[0, 10:30, 10:40] = 255  # a bright patch inside the data area
+    img[1:, :, :] = 90
+    img[:, :, 64:] = 0  # everything right of column 64 is a nodata collar
+    scene = write_tif(tmp_path / "collar.tif", img, nodata=0)
+    ckpt = make_checkpoint(tmp_path / "probe.safetensors", arch="probe", width=1, depth=4)
+    res = run_scenes([str(scene)], ckpt, tmp_path / "out", InferenceSettings(tile_size=64, halo=0, tiles_per_block=1),
+                     client=dask_local, progress=False)
+    assert res[0].status == "success", res[0].error
+    rec = json.loads((tmp_path / "out" / "collar" / "scene.json").read_text())
+    # 64-px cores: 4 block columns x 3 block rows; the 3 columns right of x=64 are all collar
+    assert rec["tiling"]["blocks_without_valid_pixels"] == 9
+    with rasterio.open(tmp_path / "out" / "collar" / "probability.tif") as ds:
+        p = ds.read(1)
+    assert p[:, 64:].max() == 0 and p[10:30, 10:40].min() == 255
+    assert rec["polygons"]["building"] == 1

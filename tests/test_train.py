@@ -23,7 +23,7 @@ from geounet.train.data import TrainScene, estimate_normalization, load_window, 
 from geounet.train.loop import _split, lr_at, optimizer_state, restore_optimizer, state_paths
 from geounet.train.sampling import WindowRef
 
-from .conftest import write_tif
+from tests.conftest import write_tif
 
 T = Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0)
 H, W = 64, 128

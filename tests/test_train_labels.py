@@ -142,3 +142,27 @@ def test_two_pixel_separation_and_gap_weights(tmp_path):
     valid[:, 12] = False
     w = pixel_weights(valid, gaps, 5.0)
     assert w[5, 11] == 5.0 and w[5, 12] == 0.0 and w[0, 0] == 1.0
+
+
+def test_training_targets_are_separated_in_the_frame_the_model_sees(tmp_path):
+    """The 1-pixel cut is directional (left/top member of a pair), so it is applied after flips."""
+    from geounet.train.augment import flip_rotate
+    from geounet.train.labels import cut_touching, id_stack, split_stack
+
+    path = tmp_path / "pair.geojson"
+    gpd.GeoDataFrame({"id": [0, 1]}, geometry=[px_box(5, 5, 15, 12), px_box(5, 12, 15, 18)], crs=UTM).to_file(path)
+    cg = read_class_geometries([path], ClassLabels(name="building", separate_touching=True), UTM)
+    ids = id_stack([cg], T, SHAPE)
+    y, gaps = split_stack(ids, [cg])
+    np.testing.assert_array_equal(y[0], burn(cg, T, SHAPE))  # unaugmented: same as the windowed burn
+    assert np.flatnonzero(gaps.any(axis=0)).tolist() == [11]  # the left member of each pair
+    image = np.zeros((1, *SHAPE), np.float32)
+    _, flipped, _ = flip_rotate(image, ids, np.ones(SHAPE, bool), k=0, flip_x=True, flip_y=False)
+    yf, gf = split_stack(flipped, [cg])
+    # after a left-right flip column c becomes 39 - c: the wall lies between 27 and 28, and the
+    # cut is again on its left member, 27 (a cut made before the flip would be at 28)
+    cols = np.flatnonzero(gf.any(axis=0)).tolist()
+    assert cols == [SHAPE[1] - 1 - 12]
+    assert ndimage.label(yf[0])[1] == 2
+    mask, cut = cut_touching(flipped[0])
+    np.testing.assert_array_equal(mask, yf[0])

@@ -65,6 +65,10 @@ def command(workflow: str, scenes: str | None, out: str | None, model: str | Non
     if record.get("interrupted"):
         from geounet.cli.main import EXIT_INTERRUPTED
 
-        click.echo("interrupted: unfinished scenes were removed; run again to continue", err=True)
+        unfinished = sum(o.status != "success" and o.status != "skipped" for o in outcomes)
+        if unfinished or len(outcomes) < record.get("total", 0):
+            click.echo("interrupted: unfinished scenes were removed; run again to continue", err=True)
+        else:
+            click.echo("interrupted, after every scene had finished", err=True)
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(exit_code_for_outcomes(outcomes))

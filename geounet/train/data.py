@@ -29,7 +29,9 @@ from geounet.normalize import MeanStd, Percentile, apply_normalization, compute_
 from geounet.scenes import SCENE_DRIVER
 from geounet.train.augment import augment
 from geounet.train.config import AugmentSettings, NormalizationSettings, SyntheticData, TrainingSettings
-from geounet.train.labels import ClassGeometries, rasterize_window, read_class_geometries, window_box
+from geounet.train.labels import (
+    ClassGeometries, id_stack, rasterize_window, read_class_geometries, split_stack, window_box,
+)
 from geounet.train.sampling import Rect, WindowRef, random_windows
 
 log = logging.getLogger(__name__)
@@ -300,13 +302,12 @@ def load_window(scene: TrainScene, ref: WindowRef, bands: Sequence[int], norm: M
     and loss weights ``(h, w)`` (0 where invalid, see :func:`pixel_weights`), augmented if ``aug``."""
     raw, valid = scene.read(ref, bands, use_nodata)
     x = prepare(raw, valid, norm)
-    y, gaps = scene.targets(ref)
+    ids = id_stack(scene.classes, scene.transform_of(ref), (ref.height, ref.width))
     if aug is not None and rng is not None:
-        stacked = np.concatenate([y, gaps[None].astype(np.uint8)])  # gaps move with the labels
-        x, stacked, valid = augment(x, stacked, valid, rng, aug)
-        y, gaps = stacked[:-1], stacked[-1].astype(bool)
+        x, ids, valid = augment(x, ids, valid, rng, aug)
         x = np.ascontiguousarray(x, dtype=np.float32)
         x[:, ~valid] = 0.0
+    y, gaps = split_stack(ids, scene.classes)  # separation after the geometry: same rule in every frame
     return x, y, pixel_weights(valid, gaps, separation_weight)
 
 

@@ -33,8 +33,8 @@ from geounet.train.config import ClassLabels
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClassGeometries", "choose_layer", "read_class_geometries", "window_box", "burn", "burn_with_gaps",
-           "rasterize_window", "to_class_index"]
+__all__ = ["ClassGeometries", "choose_layer", "read_class_geometries", "window_box", "burn", "burn_ids",
+           "burn_with_gaps", "cut_touching", "id_stack", "split_stack", "rasterize_window", "to_class_index"]
 
 
 @dataclass
@@ -225,53 +225,96 @@ def window_box(transform: Affine, height: int, width: int) -> shapely.Polygon:
     return shapely.Polygon([t @ (0, 0), t @ (width, 0), t @ (width, height), t @ (0, height)])
 
 
-def burn_with_gaps(cg: ClassGeometries, transform: Affine, shape: tuple[int, int], *,
-                   separate: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 mask (h, w) of ``cg``'s features on one window, and the bool separation gaps cut from it.
+def burn_ids(cg: ClassGeometries, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+    """uint32 raster (h, w) of feature ids: 0 outside, ``i + 1`` inside the i-th feature touching the window.
 
-    A pixel belongs to a feature when its centre is inside. With ``separate`` (default: the
-    class's ``separate_touching``), each feature is burned with its own id on the window
-    grown by one pixel on every side; a foreground pixel is cut (becomes background and a
-    *gap* pixel) when its right or bottom 4-neighbour belongs to another feature
-    (``separation_px`` 1), or when any 4-neighbour does (``separation_px`` 2). Either way
-    every 4-adjacent pair of pixels of two different features loses at least one member,
-    so touching features fall apart into separate 4-connected regions, and the result does
-    not depend on the window grid.
-
-    Cost: one STRtree query and one rasterization of the features touching the window.
+    Ids are local to the window; later features win where features overlap.
     """
-    h, w = shape
-    sep = cg.separate_touching if separate is None else separate
-    no_gaps = np.zeros(shape, dtype=bool)
-    if not sep:
-        geoms = cg.query(window_box(transform, h, w))
-        if len(geoms) == 0:
-            return np.zeros(shape, dtype=np.uint8), no_gaps
-        mask = rasterio.features.rasterize(
-            ((g, 1) for g in geoms), out_shape=shape, transform=transform, fill=0, dtype="uint8"
-        )
-        return mask, no_gaps
-    grown = transform @ Affine.translation(-1, -1)
-    geoms = cg.query(window_box(grown, h + 2, w + 2))
+    geoms = cg.query(window_box(transform, *shape))
     if len(geoms) == 0:
-        return np.zeros(shape, dtype=np.uint8), no_gaps
-    ids = rasterio.features.rasterize(
-        ((g, i + 1) for i, g in enumerate(geoms)), out_shape=(h + 2, w + 2), transform=grown, fill=0, dtype="uint32"
+        return np.zeros(shape, dtype=np.uint32)
+    return rasterio.features.rasterize(
+        ((g, i + 1) for i, g in enumerate(geoms)), out_shape=shape, transform=transform, fill=0, dtype="uint32"
     )
-    core = ids[1:-1, 1:-1]
-    neighbours = [ids[1:-1, 2:], ids[2:, 1:-1]]  # right, below
-    if cg.separation_px >= 2:
-        neighbours += [ids[1:-1, :-2], ids[:-2, 1:-1]]  # left, above
-    cut = np.zeros(shape, dtype=bool)
+
+
+def cut_touching(ids: np.ndarray, separation_px: int = 1, margin: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mask (uint8) and cut pixels (bool) of an id raster, touching features pulled apart.
+
+    A foreground pixel is cut when its right or bottom 4-neighbour holds another feature
+    (``separation_px`` 1), or when any 4-neighbour does (2). Every 4-adjacent pair of
+    pixels of two different features thus loses at least one member, and touching
+    features become separate 4-connected regions. ``margin`` pixels on every side of
+    ``ids`` are context only (neighbours of the border) and are cropped from the result;
+    without margin, pairs across the raster's border are unknown and not cut.
+
+    The rule is directional (right/bottom) for 1 pixel, so it must be applied in the
+    frame the model sees: training applies it *after* flips and rotations.
+    """
+    h, w = ids.shape
+    padded = np.pad(ids, 1) if margin == 0 else ids
+    m = 1 if margin == 0 else margin
+    core = padded[m : m + (h if margin == 0 else h - 2 * margin), m : m + (w if margin == 0 else w - 2 * margin)]
+    ch, cw = core.shape
+    neighbours = [padded[m : m + ch, m + 1 : m + 1 + cw], padded[m + 1 : m + 1 + ch, m : m + cw]]  # right, below
+    if separation_px >= 2:
+        neighbours += [padded[m : m + ch, m - 1 : m - 1 + cw], padded[m - 1 : m - 1 + ch, m : m + cw]]  # left, above
+    cut = np.zeros(core.shape, dtype=bool)
     for nb in neighbours:
         cut |= (nb != 0) & (nb != core)
     cut &= core != 0
     return ((core != 0) & ~cut).astype(np.uint8), cut
 
 
+def burn_with_gaps(cg: ClassGeometries, transform: Affine, shape: tuple[int, int], *,
+                   separate: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 mask (h, w) of ``cg``'s features on one window, and the bool separation gaps cut from it.
+
+    A pixel belongs to a feature when its centre is inside. With ``separate`` (default: the
+    class's ``separate_touching``), the features are burned with their own ids on the
+    window grown by one pixel on every side and pulled apart with :func:`cut_touching`, so
+    the result does not depend on the window grid.
+
+    Cost: one STRtree query and one rasterization of the features touching the window.
+    """
+    h, w = shape
+    sep = cg.separate_touching if separate is None else separate
+    if not sep:
+        return (burn_ids(cg, transform, shape) > 0).astype(np.uint8), np.zeros(shape, dtype=bool)
+    ids = burn_ids(cg, transform @ Affine.translation(-1, -1), (h + 2, w + 2))
+    return cut_touching(ids, cg.separation_px, margin=1)
+
+
 def burn(cg: ClassGeometries, transform: Affine, shape: tuple[int, int], *, separate: bool | None = None) -> np.ndarray:
     """uint8 mask (h, w) of ``cg``'s features on one window; see :func:`burn_with_gaps`."""
     return burn_with_gaps(cg, transform, shape, separate=separate)[0]
+
+
+def id_stack(classes: Sequence[ClassGeometries], transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+    """(n_classes, h, w) uint32: feature ids for classes that separate touching features, 0/1 for the others.
+
+    The training form of the labels: flips, rotations and (nearest) elastic warps move ids
+    like labels, and :func:`split_stack` applies the separation afterwards, in the frame the
+    model sees.
+    """
+    out = np.zeros((len(classes), *shape), dtype=np.uint32)
+    for k, cg in enumerate(classes):
+        ids = burn_ids(cg, transform, shape)
+        out[k] = ids if cg.separate_touching else (ids > 0)
+    return out
+
+
+def split_stack(stack: np.ndarray, classes: Sequence[ClassGeometries]) -> tuple[np.ndarray, np.ndarray]:
+    """Label stack (uint8) and separation gaps (bool) from an :func:`id_stack`."""
+    out = np.zeros(stack.shape, dtype=np.uint8)
+    gaps = np.zeros(stack.shape[1:], dtype=bool)
+    for k, cg in enumerate(classes):
+        if cg.separate_touching:
+            out[k], cut = cut_touching(stack[k], cg.separation_px)
+            gaps |= cut
+        else:
+            out[k] = stack[k] > 0
+    return out, gaps
 
 
 def rasterize_window(

@@ -572,7 +572,10 @@ def run(settings: TrainingSettings, *, resume: str | Path | None = None, progres
 
     # 4. normalization
     if resumed is not None:
-        norm = read_metadata(Path(resume)).normalization  # type: ignore[arg-type]
+        rmeta = read_metadata(Path(resume))  # type: ignore[arg-type]
+        if list(rmeta.bands) != list(bands):
+            raise CheckpointError(Path(resume), f"was trained on bands {rmeta.bands}, the config gives {bands}")  # type: ignore[arg-type]
+        norm = rmeta.normalization
     else:
         norm = estimate_normalization(scenes, train_rects, bands, settings.normalization, sc.window, seed,
                                       settings.data.use_nodata)
@@ -607,8 +610,8 @@ def run(settings: TrainingSettings, *, resume: str | Path | None = None, progres
         best_value = state.get("best", {}).get("value")
         best_epoch = int(state.get("best", {}).get("epoch", 0))
         elapsed_before = float(state.get("elapsed_s", 0.0))
-        if state.get("best", {}).get("metric") not in (None, metric):
-            best_value, best_epoch = None, 0
+        if state.get("best", {}).get("metric") not in (None, metric) or not (out / BEST).exists():
+            best_value, best_epoch = None, 0  # another metric, or another folder: the next epoch sets the best
         if start_epoch >= settings.optim.epochs:
             log.warning("the checkpoint already holds %d epochs (optim.epochs = %d); nothing to train",
                         start_epoch, settings.optim.epochs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,6 @@ GEOUNET = Path(sys.executable).parent / "geounet"
 DASK = Path(sys.executable).parent / "dask"
 STEMS = ("a", "sub1_b", "sub2_b")
 SCENE_FILES = ("a.tif", "sub1/b.tif", "sub2/b.tif")
-OUTPUTS = ("buildings.geojson", "roads.geojson", "polygons.gpkg", "probability.tif", "quicklook.png")
 WORKFLOW = """\
 scenes: scenes
 model: model.safetensors
@@ -57,13 +55,18 @@ def start(job: Job, *args: str, preexec_fn: Callable[[], None] | None = None) ->
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str, str]:
-    """Wait for ``proc``; on timeout kill its whole session and fail."""
+    """Wait for ``proc``; on timeout kill its whole session and fail.
+
+    A run that exits by itself must leave no process behind (its embedded cluster is closed).
+    """
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_session(proc)
         out, err = proc.communicate()
         pytest.fail(f"geounet run did not finish in {timeout} s\nstdout:\n{out}\nstderr:\n{err[-4000:]}")
+    if proc.returncode >= 0:
+        wait_for(lambda: not session_pids(proc.pid), 30, "the run's worker processes to exit", interval=0.1)
     return proc.returncode, out, err
 
 
@@ -170,11 +173,6 @@ def assert_same_scene(got: Path, want: Path) -> None:
 def assert_same_outputs(out: Path, ref: Path, stems: tuple[str, ...] = STEMS) -> None:
     for stem in stems:
         assert_same_scene(out / stem, ref / stem)
-
-
-def copy_scene(ref: Path, out: Path, stem: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(ref / stem, out / stem)
 
 
 def digest(folder: Path) -> dict[str, str]:

@@ -47,6 +47,7 @@ def test_uninterrupted_run_shows_progress_summary_and_records_everything(job: Jo
     assert dash, reference.stderr[-2000:]
     log_text = (out / "geounet.log").read_text()
     assert dash.group(1) in log_text and "starting embedded Dask cluster" in log_text
+    assert " INFO " not in reference.stderr  # the log file gets INFO; the console keeps WARNING
     # run.json
     rec = read_json(out / "run.json")
     assert rec["status"] == "finished" and rec["interrupted"] is False and rec["error"] is None
@@ -173,13 +174,8 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_exit_130(job: Job, tmp_path: Path,
     for stem, s in status.items():  # an unfinished scene's (empty) folder is removed
         assert (out / stem / "scene.json").exists() == (s["status"] == "success")
         assert (out / stem).exists() == (s["status"] == "success")
-    wait_for(lambda: not session_pids(proc.pid), 60, "the embedded cluster's processes to exit")
-    if how == "SIGTERM":  # a new run finishes the job
-        rc, stdout, stderr = run(job, "--out", str(out), "--scenes", str(job.more), "--no-progress")
-        assert rc == 0, stderr[-3000:]
-        counts = read_json(out / "run.json")["counts"]
-        assert counts["failed"] == 0 and counts["success"] + counts["skipped"] == 2
-        assert_clean(out)
+    # (finish() checked that the embedded cluster's processes are gone; resuming after an
+    # interruption is covered, under harsher conditions, by the SIGKILL test)
 
 
 @pytest.mark.timeout(300)

@@ -112,7 +112,7 @@ def dask_local() -> Iterator[object]:
     from geounet.engine import TorchThreads
 
     cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                           dashboard_address=None)
+                           dashboard_address=":0")
     client = Client(cluster)
     client.register_plugin(TorchThreads(1))
     yield client

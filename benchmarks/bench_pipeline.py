@@ -85,8 +85,9 @@ def ratio(args: argparse.Namespace) -> None:
     from geounet.settings import InferenceSettings
 
     path = scene(args.size)
-    ckpt = checkpoint(args.width)
-    settings = InferenceSettings(precision=args.precision, tile_size=args.tile, batch_size=args.batch)
+    ckpt = Path(args.model) if args.model else checkpoint(args.width)
+    settings = InferenceSettings(precision=args.precision, tile_size=args.tile, batch_size=args.batch,
+                                 min_area_m2=4.0)
     mi = ModelInfo.from_checkpoint(ckpt)
     plan = make_plan(open_scene(path, in_channels=3), mi, settings)
     shape = plan_cluster("cpu")
@@ -112,7 +113,9 @@ def ratio(args: argparse.Namespace) -> None:
     e2e = min(runs)
     save("ratio", {
         "command": f"python benchmarks/bench_pipeline.py ratio --size {args.size} --width {args.width} "
-                   f"--precision {args.precision} --tile {args.tile} --batch {args.batch} --repeat {args.repeat}",
+                   f"--precision {args.precision} --tile {args.tile} --batch {args.batch} --repeat {args.repeat}"
+                   + (f" --model {args.model}" if args.model else ""),
+        "model": str(ckpt), "polygons": res[0].polygons,
         "machine": machine(), "scene_px": args.size**2, "tiles": plan.n_tiles, "tile_shape": plan.tile_shape,
         "halo": plan.halo, "overhead": round(plan.overhead, 3), "end_to_end_s": round(e2e, 3),
         "end_to_end_runs_s": [round(r, 3) for r in runs], "model_only_s": round(model_s, 3),
@@ -123,16 +126,18 @@ def ratio(args: argparse.Namespace) -> None:
 
 
 def memory(args: argparse.Namespace) -> None:
-    ckpt = checkpoint(args.width)
+    ckpt = Path(args.model) if args.model else checkpoint(args.width)
     rows = []
     for size in args.sizes:
         path = scene(size)
         with tempfile.TemporaryDirectory() as tmp:
-            wall, peak, _ = run_cli(["-q", "predict", str(path), "-m", str(ckpt), "-o", tmp, "--no-progress"])
+            wall, peak, _ = run_cli(["-q", "predict", str(path), "-m", str(ckpt), "-o", tmp, "--no-progress",
+                                     "--min-area-m2", "4"])
         rows.append({"size": size, "pixels": size * size, "wall_s": round(wall, 1),
                      "peak_rss_mb": round(peak / 2**20, 1)})
     save("memory", {
-        "command": f"python benchmarks/bench_pipeline.py memory --sizes {' '.join(map(str, args.sizes))} --width {args.width}",
+        "command": f"python benchmarks/bench_pipeline.py memory --sizes {' '.join(map(str, args.sizes))} --width {args.width}"
+                   + (f" --model {args.model}" if args.model else ""),
         "machine": machine(), "runs": rows,
         "ratio_largest_to_smallest": round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3),
     })
@@ -278,9 +283,11 @@ def main() -> None:
     a.add_argument("--tile", type=int, default=1024)
     a.add_argument("--batch", type=int, default=1)
     a.add_argument("--repeat", type=int, default=2)
+    a.add_argument("--model", help="checkpoint to use (default: a cached random-weight UNet of --width)")
     m = sub.add_parser("memory")
     m.add_argument("--sizes", type=int, nargs="+", default=[4000, 12000])
     m.add_argument("--width", type=int, default=16)
+    m.add_argument("--model", help="checkpoint to use (default: a cached random-weight UNet of --width)")
     h = sub.add_parser("halo")
     h.add_argument("--size", type=int, default=1024)
     h.add_argument("--width", type=int, default=16)

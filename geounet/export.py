@@ -168,8 +168,10 @@ class ProbabilityWriter:
             self.ds = rasterio.open(
                 self.stage, "w", driver="GTiff", width=width, height=height,
                 count=len(class_names), dtype="uint8", crs=crs_wkt, transform=transform,
-                tiled=True, blockxsize=512, blockysize=512, compress="deflate",
-                predictor=2, BIGTIFF="IF_SAFER", SPARSE_OK=True,
+                # uncompressed staging: blocks are written by the client while workers
+                # compute, so no CPU goes to compressing twice; the COG copy compresses once
+                tiled=True, blockxsize=512, blockysize=512, compress="none",
+                BIGTIFF="IF_SAFER", SPARSE_OK=True,
             )
         except RASTER_WRITE_ERRORS as exc:
             raise OutputError(f"cannot write {self.final}: {exc}") from exc
@@ -195,6 +197,7 @@ class ProbabilityWriter:
                 try:
                     rasterio.shutil.copy(
                         self.stage, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES",
+                        NUM_THREADS="ALL_CPUS",
                         BLOCKSIZE=512, OVERVIEWS="IGNORE_EXISTING", RESAMPLING="AVERAGE",
                         BIGTIFF="IF_SAFER",
                     )

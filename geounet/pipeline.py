@@ -274,18 +274,26 @@ def finalize_scene(job: _SceneJob, config_hash: str, options: dict[str, Any]) ->
         job.polygons[k] = []  # free memory early
     t1 = time.perf_counter()
     written: list[str] = []
+    stage: dict[str, float] = {}
     for fmt, writer in VECTOR_WRITERS.items():
         if fmt in s.formats:
+            ts = time.perf_counter()
             written += [p.name for p in writer(layers, job.folder)]
+            stage[f"write_{fmt}"] = time.perf_counter() - ts
     if job.prob_writer is not None:
+        ts = time.perf_counter()
         written.append(job.prob_writer.finish().name)
         job.prob_writer = None
+        stage["write_probability"] = time.perf_counter() - ts
     if "quicklook" in s.formats:
+        ts = time.perf_counter()
         written.append(write_quicklook(info.path, info.bands, pixel_geoms, job.folder / "quicklook.png",
                                        size=s.quicklook_size).name)
+        stage["write_quicklook"] = time.perf_counter() - ts
     t2 = time.perf_counter()
     timings = {**{k: round(v, 3) for k, v in job.timings.items()},
                "merge_postprocess": round(t1 - t0, 3), "write": round(t2 - t1, 3),
+               **{k: round(v, 3) for k, v in stage.items()},
                "wall": round(t2 - job.started, 3)}
     record = {
         "status": "success",

@@ -41,7 +41,7 @@ def make_scene(folder: Path, dtype: str = "uint8", nodata: float | None = None) 
     houses = [(6, 6, 14, 16), (6, 16, 14, 24), (30, 40, 40, 52), (44, 70, 56, 80), (8, 90, 18, 104),
               (40, 100, 50, 110), (46, 8, 58, 20)]
     for r0, c0, r1, c1 in houses:
-        img[:, r0:r1, c0:c1] = [200, 120, 90]
+        img[:, r0:r1, c0:c1] = np.array([200, 120, 90])[:, None, None]
     img[:, 22:28, :] = 130  # road, 6 px = 3 m wide, centre on the row-25 edge
     if dtype == "uint16":
         img = img * 16  # 12-bit like

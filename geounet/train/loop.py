@@ -179,7 +179,8 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
         state.setdefault(int(idx), {})[key] = t
     for idx, sc in meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(sc)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    groups = [{**g, "betas": tuple(g["betas"])} if isinstance(g.get("betas"), list) else g for g in meta["param_groups"]]
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def save_state(checkpoint: Path, opt: torch.optim.Optimizer, info: dict[str, Any]) -> None:
@@ -621,7 +622,7 @@ def run(settings: TrainingSettings, *, resume: str | Path | None = None, progres
         "trainer": "geounet.train", "geounet_version": __version__, "torch_version": torch.__version__,
         "config_file": settings.source, "config": settings.model_dump(mode="json"), "data": data_record,
         "bands": bands, "seed": seed, "git_commit": git_commit(), "device": str(device),
-        "precision": str(dtype).replace("torch.", ""), "host": platform.node(), "python": platform.python_version(),
+        "precision": str(dtype).replace("torch.", ""), "python": platform.python_version(),
         "train_area_px": int(sum(r.height * r.width for r in train_rects)),
         "val_area_px": int(sum(r.height * r.width for r in val_rects)),
         "val_tiles": len(tiles),

@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # CPU torch pin for machines without a GPU; GPU users install their CUDA torch first (README).
 CONSTRAINTS ?= constraints-cpu.txt
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test test-soak demo bench clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,10 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 venv: $(VENV)/.installed
 
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not soak"
+
+test-soak: venv
+	$(PY) -m pytest -q -m soak
 
 demo: venv
 	$(VENV)/bin/geounet demo

@@ -45,7 +45,7 @@ ALLOWED_FAILURES = 2
 
 
 class TorchThreads(WorkerPlugin):
-    """Sets torch's intra-op threads on every worker (before any task runs)."""
+    """Sets torch's intra-op threads and GDAL's block cache on every worker (before any task)."""
 
     name = "geounet-torch-threads"
 
@@ -58,6 +58,12 @@ class TorchThreads(WorkerPlugin):
         torch.set_num_threads(self.threads)
         with contextlib.suppress(RuntimeError):
             torch.set_num_interop_threads(1)
+        if "GDAL_CACHEMAX" not in os.environ:  # an explicit environment variable wins
+            from rasterio.env import set_gdal_config
+
+            from geounet.infer import WORKER_GDAL_CACHE_BYTES
+
+            set_gdal_config("GDAL_CACHEMAX", WORKER_GDAL_CACHE_BYTES)
 
 
 class IgnoreSigint(WorkerPlugin):

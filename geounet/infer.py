@@ -30,9 +30,12 @@ _MODELS: dict[tuple[str, str], SegmentationModel] = {}
 _MODEL_LOCK = threading.Lock()
 _LOCAL = threading.local()
 
-# GDAL settings for workers: never list directories on open; a block cache large enough
-# for overlapping halo reads of neighbouring blocks.
-GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": 256}
+# GDAL settings for reads: never list directories on open. (The block cache, process-wide,
+# is sized once per worker process by geounet.engine.TorchThreads: WORKER_GDAL_CACHE_BYTES.)
+GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+# Bytes of GDAL block cache per worker process: enough for the overlapping halo reads of
+# neighbouring blocks (DESIGN.md: a tiny cache with overlapping windows drops reads ~3x).
+WORKER_GDAL_CACHE_BYTES = 256 * 2**20
 
 
 # --------------------------------------------------------------------------- devices

@@ -504,3 +504,28 @@ def test_weights_are_little_endian_safetensors(saved: Path) -> None:
     assert set(state) == set(loaded)
     for name, t in state.items():
         assert np.array_equal(t.numpy(), loaded[name].numpy()), name
+
+
+def test_hostile_header_cannot_request_a_huge_model(tmp_path) -> None:
+    """A checkpoint whose spec asks for an enormous width fails before anything is built."""
+    import json
+    import struct
+
+    from geounet.checkpoint import load_checkpoint
+    from geounet.errors import CheckpointError
+
+    good = tmp_path / "good.safetensors"
+    from tests.conftest import make_checkpoint
+
+    make_checkpoint(good, width=2, depth=2)
+    raw = good.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    meta = json.loads(header["__metadata__"]["geounet"])
+    meta["spec"]["width"] = 10**7
+    header["__metadata__"]["geounet"] = json.dumps(meta)
+    blob = json.dumps(header).encode()
+    bad = tmp_path / "huge.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
+    with pytest.raises(CheckpointError, match="width"):
+        load_checkpoint(bad)

@@ -29,6 +29,7 @@ from geounet.errors import ConfigError, ModelInputError
 
 OutputMode = Literal["binary", "multilabel", "multiclass"]
 OUTPUT_MODES: tuple[str, ...] = ("binary", "multilabel", "multiclass")
+MAX_WIDTH = 512  # channels of the first stage; the paper uses 64
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,9 @@ class ModelSpec:
             )
         if self.in_channels < 1:
             raise ConfigError(f"in_channels must be >= 1, got {self.in_channels}")
-        if self.width < 1:
-            raise ConfigError(f"width must be >= 1, got {self.width}")
+        if not 1 <= self.width <= MAX_WIDTH:
+            # bounded so that a hostile checkpoint header cannot make us build a huge model
+            raise ConfigError(f"width must be between 1 and {MAX_WIDTH}, got {self.width}")
         if not 1 <= self.depth <= 6:
             raise ConfigError(f"depth must be between 1 and 6, got {self.depth}")
 

@@ -99,7 +99,7 @@ def _predict_peak_rss(scene: Path, ckpt: Path, out: Path) -> tuple[float, float,
     return time.perf_counter() - t0, peak_tree, peak_one
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.timeout(3600)
 def test_40000_squared_bomb_runs_in_bounded_memory(tmp_path: Path) -> None:
     """The full bomb through ``geounet predict`` (real UNet width 2, depth 2, tile 1024), next to

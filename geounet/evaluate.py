@@ -1426,10 +1426,17 @@ def _scene_stem(path: Path) -> str:
 
 
 def _group_files(folder: Path) -> dict[str, list[Path]]:
+    """Vector files grouped by scene stem. Where a ``<stem>_truth.gpkg`` exists it holds every
+    class, so the per-class copies beside it (``<stem>_buildings.geojson``...) are not read
+    again: reading both would count every true object twice."""
     groups: dict[str, list[Path]] = {}
     for f in sorted(folder.iterdir()):
         if f.is_file() and f.suffix.lower() in VECTOR_SUFFIXES:
             groups.setdefault(_scene_stem(f), []).append(f)
+    for stem, files in groups.items():
+        containers = [f for f in files if f.stem.endswith("_truth") and f.suffix.lower() == ".gpkg"]
+        if containers:
+            groups[stem] = containers
     return groups
 
 

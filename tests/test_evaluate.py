@@ -432,3 +432,25 @@ def test_format_table_aligns_columns_and_marks_undefined_values() -> None:
     assert lines[0].startswith("scene") and set(lines[1]) <= {"-", " "}
     assert lines[2].split()[1:4] == ["0", "0", "0"] and lines[2].split()[4] == "-"
     assert len(lines[0]) == len(lines[1])
+
+
+def test_truth_folder_with_gpkg_and_geojson_copies_counts_each_object_once(tmp_path) -> None:
+    """The synthetic layout writes <stem>_truth.gpkg *and* per-class GeoJSON copies."""
+    import geopandas as gpd
+    import shapely
+
+    from geounet.evaluate import evaluate_many, pair_scenes
+
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    boxes = [shapely.box(500000 + 20 * i, 4650000, 500010 + 20 * i, 4650010) for i in range(5)]
+    b = gpd.GeoDataFrame(geometry=boxes, crs="EPSG:32633")
+    b.to_file(truth / "s_truth.gpkg", layer="buildings")
+    b.to_file(truth / "s_buildings.geojson")
+    pred = tmp_path / "pred" / "s"
+    pred.mkdir(parents=True)
+    b.iloc[:3].to_file(pred / "buildings.geojson")
+    pairs, _ = pair_scenes(tmp_path / "pred", truth)
+    res = evaluate_many(pairs)
+    text = str(res)
+    assert "'tp': 3" in text and "'fn': 2" in text, text[:500]

@@ -29,13 +29,14 @@ from geounet.scenes import SCENE_DRIVER, SceneInfo
 _MODELS: dict[tuple[str, str], SegmentationModel] = {}
 _MODEL_LOCK = threading.Lock()
 _LOCAL = threading.local()
+MAX_HANDLES = 4  # open dataset handles kept per worker thread
 
 # GDAL settings for reads: never list directories on open. (The block cache, process-wide,
 # is sized once per worker process by geounet.engine.TorchThreads: WORKER_GDAL_CACHE_BYTES.)
 GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 # Bytes of GDAL block cache per worker process: enough for the overlapping halo reads of
-# neighbouring blocks (DESIGN.md: a tiny cache with overlapping windows drops reads ~3x).
-WORKER_GDAL_CACHE_BYTES = 256 * 2**20
+# neighbouring blocks (one block row of halo is ~10 MB; DESIGN.md: a tiny cache drops reads ~3x).
+WORKER_GDAL_CACHE_BYTES = 64 * 2**20
 
 
 # --------------------------------------------------------------------------- devices
@@ -107,14 +108,26 @@ def get_model(checkpoint: str | bytes, content_hash: str, device: torch.device) 
 
 # --------------------------------------------------------------------------- reading
 def _dataset(path: str) -> rasterio.io.DatasetReader:
-    """This thread's open handle for ``path`` (reopened if it was closed)."""
+    """This thread's open handle for ``path`` (reopened if it was closed).
+
+    At most :data:`MAX_HANDLES` handles per thread stay open (least recently used closed
+    first): a batch of thousands of scenes must not exhaust file descriptors, while the
+    few scenes in flight keep their handles (reopening per window reads ~3x slower).
+    """
     handles: dict[str, Any] = getattr(_LOCAL, "handles", None) or {}
     _LOCAL.handles = handles
-    ds = handles.get(path)
+    ds = handles.pop(path, None)
     if ds is None or ds.closed:
         with rasterio.Env(**GDAL_ENV):
             ds = rasterio.open(path, driver=SCENE_DRIVER)
-        handles[path] = ds
+    handles[path] = ds  # most recently used last
+    while len(handles) > MAX_HANDLES:
+        oldest = next(iter(handles))
+        old = handles.pop(oldest)
+        try:
+            old.close()
+        except Exception:  # noqa: BLE001 - a broken handle must not fail this read
+            pass
     return ds
 
 

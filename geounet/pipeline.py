@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 Status = Literal["success", "skipped", "failed"]
 SCENE_JSON = "scene.json"
 DEFAULT_TILE = 1024
-CLIENT_GDAL_CACHE_BYTES = 256 * 2**20  # GDAL block cache of the client process (bytes)
+CLIENT_GDAL_CACHE_BYTES = 64 * 2**20  # GDAL block cache of the client process (bytes)
 
 
 @dataclass

@@ -205,3 +205,22 @@ def test_nodata_collar_blocks_skip_the_model_and_have_probability_zero(tmp_path:
         p = ds.read(1)
     assert p[:, 64:].max() == 0 and p[10:30, 10:40].min() == 255
     assert rec["polygons"]["building"] == 1
+
+
+def test_worker_threads_keep_a_bounded_number_of_open_datasets(tmp_path: Path) -> None:
+    """Thousands of scenes in a batch must not leave thousands of file handles open."""
+    import os
+
+    from geounet import infer
+    from geounet.scenes import open_scene
+    from rasterio.windows import Window
+
+    infer.close_datasets()
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(12):
+        p = write_tif(tmp_path / f"s{i}.tif", np.full((3, 20, 20), i, np.uint8))
+        infer.read_window(open_scene(p, in_channels=3), Window(0, 0, 20, 20))
+    assert len(infer._LOCAL.handles) == infer.MAX_HANDLES
+    assert len(os.listdir("/proc/self/fd")) - before <= infer.MAX_HANDLES
+    infer.close_datasets()
+    assert len(os.listdir("/proc/self/fd")) <= before

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import shapely
 from affine import Affine
-from pyproj import Transformer
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from scipy import ndimage

@@ -28,7 +28,9 @@ from geounet.scenes import SCENE_DRIVER, SceneInfo
 
 _MODELS: dict[tuple[str, str], SegmentationModel] = {}
 _MODEL_LOCK = threading.Lock()
-_LOCAL = threading.local()
+# Open dataset handles per worker thread: {thread id: {path: dataset}}, most recent last.
+_HANDLES: dict[int, dict[str, Any]] = {}
+_HANDLES_LOCK = threading.Lock()
 MAX_HANDLES = 4  # open dataset handles kept per worker thread
 
 # GDAL settings for reads: never list directories on open. (The block cache, process-wide,
@@ -110,51 +112,44 @@ def get_model(checkpoint: str | bytes, content_hash: str, device: torch.device) 
 def _dataset(path: str) -> rasterio.io.DatasetReader:
     """This thread's open handle for ``path`` (reopened if it was closed).
 
-    At most :data:`MAX_HANDLES` handles per thread stay open (least recently used closed
-    first): a batch of thousands of scenes must not exhaust file descriptors, while the
-    few scenes in flight keep their handles (reopening per window reads ~3x slower).
+    Each thread has its own handles (GDAL handles are not thread-safe). At most
+    :data:`MAX_HANDLES` stay open per thread (least recently used closed first): a batch of
+    thousands of scenes must not exhaust file descriptors, while the few scenes in flight keep
+    their handles (reopening per window reads ~3x slower).
     """
-    handles: dict[str, Any] = getattr(_LOCAL, "handles", None) or {}
-    _LOCAL.handles = handles
+    tid = threading.get_ident()
+    with _HANDLES_LOCK:
+        handles = _HANDLES.setdefault(tid, {})
     ds = handles.pop(path, None)
     if ds is None or ds.closed:
         with rasterio.Env(**GDAL_ENV):
             ds = rasterio.open(path, driver=SCENE_DRIVER)
     handles[path] = ds  # most recently used last
     while len(handles) > MAX_HANDLES:
-        oldest = next(iter(handles))
-        old = handles.pop(oldest)
-        try:
-            old.close()
-        except Exception:  # noqa: BLE001 - a broken handle must not fail this read
-            pass
+        _close(handles.pop(next(iter(handles))))
     return ds
 
 
-def close_datasets() -> None:
-    """Close this thread's dataset handles (end of a run, or after a scene failed)."""
-    for ds in (getattr(_LOCAL, "handles", None) or {}).values():
-        try:
-            ds.close()
-        except Exception:  # noqa: BLE001 - closing a broken handle must not mask the real error
-            pass
-    _LOCAL.handles = {}
+def _close(ds: Any) -> None:
+    try:
+        ds.close()
+    except Exception:  # noqa: BLE001 - closing a broken handle must not mask the real error
+        pass
 
 
-def gdal_reason(exc: BaseException) -> str:
-    """The useful part of a rasterio error: rasterio says "Read failed. See previous exception
-    for details." and chains GDAL's messages beneath it, the most specific one (e.g.
-    "got 100 bytes, expected 12299") last. Returns the first and the last of them."""
-    msgs: list[str] = []
-    e: BaseException | None = exc
-    while e is not None and len(msgs) < 10:
-        text = str(e).strip()
-        if text and "See previous exception" not in text and text not in msgs:
-            msgs.append(text)
-        e = e.__cause__ or e.__context__
-    if not msgs:
-        return type(exc).__name__
-    return msgs[0] if len(msgs) == 1 else f"{msgs[0]} ({msgs[-1]})"
+def close_datasets(all_threads: bool = False) -> int:
+    """Close this thread's dataset handles (after a read failed), or every thread's
+    (``all_threads``: only when no task is running, e.g. at the end of a run).
+    Returns how many were closed."""
+    with _HANDLES_LOCK:
+        tids = list(_HANDLES) if all_threads else [threading.get_ident()]
+        groups = [_HANDLES.pop(t, {}) for t in tids]
+    n = 0
+    for handles in groups:
+        for ds in handles.values():
+            _close(ds)
+            n += 1
+    return n
 
 
 def read_window(scene: SceneInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:

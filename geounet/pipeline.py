@@ -418,10 +418,22 @@ def run_scenes(
         # grew with the scene: 1.5 GB at 16384^2 px on a 24 GB machine. An explicit
         # GDAL_CACHEMAX environment variable wins.
         cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": CLIENT_GDAL_CACHE_BYTES}
-        with rasterio.Env(**cache):
-            _drive(client, infos, out, model, settings, spec, ckpt_ref, config_hash, options, limit,
-                   gpu, progress, stop, outcomes, on_outcome)
+        try:
+            with rasterio.Env(**cache):
+                _drive(client, infos, out, model, settings, spec, ckpt_ref, config_hash, options, limit,
+                       gpu, progress, stop, outcomes, on_outcome)
+        finally:
+            # no task runs now: close every worker thread's dataset handles, so a run leaves
+            # no open files behind on long-lived (external) workers
+            with contextlib.suppress(Exception):
+                client.run(_close_worker_datasets)
     return [outcomes[i] for i in sorted(outcomes)]
+
+
+def _close_worker_datasets() -> int:
+    from geounet.infer import close_datasets
+
+    return close_datasets(all_threads=True)
 
 
 def _cuda_available() -> bool:

@@ -220,7 +220,9 @@ def test_worker_threads_keep_a_bounded_number_of_open_datasets(tmp_path: Path) -
     for i in range(12):
         p = write_tif(tmp_path / f"s{i}.tif", np.full((3, 20, 20), i, np.uint8))
         infer.read_window(open_scene(p, in_channels=3), Window(0, 0, 20, 20))
-    assert len(infer._LOCAL.handles) == infer.MAX_HANDLES
+    import threading
+
+    assert len(infer._HANDLES[threading.get_ident()]) == infer.MAX_HANDLES
     assert len(os.listdir("/proc/self/fd")) - before <= infer.MAX_HANDLES
     infer.close_datasets()
     assert len(os.listdir("/proc/self/fd")) <= before

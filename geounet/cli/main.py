@@ -26,7 +26,7 @@ EXIT_INTERRUPTED = 130
 
 # Subcommand modules, each exposing ``command`` (a click.Command). A subcommand is listed
 # here only once it works.
-SUBCOMMANDS: tuple[str, ...] = ("info", "synth", "predict", "run", "evaluate", "demo")
+SUBCOMMANDS: tuple[str, ...] = ("info", "synth", "train", "predict", "run", "evaluate", "demo")
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -152,6 +152,22 @@ def close_datasets(all_threads: bool = False) -> int:
     return n
 
 
+def gdal_reason(exc: BaseException) -> str:
+    """The useful part of a rasterio error: rasterio says "Read failed. See previous exception
+    for details." and chains GDAL's messages beneath it, the most specific one (e.g.
+    "got 100 bytes, expected 12299") last. Returns the first and the last of them."""
+    msgs: list[str] = []
+    e: BaseException | None = exc
+    while e is not None and len(msgs) < 10:
+        text = str(e).strip()
+        if text and "See previous exception" not in text and text not in msgs:
+            msgs.append(text)
+        e = e.__cause__ or e.__context__
+    if not msgs:
+        return type(exc).__name__
+    return msgs[0] if len(msgs) == 1 else f"{msgs[0]} ({msgs[-1]})"
+
+
 def read_window(scene: SceneInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
     """Raw pixels (bands, h, w) of ``window`` and a validity mask (h, w).
 

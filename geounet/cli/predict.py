@@ -39,10 +39,9 @@ def command(scenes: tuple[str, ...], model: str, out: str, config: str | None, w
     """
     settings = load_config(InferenceSettings, config, inference_overrides(dict(kw)))
     show = sys.stderr.isatty() if progress is None else progress
-    from geounet.checkpoint import load_checkpoint
-
-    load_checkpoint(model)  # a bad or unsafe model fails (exit 2) before any cluster starts
-    with dask_client(scheduler, device=settings.device, workers=workers) as client:
+    # lazy: the cluster starts on first use, after run_scenes has checked the model in full,
+    # so a bad or unsafe checkpoint exits 2 without starting any worker
+    with dask_client(scheduler, device=settings.device, workers=workers, lazy=True) as client:
         outcomes = run_scenes(list(scenes), model, Path(out), settings, client=client, force=force,
                               progress=show)
     print_summary(outcomes)

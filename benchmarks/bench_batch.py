@@ -44,7 +44,7 @@ def _run(scenes: list[str], model: str, workers: int) -> dict:
     import psutil
     from distributed import Client, LocalCluster
 
-    from geounet.engine import TorchThreads, available_cores
+    from geounet.engine import WorkerSetup, available_cores
     from geounet.pipeline import run_scenes
     from geounet.settings import InferenceSettings
 
@@ -54,7 +54,7 @@ def _run(scenes: list[str], model: str, workers: int) -> dict:
     cluster = LocalCluster(n_workers=workers, threads_per_worker=max(1, cores // workers), processes=True,
                            dashboard_address=None)
     client = Client(cluster)
-    client.register_plugin(TorchThreads(1))
+    client.register_plugin(WorkerSetup(1))
     pids = list(client.run(lambda: __import__("os").getpid()).values())
     wprocs = [psutil.Process(p) for p in pids]
     worker_fds_before = [p.num_fds() for p in wprocs]

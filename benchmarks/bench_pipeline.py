@@ -20,6 +20,7 @@ Results are printed and saved as benchmarks/results/<suite>.json.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import threading
 import time
@@ -39,9 +40,9 @@ def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_si
     import torch
 
     from geounet.checkpoint import load_checkpoint
-    from geounet.infer import resolve_precision, run_model
+    from geounet.infer import prepare_for_inference, resolve_precision, run_model
 
-    model = load_checkpoint(ckpt).to(memory_format=torch.channels_last)
+    model = prepare_for_inference(load_checkpoint(ckpt))  # exactly as the workers prepare it
     device = torch.device("cpu")
     dtype = resolve_precision(precision, device)
     th, tw = plan.tile_shape
@@ -79,15 +80,16 @@ def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_si
 def ratio(args: argparse.Namespace) -> None:
     from distributed import Client, LocalCluster
 
-    from geounet.engine import TorchThreads, plan_cluster
+    from geounet.engine import WorkerSetup, plan_cluster
     from geounet.pipeline import ModelInfo, make_plan, run_scenes
     from geounet.scenes import open_scene
     from geounet.settings import InferenceSettings
 
     path = scene(args.size)
     ckpt = Path(args.model) if args.model else checkpoint(args.width)
+    extra = {"tiles_per_block": args.tiles_per_block} if args.tiles_per_block else {}
     settings = InferenceSettings(precision=args.precision, tile_size=args.tile, batch_size=args.batch,
-                                 min_area_m2=4.0)
+                                 min_area_m2=4.0, **extra)
     mi = ModelInfo.from_checkpoint(ckpt)
     plan = make_plan(open_scene(path, in_channels=3), mi, settings)
     shape = plan_cluster("cpu")
@@ -95,14 +97,17 @@ def ratio(args: argparse.Namespace) -> None:
     cluster = LocalCluster(n_workers=shape.workers, threads_per_worker=shape.threads_per_worker,
                            processes=True, dashboard_address=None)
     client = Client(cluster)
-    client.register_plugin(TorchThreads(shape.torch_threads))
+    client.register_plugin(WorkerSetup(shape.torch_threads))
     runs = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(args.repeat):
+                w0, c0 = sum(client.run(_cpu_seconds).values()), _cpu_seconds()
                 t0 = time.perf_counter()
                 res = run_scenes([str(path)], ckpt, Path(tmp) / f"o{i}", settings, client=client, progress=False)
                 runs.append(time.perf_counter() - t0)
+                cpu = {"workers": round(sum(client.run(_cpu_seconds).values()) - w0, 2),
+                       "client_and_scheduler": round(_cpu_seconds() - c0, 2)}
                 assert res[0].status == "success", res[0].error
                 timings = res[0].timings
     finally:
@@ -114,15 +119,22 @@ def ratio(args: argparse.Namespace) -> None:
     save("ratio", {
         "command": f"python benchmarks/bench_pipeline.py ratio --size {args.size} --width {args.width} "
                    f"--precision {args.precision} --tile {args.tile} --batch {args.batch} --repeat {args.repeat}"
+                   + (f" --tiles-per-block {args.tiles_per_block}" if args.tiles_per_block else "")
                    + (f" --model {args.model}" if args.model else ""),
         "model": str(ckpt), "polygons": res[0].polygons,
         "machine": machine(), "scene_px": args.size**2, "tiles": plan.n_tiles, "tile_shape": plan.tile_shape,
-        "halo": plan.halo, "overhead": round(plan.overhead, 3), "end_to_end_s": round(e2e, 3),
+        "halo": plan.halo, "blocks": len(plan.blocks), "overhead": round(plan.overhead, 3), "end_to_end_s": round(e2e, 3),
         "end_to_end_runs_s": [round(r, 3) for r in runs], "model_only_s": round(model_s, 3),
         "ratio": round(e2e / model_s, 3), "scene_mpx_per_s": round(args.size**2 / e2e / 1e6, 3),
         "model_mpx_per_s": round(plan.n_tiles * plan.tile_shape[0] * plan.tile_shape[1] / model_s / 1e6, 3),
-        "stage_timings_s": timings,
+        "stage_timings_s": timings, "cpu_seconds_last_run": cpu,
     })
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all its threads)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def memory(args: argparse.Namespace) -> None:
@@ -149,13 +161,13 @@ def halo(args: argparse.Namespace) -> None:
 
     from geounet.blocks import plan_tiles
     from geounet.checkpoint import load_checkpoint
-    from geounet.infer import infer_block, prepare_input, read_window, resolve_precision, run_model
+    from geounet.infer import infer_block, prepare_for_inference, prepare_input, read_window, resolve_precision, run_model
     from geounet.pipeline import ModelInfo
     from geounet.scenes import open_scene
 
     path = scene(args.size)
     ckpt = checkpoint(args.width)
-    model = load_checkpoint(ckpt).to(memory_format=torch.channels_last)
+    model = prepare_for_inference(load_checkpoint(ckpt))
     mi = ModelInfo.from_checkpoint(ckpt)
     info = open_scene(path, in_channels=3)
     dev = torch.device("cpu")
@@ -226,10 +238,10 @@ def sweep(args: argparse.Namespace) -> None:
 
     from geounet.blocks import plan_tiles
     from geounet.checkpoint import load_checkpoint
-    from geounet.infer import resolve_precision, run_model
+    from geounet.infer import prepare_for_inference, resolve_precision, run_model
 
     ckpt = checkpoint(args.width)
-    model = load_checkpoint(ckpt).to(memory_format=torch.channels_last)
+    model = prepare_for_inference(load_checkpoint(ckpt))
     dev = torch.device("cpu")
     dtype = resolve_precision(args.precision, dev)
     m = model.spec.multiple
@@ -282,6 +294,7 @@ def main() -> None:
     a.add_argument("--precision", default="auto")
     a.add_argument("--tile", type=int, default=1024)
     a.add_argument("--batch", type=int, default=1)
+    a.add_argument("--tiles-per-block", type=int, default=None, help="default: the settings' default")
     a.add_argument("--repeat", type=int, default=2)
     a.add_argument("--model", help="checkpoint to use (default: a cached random-weight UNet of --width)")
     m = sub.add_parser("memory")

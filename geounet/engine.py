@@ -44,10 +44,46 @@ THREADS_PER_CPU_WORKER = 4
 ALLOWED_FAILURES = 2
 
 
-class TorchThreads(WorkerPlugin):
-    """Sets torch's intra-op threads and GDAL's block cache on every worker (before any task)."""
+# glibc malloc on workers (see :func:`tune_malloc`): allocations up to this size come from
+# the heap and are reused, and up to this much free heap is kept before it is returned to
+# the OS. Bytes. 32 MiB is glibc's largest allowed mmap threshold; one 1024^2 px tile's
+# activations (width 8-16, bf16) are 16-32 MiB each.
+MALLOC_MMAP_THRESHOLD_BYTES = 32 * 2**20
+MALLOC_TRIM_THRESHOLD_BYTES = 256 * 2**20
 
-    name = "geounet-torch-threads"
+
+def tune_malloc() -> bool:
+    """Let this process reuse freed memory for the model's activations (glibc only).
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also freezes
+    glibc's mmap threshold at 128 KiB: every activation tensor of every forward pass is then
+    a fresh ``mmap`` whose pages are faulted in and zeroed by the kernel, and handed back on
+    free. Measured on this project's 2-core machine (UNet width 8, 36 tiles of 1024^2 px,
+    bf16): 13.3-14.1 s of forward time and 14.5 s of kernel time with Dask's setting,
+    7.5-7.8 s and 2.5 s with this one. Memory stays bounded by one task's activations plus
+    ``MALLOC_TRIM_THRESHOLD_BYTES``. Returns False where ``mallopt`` is unavailable.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:  # pragma: no cover - not glibc
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # pragma: no cover - musl, macOS
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    return bool(mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD_BYTES))
+
+
+class WorkerSetup(WorkerPlugin):
+    """Prepares every worker before its first task: torch's intra-op threads, GDAL's block
+    cache, and glibc malloc's thresholds (:func:`tune_malloc`)."""
+
+    name = "geounet-worker-setup"
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
@@ -64,6 +100,8 @@ class TorchThreads(WorkerPlugin):
             from geounet.infer import WORKER_GDAL_CACHE_BYTES
 
             set_gdal_config("GDAL_CACHEMAX", WORKER_GDAL_CACHE_BYTES)
+        if not tune_malloc():
+            log.debug("mallopt unavailable; worker keeps the C library's malloc settings")
 
 
 class IgnoreSigint(WorkerPlugin):
@@ -240,7 +278,7 @@ def _external(scheduler: str) -> Iterator[Client]:
         log.info("connected to Dask scheduler %s with %d worker(s)", scheduler, n)
         if not n:
             log.warning("the Dask scheduler at %s has no workers yet; tasks wait until one joins", scheduler)
-        client.register_plugin(TorchThreads(1))
+        client.register_plugin(WorkerSetup(1))
         yield client
     finally:
         client.close()
@@ -278,7 +316,7 @@ def _embedded(device: str, workers: int | None, threads_per_worker: int | None, 
     try:
         client = Client(cluster)
         try:
-            client.register_plugin(TorchThreads(shape.torch_threads))
+            client.register_plugin(WorkerSetup(shape.torch_threads))
             client.register_plugin(IgnoreSigint())
             yield client
         finally:

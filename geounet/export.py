@@ -8,7 +8,7 @@ the pipeline and is the proof that a scene is complete.
 Outputs (one registry, :data:`VECTOR_WRITERS`, for the polygon formats):
 
 * ``<class>.geojson`` -- RFC 7946: WGS84 lon/lat, counter-clockwise exteriors, cut at the
-  antimeridian (GDAL's ``RFC7946=YES`` does all three);
+  antimeridian (pyproj + GEOS, or GDAL's ``RFC7946=YES`` for layers crossing ±180°);
 * ``polygons.gpkg`` -- the same polygons in the scene's CRS, one layer per class;
 * ``probability.tif`` -- Cloud-Optimized GeoTIFF, one uint8 band per class (p x 255);
 * ``quicklook.png`` -- downsampled scene with each class's outlines in its colour.
@@ -32,11 +32,11 @@ import rasterio.shutil
 import shapely
 from affine import Affine
 from rasterio._err import CPLE_BaseError
-from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geounet.errors import OutputError
+from geounet.thumbnail import ThumbnailCanvas
 
 PARTIAL_PREFIX = ".partial-"
 # What GDAL raises through rasterio when a raster cannot be written (disk full, read-only):
@@ -101,16 +101,85 @@ def _io_error(path: Path, exc: Exception) -> OutputError:
     return OutputError(f"cannot write {path}: {exc}")
 
 
+# Decimal places of GeoJSON coordinates (degrees): 1e-7 deg is about 1 cm, finer than any
+# pixel this tool polygonizes, and what GDAL's RFC 7946 mode writes by default.
+GEOJSON_DECIMALS = 7
+# Features serialized per write call (bounds the text held in memory at once).
+GEOJSON_CHUNK = 10_000
+
+
 def write_geojson(gdf: gpd.GeoDataFrame, final: Path) -> None:
-    """RFC 7946 GeoJSON: GDAL reprojects to WGS84, winds exteriors CCW, cuts at ±180°."""
+    """RFC 7946 GeoJSON: WGS84 lon/lat, counter-clockwise exteriors, cut at the antimeridian,
+    ``bbox`` on the collection and on every feature.
+
+    Layers that do not cross the antimeridian (nearly all) are reprojected with pyproj and
+    written by :func:`_write_geojson_fast` (GEOS serializes the geometries); a layer with
+    any polygon crossing ±180° goes through GDAL's ``RFC7946=YES`` writer, which cuts it.
+    Both give the same features (tests/test_export.py); the fast one took 0.12 s instead of
+    0.46 s for 3,186 building outlines (231 k vertices) on this project's machine.
+    """
+    wgs = gdf if gdf.crs is not None and gdf.crs.to_epsg() == 4326 else gdf.to_crs(4326)
+    geoms = np.asarray(wgs.geometry.array, dtype=object)
     with atomic_output(final) as tmp:
         try:
-            pyogrio.write_dataframe(  # layer= names the collection (else the temporary file's name)
-                gdf, tmp, layer=final.stem, driver="GeoJSON", geometry_type="Unknown",
-                layer_options={"RFC7946": "YES", "WRITE_BBOX": "YES"},
-            )
+            if _crosses_antimeridian(geoms):
+                pyogrio.write_dataframe(  # layer= names the collection (else the temporary file's name)
+                    gdf, tmp, layer=final.stem, driver="GeoJSON", geometry_type="Unknown",
+                    layer_options={"RFC7946": "YES", "WRITE_BBOX": "YES",
+                                   "COORDINATE_PRECISION": str(GEOJSON_DECIMALS)},
+                )
+            else:
+                _write_geojson_fast(wgs, geoms, tmp, name=final.stem)
         except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, OSError) as exc:
             raise _io_error(final, exc) from exc
+
+
+def _crosses_antimeridian(lonlat: np.ndarray) -> bool:
+    """True when a polygon spans more than 180° of longitude or leaves [-180, 180] (it
+    crosses the antimeridian and must be cut)."""
+    if len(lonlat) == 0:
+        return False
+    b = shapely.bounds(lonlat)
+    b = b[~np.isnan(b).any(axis=1)]
+    return bool(((b[:, 2] - b[:, 0]) > 180).any() or (b[:, [0, 2]] < -180).any() or (b[:, [0, 2]] > 180).any())
+
+
+def _write_geojson_fast(wgs: gpd.GeoDataFrame, lonlat: np.ndarray, path: Path, *, name: str) -> None:
+    """FeatureCollection of polygons already in lon/lat that need no antimeridian cut."""
+    geoms = shapely.orient_polygons(lonlat, exterior_cw=False)  # RFC 7946: exteriors CCW
+    geoms = shapely.transform(geoms, lambda xy: np.round(xy, GEOJSON_DECIMALS))
+    bounds = np.round(shapely.bounds(geoms), GEOJSON_DECIMALS)
+    columns = [c for c in wgs.columns if c != wgs.geometry.name]
+    values = [wgs[c].tolist() for c in columns]
+    header: dict[str, Any] = {"type": "FeatureCollection", "name": name}
+    if len(geoms) and not np.isnan(bounds).all():
+        header["bbox"] = [float(np.nanmin(bounds[:, 0])), float(np.nanmin(bounds[:, 1])),
+                          float(np.nanmax(bounds[:, 2])), float(np.nanmax(bounds[:, 3]))]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(header)[:-1] + ', "features": [\n')
+        for start in range(0, len(geoms), GEOJSON_CHUNK):
+            stop = min(start + GEOJSON_CHUNK, len(geoms))
+            texts = shapely.to_geojson(geoms[start:stop])
+            parts = []
+            for i in range(start, stop):
+                props = json.dumps({c: _json_value(v[i]) for c, v in zip(columns, values)})
+                g = texts[i - start]
+                if g is None or shapely.is_empty(geoms[i]):
+                    parts.append(f'{{"type": "Feature", "properties": {props}, "geometry": null}}')
+                else:
+                    bbox = json.dumps(bounds[i].tolist())
+                    parts.append(f'{{"type": "Feature", "properties": {props}, "bbox": {bbox}, "geometry": {g}}}')
+            f.write((",\n" if start else "") + ",\n".join(parts))
+        f.write("\n]\n}\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _json_value(v: Any) -> Any:
+    """Plain JSON value of a table cell (NaN and missing values become null)."""
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return None
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def write_gpkg(layers: dict[str, gpd.GeoDataFrame], final: Path) -> None:
@@ -227,38 +296,25 @@ def _stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_quicklook(
-    scene_path: str,
-    bands: Sequence[int],
-    pixel_geoms: Sequence[Sequence[Any]],
-    final: Path,
-    *,
-    size: int = 1024,
-) -> Path:
+def write_quicklook(canvas: ThumbnailCanvas, pixel_geoms: Sequence[Sequence[Any]], final: Path) -> Path:
     """Downsampled RGB (or grey) view with each class's outlines in :data:`CLASS_COLOURS`.
 
-    ``pixel_geoms[k]`` holds class k's polygons in scene pixel coordinates. Reads the
-    scene once at the quicklook's resolution (GDAL streams the decimation).
+    ``canvas`` holds the scene's cell averages, gathered from the blocks the workers read
+    (the scene is not read again); ``pixel_geoms[k]`` holds class k's polygons in scene
+    pixel coordinates. Cells without a valid pixel are black.
     """
     from PIL import Image
     from rasterio.features import rasterize
 
-    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), rasterio.open(scene_path) as ds:
-        scale = min(1.0, size / max(ds.width, ds.height))
-        qw, qh = max(1, round(ds.width * scale)), max(1, round(ds.height * scale))
-        show = list(bands[:3]) if len(bands) >= 3 else [bands[0]] * 3
-        rgb = ds.read(show, out_shape=(len(show), qh, qw), resampling=Resampling.average)
-        valid = ds.read_masks(show[0], out_shape=(qh, qw), resampling=Resampling.nearest) > 0
-    if rgb.dtype.kind == "f":
-        valid &= ~np.isnan(rgb).any(axis=0)
-        rgb = np.nan_to_num(rgb)
-    img = _stretch(rgb, valid)
-    to_q = Affine.scale(qw / max(1, ds.width), qh / max(1, ds.height))
+    mean, valid = canvas.image()
+    img = _stretch(mean, valid)
+    img[:, ~valid] = 0
+    qh, qw = valid.shape
+    to_q = 1.0 / canvas.factor
     for k, geoms in enumerate(pixel_geoms):
         if len(geoms) == 0:
             continue
-        lines = shapely.boundary(shapely.transform(np.asarray(geoms, dtype=object),
-                                                   lambda xy: xy * [to_q.a, to_q.e]))
+        lines = shapely.boundary(shapely.transform(np.asarray(geoms, dtype=object), lambda xy: xy * to_q))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             edge = rasterize(((g, 1) for g in lines if not g.is_empty), out_shape=(qh, qw),

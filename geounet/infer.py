@@ -25,6 +25,7 @@ from geounet.blocks import Block
 from geounet.errors import SceneReadError
 from geounet.models.base import SegmentationModel, activate
 from geounet.scenes import SCENE_DRIVER, SceneInfo
+from geounet.thumbnail import ThumbnailPart, block_thumbnail, display_bands, thumbnail_factor
 
 _MODELS: dict[tuple[str, str], SegmentationModel] = {}
 _MODEL_LOCK = threading.Lock()
@@ -34,7 +35,7 @@ _HANDLES_LOCK = threading.Lock()
 MAX_HANDLES = 4  # open dataset handles kept per worker thread
 
 # GDAL settings for reads: never list directories on open. (The block cache, process-wide,
-# is sized once per worker process by geounet.engine.TorchThreads: WORKER_GDAL_CACHE_BYTES.)
+# is sized once per worker process by geounet.engine.WorkerSetup: WORKER_GDAL_CACHE_BYTES.)
 GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 # Bytes of GDAL block cache per worker process: enough for the overlapping halo reads of
 # neighbouring blocks (one block row of halo is ~10 MB; DESIGN.md: a tiny cache drops reads ~3x).
@@ -74,6 +75,18 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_supports_bf16() else torch.float32
 
 
+# Tiles per forward pass when the settings leave it open. On CPU one tile at a time is
+# fastest: a batch of 4 tiles of 1024^2 px took 1.6x longer per tile (benchmarks/RESULTS.md),
+# its activations no longer fit the allocator's reusable sizes. GPUs need several tiles
+# per pass to fill.
+AUTO_BATCH = {"cpu": 1, "cuda": 8}
+
+
+def resolve_batch_size(batch_size: int | None, device: torch.device) -> int:
+    """``None`` -> :data:`AUTO_BATCH` for the device type."""
+    return batch_size if batch_size is not None else AUTO_BATCH.get(device.type, 1)
+
+
 # --------------------------------------------------------------------------- model cache
 def get_model(checkpoint: str | bytes, content_hash: str, device: torch.device) -> SegmentationModel:
     """The worker's copy of the model, loaded once per (hash, device).
@@ -100,12 +113,23 @@ def get_model(checkpoint: str | bytes, content_hash: str, device: torch.device) 
                     os.unlink(tmp)
             else:
                 model = load_checkpoint(checkpoint, device=str(device))
-            model.eval()
-            # channels-last is faster for these convolutions on CPUs (oneDNN) and GPUs alike:
-            # measured 1.7x (fp32) and 3.8x (bf16) on this project's 2-core CPU machines.
-            model = model.to(memory_format=torch.channels_last)
+            model = prepare_for_inference(model)
             _MODELS[key] = model
     return model
+
+
+def prepare_for_inference(model: SegmentationModel) -> SegmentationModel:
+    """Eval mode, BatchNorm folded into the convolutions, channels-last memory layout.
+
+    Channels-last is faster for these convolutions on CPUs (oneDNN) and GPUs alike:
+    measured 1.7x (fp32) and 3.8x (bf16) on this project's 2-core CPU machines. Folding
+    BatchNorm saves a pass over every activation (:func:`geounet.models.layers.fold_batchnorm`).
+    """
+    from geounet.models.layers import fold_batchnorm
+
+    model.eval()
+    fold_batchnorm(model)
+    return model.to(memory_format=torch.channels_last)
 
 
 # --------------------------------------------------------------------------- reading
@@ -300,10 +324,11 @@ class BlockTaskSpec:
     content_hash: str
     normalization: Any
     thresholds: list[float]
-    batch_size: int
+    batch_size: int | None
     device: str
     precision: str
     keep_probability: bool
+    quicklook_size: int | None = None  # longest quicklook side, px; None: no quicklook
 
 
 @dataclass
@@ -316,6 +341,7 @@ class BlockResult:
     polygons: list[Any]  # one geounet.vectorize.BlockPolygons per class
     valid_pixels: int
     timings: dict[str, float] = field(default_factory=dict)
+    thumbnail: ThumbnailPart | None = None  # the core's share of the quicklook picture
 
 
 def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec: BlockTaskSpec) -> BlockResult:
@@ -338,6 +364,11 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
     h, w = int(block.core.height), int(block.core.width)
     core_valid = valid[cr : cr + h, cc : cc + w]
     skipped = not core_valid.any()
+    thumb = None
+    if spec.quicklook_size is not None and not skipped:
+        thumb = block_thumbnail(display_bands(raw[:, cr : cr + h, cc : cc + w]), core_valid,
+                                row_off=int(block.core.row_off), col_off=int(block.core.col_off),
+                                factor=thumbnail_factor(scene.width, scene.height, spec.quicklook_size))
     if skipped:
         # Nothing valid to segment (a nodata collar, an empty or sparse region): the
         # outputs are defined without the model -- no polygons, probability 0.
@@ -348,7 +379,8 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
         x = prepare_input(raw, valid, spec.normalization)
         del raw
         t1 = time.perf_counter()
-        probs = infer_block(model, x, block, batch_size=spec.batch_size, device=device, dtype=dtype)
+        probs = infer_block(model, x, block, batch_size=resolve_batch_size(spec.batch_size, device),
+                            device=device, dtype=dtype)
         del x
         t2 = time.perf_counter()
     cls_probs, labels = class_probabilities(probs, model.spec.mode)
@@ -362,7 +394,9 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
     ]
     prob_u8 = None
     if spec.keep_probability:
-        prob_u8 = np.rint(np.clip(cls_probs, 0.0, 1.0) * 255.0).astype(np.uint8)
+        q = np.clip(cls_probs, 0.0, 1.0)
+        q *= 255.0
+        prob_u8 = np.rint(q, out=q).astype(np.uint8)
         prob_u8[:, ~core_valid] = 0  # nodata pixels have probability 0, model or not
     t3 = time.perf_counter()
     return BlockResult(
@@ -372,4 +406,5 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
         polygons=polys,
         valid_pixels=int(core_valid.sum()),
         timings={"read": t1 - t0, "infer": t2 - t1, "vectorize": t3 - t2, "skipped_blocks": float(skipped)},
+        thumbnail=thumb,
     )

@@ -48,6 +48,7 @@ from geounet.export import (
 from geounet.infer import BlockResult, BlockTaskSpec, process_block
 from geounet.scenes import SceneInfo, open_scene, unique_stems
 from geounet.settings import InferenceSettings
+from geounet.thumbnail import ThumbnailCanvas, thumbnail_factor
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,10 @@ class _SceneJob:
         self.started = time.perf_counter()
         self.failed: str | None = None
         self.prob_writer: ProbabilityWriter | None = None
+        self.thumbnail: ThumbnailCanvas | None = None
+        if "quicklook" in settings.formats:
+            self.thumbnail = ThumbnailCanvas(info.width, info.height,
+                                             thumbnail_factor(info.width, info.height, settings.quicklook_size))
         folder.mkdir(parents=True, exist_ok=True)
         clear_scene_folder(folder, model.class_names)
         if "probability" in settings.formats:
@@ -225,6 +230,8 @@ class _SceneJob:
             self.polygons[k].append(p)
         if self.prob_writer is not None and result.probability is not None:
             self.prob_writer.write(result.core, result.probability)
+        if self.thumbnail is not None and result.thumbnail is not None:
+            self.thumbnail.add(result.thumbnail)
         for k, v in result.timings.items():
             if k == "skipped_blocks":
                 self.skipped_blocks += int(v)
@@ -273,23 +280,25 @@ def finalize_scene(job: _SceneJob, config_hash: str, options: dict[str, Any]) ->
         counts[name] = len(geoms)
         job.polygons[k] = []  # free memory early
     t1 = time.perf_counter()
-    written: list[str] = []
     stage: dict[str, float] = {}
-    for fmt, writer in VECTOR_WRITERS.items():
-        if fmt in s.formats:
+
+    def timed(name: str, write: Callable[[], list[Path]]) -> Callable[[], list[str]]:
+        def run() -> list[str]:
             ts = time.perf_counter()
-            written += [p.name for p in writer(layers, job.folder)]
-            stage[f"write_{fmt}"] = time.perf_counter() - ts
+            paths = write()
+            stage[f"write_{name}"] = time.perf_counter() - ts
+            return [p.name for p in paths]
+        return run
+
+    writers = [timed(fmt, lambda w=writer: w(layers, job.folder))
+               for fmt, writer in VECTOR_WRITERS.items() if fmt in s.formats]
     if job.prob_writer is not None:
-        ts = time.perf_counter()
-        written.append(job.prob_writer.finish().name)
+        writers.append(timed("probability", lambda pw=job.prob_writer: [pw.finish()]))
         job.prob_writer = None
-        stage["write_probability"] = time.perf_counter() - ts
-    if "quicklook" in s.formats:
-        ts = time.perf_counter()
-        written.append(write_quicklook(info.path, info.bands, pixel_geoms, job.folder / "quicklook.png",
-                                       size=s.quicklook_size).name)
-        stage["write_quicklook"] = time.perf_counter() - ts
+    if job.thumbnail is not None:
+        writers.append(timed("quicklook", lambda c=job.thumbnail: [
+            write_quicklook(c, pixel_geoms, job.folder / "quicklook.png")]))
+    written = _run_writers(writers)
     t2 = time.perf_counter()
     timings = {**{k: round(v, 3) for k, v in job.timings.items()},
                "merge_postprocess": round(t1 - t0, 3), "write": round(t2 - t1, 3),
@@ -318,6 +327,20 @@ def finalize_scene(job: _SceneJob, config_hash: str, options: dict[str, Any]) ->
     write_json(record, job.folder / SCENE_JSON)
     return SceneOutcome(scene=info.path, stem=info.stem, status="success", out_dir=str(job.folder),
                         polygons=counts, timings=timings, pixels=info.pixels, blocks=len(job.plan.blocks))
+
+
+def _run_writers(writers: Sequence[Callable[[], list[str]]]) -> list[str]:
+    """Run a scene's output writers side by side; the names they wrote, in writer order.
+
+    GDAL and zlib release the GIL, so the GeoJSON, GeoPackage, COG and PNG writes overlap
+    each other (and the next scene's blocks on the workers). Every writer moves its file
+    into place only when complete; the first failure is raised after all writers stopped.
+    """
+    if len(writers) <= 1:
+        return [name for w in writers for name in w()]
+    with ThreadPoolExecutor(max_workers=len(writers), thread_name_prefix="geounet-write") as ex:
+        futures = [ex.submit(w) for w in writers]
+    return [name for f in futures for name in f.result()]
 
 
 def _single_parts(geoms: Any, area: Any, score: Any, crs: str, areas: Any) -> tuple[Any, Any, Any]:
@@ -411,7 +434,8 @@ def run_scenes(
         gpu = settings.device != "cpu" and any(client.run(_cuda_available).values())
         spec = BlockTaskSpec(content_hash=model.content_hash, normalization=model.normalization,
                              thresholds=thresholds, batch_size=settings.batch_size, device=settings.device,
-                             precision=settings.precision, keep_probability="probability" in settings.formats)
+                             precision=settings.precision, keep_probability="probability" in settings.formats,
+                             quicklook_size=settings.quicklook_size if "quicklook" in settings.formats else None)
         limit = max_in_flight or max(4, 2 * _threads(client))
         # GDAL's block cache (process-wide, 5 % of RAM by default) would otherwise fill with the
         # probability blocks streamed to disk and the quicklook read, so the client's memory

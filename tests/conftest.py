@@ -109,12 +109,12 @@ def dask_local() -> Iterator[object]:
     """One in-process Dask cluster (threads) shared by the tests that drive the pipeline."""
     from distributed import Client, LocalCluster
 
-    from geounet.engine import TorchThreads
+    from geounet.engine import WorkerSetup
 
     cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                            dashboard_address=":0")
     client = Client(cluster)
-    client.register_plugin(TorchThreads(1))
+    client.register_plugin(WorkerSetup(1))
     yield client
     client.close()
     cluster.close()

@@ -109,6 +109,44 @@ def test_channels_last_matches_contiguous(arch: str) -> None:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_folded_batchnorm_matches_the_trained_layers(arch: str) -> None:
+    """Inference folds Conv->BN pairs; the folded model computes the same function, and the
+    receptive field (which sets the halo) is unchanged."""
+    import copy
+
+    from geounet.infer import prepare_for_inference
+    from geounet.models.layers import fold_batchnorm
+
+    model = create_model(arch, width=4, depth=3)
+    # non-trivial running statistics and affine parameters, as after training
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    x = torch.randn(2, 3, 37, 29)
+    with torch.no_grad():
+        expected = model(x)
+        radius = model.receptive_field_radius
+        folded = copy.deepcopy(model)
+        n = fold_batchnorm(folded)
+        got = folded(x)
+        prepared = prepare_for_inference(copy.deepcopy(model))(x.to(memory_format=torch.channels_last))
+    bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    left = sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert n > 0 and left == bns - n
+    if arch in ("unet", "unet_plus_plus"):
+        assert left == 0, "every BatchNorm of the plain UNets follows a convolution"
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(prepared, expected, rtol=1e-4, atol=1e-4)
+    assert folded.receptive_field_radius == radius
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(create_model(arch, width=2, depth=2).train())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_bfloat16_autocast(arch: str) -> None:
     model = create_model(arch, classes=("building", "road"), mode="multiclass", width=2, depth=3).eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -127,7 +127,23 @@ def make_plan(info: SceneInfo, model: ModelInfo, settings: InferenceSettings) ->
     )
     tile = settings.tile_size or model.tile_size or DEFAULT_TILE
     return plan_tiles(info.width, info.height, tile_size=tile, halo=halo,
-                      multiple=model.multiple, tiles_per_block=settings.tiles_per_block)
+                      multiple=model.multiple, tiles_per_block=resolve_tiles_per_block(settings))
+
+
+# Tiles per block side when the settings leave it open. CPU: one tile per task, so the two
+# worker threads of a 2-core machine finish a scene together (with 2x2-tile blocks one
+# thread idled through the last block; benchmarks/RESULTS.md). CUDA: 3x3 tiles per task,
+# so a task holds a full batch (AUTO_BATCH 8). Not measured on a GPU yet.
+AUTO_TILES_PER_BLOCK = {"cpu": 1, "cuda": 3}
+
+
+def resolve_tiles_per_block(settings: InferenceSettings) -> int:
+    """``tiles_per_block``, or the device's default: CUDA when requested, or for ``auto``
+    when this process sees a CUDA device (the embedded cluster's workers see the same)."""
+    if settings.tiles_per_block is not None:
+        return settings.tiles_per_block
+    cuda = settings.device == "cuda" or (settings.device == "auto" and _cuda_available())
+    return AUTO_TILES_PER_BLOCK["cuda" if cuda else "cpu"]
 
 
 def library_versions() -> dict[str, str]:

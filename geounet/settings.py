@@ -28,8 +28,9 @@ class InferenceSettings(StrictModel):
     """Model input window, pixels per side (multiple of 2**depth). None: checkpoint's suggestion."""
     halo: int | None = Field(None, ge=0, le=4096)
     """Context pixels on each side of a tile's core. None: receptive-field radius, rounded up."""
-    tiles_per_block: int = Field(2, ge=1, le=16)
-    """Tiles per side of one Dask task (block): a block holds tiles_per_block**2 tiles."""
+    tiles_per_block: int | None = Field(None, ge=1, le=16)
+    """Tiles per side of one Dask task (block): a block holds tiles_per_block**2 tiles.
+    None: 1 on CPU (even load across worker threads at a scene's end), 3 with CUDA (a batch fits in a block)."""
     batch_size: int | None = Field(None, ge=1, le=1024)
     """Tiles per forward pass. None: 1 on CPU (larger batches were measured slower there), 8 on CUDA."""
     # -- compute -------------------------------------------------------------------------

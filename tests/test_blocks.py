@@ -98,3 +98,19 @@ def test_default_halo_rounds_receptive_field_up() -> None:
 def test_bad_sizes_say_value_and_fix(kwargs: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         plan_tiles(300, 300, **kwargs)
+
+
+def test_device_defaults_for_blocks_and_batches() -> None:
+    """Unset tiles_per_block / batch_size take the device's measured defaults; set ones win."""
+    import torch
+
+    from geounet.infer import AUTO_BATCH, resolve_batch_size
+    from geounet.pipeline import AUTO_TILES_PER_BLOCK, resolve_tiles_per_block
+    from geounet.settings import InferenceSettings
+
+    assert resolve_tiles_per_block(InferenceSettings(device="cpu")) == AUTO_TILES_PER_BLOCK["cpu"] == 1
+    assert resolve_tiles_per_block(InferenceSettings(device="cuda")) == AUTO_TILES_PER_BLOCK["cuda"] == 3
+    assert resolve_tiles_per_block(InferenceSettings(device="cpu", tiles_per_block=4)) == 4
+    assert resolve_batch_size(None, torch.device("cpu")) == AUTO_BATCH["cpu"] == 1
+    assert resolve_batch_size(None, torch.device("cuda")) == AUTO_BATCH["cuda"] == 8
+    assert resolve_batch_size(5, torch.device("cpu")) == 5

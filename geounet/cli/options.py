@@ -37,7 +37,7 @@ def _parse_ints(value: str | None, flag: str) -> list[int] | None:
 INFERENCE_OPTIONS: list[Callable[..., Any]] = [
     click.option("--tile-size", type=int, help="Model input window, pixels per side (multiple of 2**depth). Default: checkpoint's suggestion."),
     click.option("--halo", type=int, help="Context pixels kept around each tile core. Default: the model's receptive-field radius, rounded up."),
-    click.option("--tiles-per-block", type=int, help="Tiles per side of one Dask task. Default: 2."),
+    click.option("--tiles-per-block", type=int, help="Tiles per side of one Dask task. Default: 1 on CPU, 3 on CUDA."),
     click.option("--batch-size", type=int, help="Tiles per forward pass. Default: 1 on CPU, 8 on CUDA."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Compute device. Default: auto (CUDA if visible)."),
     click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="Autocast precision. Default: auto (bf16 where native)."),

@@ -29,6 +29,7 @@ import dask
 from distributed import Client, LocalCluster, Nanny, SpecCluster, Worker, WorkerPlugin
 
 from geounet.errors import ConfigError
+from geounet.heap import tune_malloc
 
 log = logging.getLogger(__name__)
 
@@ -42,41 +43,6 @@ THREADS_PER_CPU_WORKER = 4
 # Embedded cluster: a task whose worker dies is retried on another worker this many times
 # before its scene is reported failed ("a worker died ...").
 ALLOWED_FAILURES = 2
-
-
-# glibc malloc on workers (see :func:`tune_malloc`): allocations up to this size come from
-# the heap and are reused, and up to this much free heap is kept before it is returned to
-# the OS. Bytes. 32 MiB is glibc's largest allowed mmap threshold; one 1024^2 px tile's
-# activations (width 8-16, bf16) are 16-32 MiB each.
-MALLOC_MMAP_THRESHOLD_BYTES = 32 * 2**20
-MALLOC_TRIM_THRESHOLD_BYTES = 256 * 2**20
-
-
-def tune_malloc() -> bool:
-    """Let this process reuse freed memory for the model's activations (glibc only).
-
-    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also freezes
-    glibc's mmap threshold at 128 KiB: every activation tensor of every forward pass is then
-    a fresh ``mmap`` whose pages are faulted in and zeroed by the kernel, and handed back on
-    free. Measured on this project's 2-core machine (UNet width 8, 36 tiles of 1024^2 px,
-    bf16): 13.3-14.1 s of forward time and 14.5 s of kernel time with Dask's setting,
-    7.5-7.8 s and 2.5 s with this one. Memory stays bounded by one task's activations plus
-    ``MALLOC_TRIM_THRESHOLD_BYTES``. Returns False where ``mallopt`` is unavailable.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:  # pragma: no cover - not glibc
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # pragma: no cover - musl, macOS
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    return bool(mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD_BYTES)) and bool(
-        mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD_BYTES))
 
 
 class WorkerSetup(WorkerPlugin):

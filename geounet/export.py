@@ -36,12 +36,15 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geounet.errors import OutputError
+from geounet.heap import trim_heap
 from geounet.thumbnail import ThumbnailCanvas
 
 PARTIAL_PREFIX = ".partial-"
 # What GDAL raises through rasterio when a raster cannot be written (disk full, read-only):
 # CPLE_* errors (e.g. a failed flush at close) are not RasterioError subclasses.
 RASTER_WRITE_ERRORS = (rasterio.errors.RasterioError, CPLE_BaseError, OSError)
+# Outlines on a downsampled quicklook are simplified to this tolerance, in quicklook pixels.
+QUICKLOOK_TOLERANCE_PX = 0.25
 # Outline colours for the quicklook, by class index (RGB).
 CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
     (255, 48, 48), (255, 214, 0), (0, 200, 255), (170, 80, 255), (60, 255, 90), (255, 130, 0),
@@ -105,7 +108,7 @@ def _io_error(path: Path, exc: Exception) -> OutputError:
 # pixel this tool polygonizes, and what GDAL's RFC 7946 mode writes by default.
 GEOJSON_DECIMALS = 7
 # Features serialized per write call (bounds the text held in memory at once).
-GEOJSON_CHUNK = 10_000
+GEOJSON_CHUNK = 2_000
 
 
 def write_geojson(gdf: gpd.GeoDataFrame, final: Path) -> None:
@@ -130,6 +133,8 @@ def write_geojson(gdf: gpd.GeoDataFrame, final: Path) -> None:
                 )
             else:
                 _write_geojson_fast(wgs, geoms, tmp, name=final.stem)
+                del wgs, geoms
+                trim_heap()  # the text and copies of a large layer are garbage now
         except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, OSError) as exc:
             raise _io_error(final, exc) from exc
 
@@ -145,31 +150,34 @@ def _crosses_antimeridian(lonlat: np.ndarray) -> bool:
 
 
 def _write_geojson_fast(wgs: gpd.GeoDataFrame, lonlat: np.ndarray, path: Path, *, name: str) -> None:
-    """FeatureCollection of polygons already in lon/lat that need no antimeridian cut."""
-    geoms = shapely.orient_polygons(lonlat, exterior_cw=False)  # RFC 7946: exteriors CCW
-    geoms = shapely.transform(geoms, lambda xy: np.round(xy, GEOJSON_DECIMALS))
-    bounds = np.round(shapely.bounds(geoms), GEOJSON_DECIMALS)
+    """FeatureCollection of polygons already in lon/lat that need no antimeridian cut.
+
+    Works in chunks of :data:`GEOJSON_CHUNK` features, so the oriented, rounded copies and
+    their text exist for one chunk at a time."""
     columns = [c for c in wgs.columns if c != wgs.geometry.name]
     values = [wgs[c].tolist() for c in columns]
     header: dict[str, Any] = {"type": "FeatureCollection", "name": name}
-    if len(geoms) and not np.isnan(bounds).all():
-        header["bbox"] = [float(np.nanmin(bounds[:, 0])), float(np.nanmin(bounds[:, 1])),
-                          float(np.nanmax(bounds[:, 2])), float(np.nanmax(bounds[:, 3]))]
+    present = lonlat[~shapely.is_empty(lonlat) & ~shapely.is_missing(lonlat)] if len(lonlat) else lonlat
+    if len(present):  # rounding is monotonic: the rounded extremes are the extremes rounded
+        header["bbox"] = np.round(shapely.total_bounds(present), GEOJSON_DECIMALS).tolist()
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(header)[:-1] + ', "features": [\n')
-        for start in range(0, len(geoms), GEOJSON_CHUNK):
-            stop = min(start + GEOJSON_CHUNK, len(geoms))
-            texts = shapely.to_geojson(geoms[start:stop])
+        for start in range(0, len(lonlat), GEOJSON_CHUNK):
+            stop = min(start + GEOJSON_CHUNK, len(lonlat))
+            geoms = shapely.orient_polygons(lonlat[start:stop], exterior_cw=False)  # RFC 7946: CCW
+            geoms = shapely.transform(geoms, lambda xy: np.round(xy, GEOJSON_DECIMALS))
+            bounds = shapely.bounds(geoms)
+            texts = shapely.to_geojson(geoms)
             parts = []
-            for i in range(start, stop):
+            for j, i in enumerate(range(start, stop)):
                 props = json.dumps({c: _json_value(v[i]) for c, v in zip(columns, values)})
-                g = texts[i - start]
-                if g is None or shapely.is_empty(geoms[i]):
+                if texts[j] is None or shapely.is_empty(geoms[j]):
                     parts.append(f'{{"type": "Feature", "properties": {props}, "geometry": null}}')
                 else:
-                    bbox = json.dumps(bounds[i].tolist())
-                    parts.append(f'{{"type": "Feature", "properties": {props}, "bbox": {bbox}, "geometry": {g}}}')
+                    bbox = json.dumps(bounds[j].tolist())
+                    parts.append(f'{{"type": "Feature", "properties": {props}, "bbox": {bbox}, "geometry": {texts[j]}}}')
             f.write((",\n" if start else "") + ",\n".join(parts))
+            del geoms, texts, parts
         f.write("\n]\n}\n")
         f.flush()
         os.fsync(f.fileno())
@@ -315,6 +323,10 @@ def write_quicklook(canvas: ThumbnailCanvas, pixel_geoms: Sequence[Sequence[Any]
         if len(geoms) == 0:
             continue
         lines = shapely.boundary(shapely.transform(np.asarray(geoms, dtype=object), lambda xy: xy * to_q))
+        if canvas.factor > 1:
+            # detail finer than a quicklook pixel cannot show; dropping it keeps rasterize's
+            # per-vertex Python work small (a 12000^2 px scene's road network: 1.5 M vertices)
+            lines = shapely.simplify(lines, QUICKLOOK_TOLERANCE_PX, preserve_topology=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             edge = rasterize(((g, 1) for g in lines if not g.is_empty), out_shape=(qh, qw),

@@ -1,0 +1,58 @@
+"""glibc heap settings: reuse of freed memory on workers, returning it on the client.
+
+Both are no-ops (returning False) where the C library is not glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if not name:  # pragma: no cover - no C library found
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:  # pragma: no cover
+        return None
+
+
+# glibc malloc on workers (see :func:`tune_malloc`): allocations up to this size come from
+# the heap and are reused, and up to this much free heap is kept before it is returned to
+# the OS. Bytes. 32 MiB is glibc's largest allowed mmap threshold; one 1024^2 px tile's
+# activations (width 8-16, bf16) are 16-32 MiB each.
+MALLOC_MMAP_THRESHOLD_BYTES = 32 * 2**20
+MALLOC_TRIM_THRESHOLD_BYTES = 256 * 2**20
+
+
+def tune_malloc() -> bool:
+    """Let this process reuse freed memory for the model's activations (glibc only).
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also freezes
+    glibc's mmap threshold at 128 KiB: every activation tensor of every forward pass is then
+    a fresh ``mmap`` whose pages are faulted in and zeroed by the kernel, and handed back on
+    free. Measured on this project's 2-core machine (UNet width 8, 36 tiles of 1024^2 px,
+    bf16): 13.3-14.1 s of forward time and 14.5 s of kernel time with Dask's setting,
+    7.5-7.8 s and 2.5 s with this one. Memory stays bounded by one task's activations plus
+    ``MALLOC_TRIM_THRESHOLD_BYTES``. Returns False where ``mallopt`` is unavailable.
+    """
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:  # pragma: no cover - musl, macOS
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    return bool(mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD_BYTES))
+
+
+def trim_heap() -> bool:
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``); False elsewhere.
+
+    Used by the client between a scene's finalization steps: each step's temporaries (the
+    GeoJSON text of 30 k polygons, a road network's 1.5 M vertices) are freed but stayed
+    resident, so the steps' peaks added up: 867 -> 1239 MB over the writers of a 12000^2 px
+    scene; trimmed, the resident size returns to what is live (about 275 MB for the layers).
+    """
+    trim = getattr(_libc(), "malloc_trim", None)
+    return bool(trim(0)) if trim is not None else False

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    # find_library runs `ldconfig -p` in a subprocess: look it up once per process, not per trim
     name = ctypes.util.find_library("c")
     if not name:  # pragma: no cover - no C library found
         return None

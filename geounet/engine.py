@@ -29,7 +29,7 @@ import dask
 from distributed import Client, LocalCluster, Nanny, SpecCluster, Worker, WorkerPlugin
 
 from geounet.errors import ConfigError
-from geounet.heap import tune_malloc
+from geounet.heap import limit_arenas, tune_malloc
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,7 @@ def dask_client(
 
 @contextlib.contextmanager
 def _external(scheduler: str) -> Iterator[Client]:
+    limit_arenas()  # this process runs no model: its threads can share one malloc arena
     try:
         client = Client(scheduler, timeout="20s")
     except (OSError, TimeoutError) as exc:
@@ -255,6 +256,8 @@ def _embedded(device: str, workers: int | None, threads_per_worker: int | None, 
               dashboard: bool) -> Iterator[Client]:
     shape = plan_cluster(device, workers, threads_per_worker=threads_per_worker)
     log.info("starting embedded Dask cluster: %s", shape.describe())
+    if processes:  # the model runs in the worker processes, not here
+        limit_arenas()
     # the scheduler's HTTP server (health, metrics, and the dashboard when wanted) always
     # takes a free port: the default, 8787, is often held by another cluster or run
     dash = ":0"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,11 @@ import rasterio.shutil
 import shapely
 from affine import Affine
 from rasterio._err import CPLE_BaseError
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geounet.errors import OutputError
 from geounet.heap import trim_heap
-from geounet.thumbnail import ThumbnailCanvas
+from geounet.thumbnail import ThumbnailCanvas, outline_mask
 
 PARTIAL_PREFIX = ".partial-"
 # What GDAL raises through rasterio when a raster cannot be written (disk full, read-only):
@@ -45,6 +43,9 @@ PARTIAL_PREFIX = ".partial-"
 RASTER_WRITE_ERRORS = (rasterio.errors.RasterioError, CPLE_BaseError, OSError)
 # Outlines on a downsampled quicklook are simplified to this tolerance, in quicklook pixels.
 QUICKLOOK_TOLERANCE_PX = 0.25
+# zlib level of quicklook.png: level 1 encodes a 1024^2 px picture in 0.09 s instead of 0.27 s
+# (level 6) for a file 2 % larger.
+PNG_LEVEL = 1
 # Outline colours for the quicklook, by class index (RGB).
 CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
     (255, 48, 48), (255, 214, 0), (0, 200, 255), (170, 80, 255), (60, 255, 90), (255, 130, 0),
@@ -107,8 +108,16 @@ def _io_error(path: Path, exc: Exception) -> OutputError:
 # Decimal places of GeoJSON coordinates (degrees): 1e-7 deg is about 1 cm, finer than any
 # pixel this tool polygonizes, and what GDAL's RFC 7946 mode writes by default.
 GEOJSON_DECIMALS = 7
-# Features serialized per write call (bounds the text held in memory at once).
+# Features serialized per step: a step holds at most this many features ...
 GEOJSON_CHUNK = 2_000
+# ... and about this many vertices (one larger polygon is a step of its own). Reprojected,
+# oriented and rounded copies and the text exist for one step at a time, so a 12000^2 px
+# scene's road network (1.5 M vertices) is not held three times over.
+GEOJSON_CHUNK_VERTICES = 250_000
+
+
+class _NeedsCut(Exception):
+    """A polygon crosses the antimeridian: the layer goes through GDAL's RFC 7946 writer."""
 
 
 def write_geojson(gdf: gpd.GeoDataFrame, final: Path) -> None:
@@ -116,25 +125,23 @@ def write_geojson(gdf: gpd.GeoDataFrame, final: Path) -> None:
     ``bbox`` on the collection and on every feature.
 
     Layers that do not cross the antimeridian (nearly all) are reprojected with pyproj and
-    written by :func:`_write_geojson_fast` (GEOS serializes the geometries); a layer with
-    any polygon crossing ±180° goes through GDAL's ``RFC7946=YES`` writer, which cuts it.
-    Both give the same features (tests/test_export.py); the fast one took 0.12 s instead of
-    0.46 s for 3,186 building outlines (231 k vertices) on this project's machine.
+    written step by step by :func:`_write_geojson_fast` (GEOS serializes the geometries); a
+    layer with any polygon crossing ±180° goes through GDAL's ``RFC7946=YES`` writer, which
+    cuts it. Both give the same features (tests/test_export.py); the fast one took 0.12 s
+    instead of 0.46 s for 3,186 building outlines (231 k vertices) on this project's machine.
     """
-    wgs = gdf if gdf.crs is not None and gdf.crs.to_epsg() == 4326 else gdf.to_crs(4326)
-    geoms = np.asarray(wgs.geometry.array, dtype=object)
     with atomic_output(final) as tmp:
         try:
-            if _crosses_antimeridian(geoms):
+            try:
+                _write_geojson_fast(gdf, tmp, name=final.stem)
+            except _NeedsCut:
+                tmp.unlink(missing_ok=True)
                 pyogrio.write_dataframe(  # layer= names the collection (else the temporary file's name)
                     gdf, tmp, layer=final.stem, driver="GeoJSON", geometry_type="Unknown",
                     layer_options={"RFC7946": "YES", "WRITE_BBOX": "YES",
                                    "COORDINATE_PRECISION": str(GEOJSON_DECIMALS)},
                 )
-            else:
-                _write_geojson_fast(wgs, geoms, tmp, name=final.stem)
-                del wgs, geoms
-                trim_heap()  # the text and copies of a large layer are garbage now
+            trim_heap()  # the text and copies of a large layer are garbage now
         except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, OSError) as exc:
             raise _io_error(final, exc) from exc
 
@@ -149,36 +156,74 @@ def _crosses_antimeridian(lonlat: np.ndarray) -> bool:
     return bool(((b[:, 2] - b[:, 0]) > 180).any() or (b[:, [0, 2]] < -180).any() or (b[:, [0, 2]] > 180).any())
 
 
-def _write_geojson_fast(wgs: gpd.GeoDataFrame, lonlat: np.ndarray, path: Path, *, name: str) -> None:
-    """FeatureCollection of polygons already in lon/lat that need no antimeridian cut.
+def _steps(geoms: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` feature ranges of at most :data:`GEOJSON_CHUNK` features and about
+    :data:`GEOJSON_CHUNK_VERTICES` vertices."""
+    if len(geoms) == 0:
+        return []
+    ends = np.cumsum(shapely.get_num_coordinates(geoms))
+    out, start = [], 0
+    while start < len(geoms):
+        base = ends[start - 1] if start else 0
+        stop = int(np.searchsorted(ends, base + GEOJSON_CHUNK_VERTICES, side="right"))
+        stop = min(max(stop, start + 1), start + GEOJSON_CHUNK, len(geoms))
+        out.append((start, stop))
+        start = stop
+    return out
 
-    Works in chunks of :data:`GEOJSON_CHUNK` features, so the oriented, rounded copies and
-    their text exist for one chunk at a time."""
-    columns = [c for c in wgs.columns if c != wgs.geometry.name]
-    values = [wgs[c].tolist() for c in columns]
-    header: dict[str, Any] = {"type": "FeatureCollection", "name": name}
-    present = lonlat[~shapely.is_empty(lonlat) & ~shapely.is_missing(lonlat)] if len(lonlat) else lonlat
-    if len(present):  # rounding is monotonic: the rounded extremes are the extremes rounded
-        header["bbox"] = np.round(shapely.total_bounds(present), GEOJSON_DECIMALS).tolist()
+
+def _write_geojson_fast(gdf: gpd.GeoDataFrame, path: Path, *, name: str) -> None:
+    """FeatureCollection of ``gdf`` in lon/lat, written step by step (:func:`_steps`).
+
+    The collection's ``bbox`` follows its features (known only once all are written; JSON
+    members have no order). Raises :class:`_NeedsCut` before writing a step holding a
+    polygon that crosses the antimeridian.
+    """
+    from pyproj import CRS, Transformer
+
+    columns = [c for c in gdf.columns if c != gdf.geometry.name]
+    values = [gdf[c].tolist() for c in columns]
+    geoms_all = np.asarray(gdf.geometry.array, dtype=object)
+    to_wgs = None
+    if gdf.crs is None or CRS.from_user_input(gdf.crs).to_epsg() != 4326:
+        tr = Transformer.from_crs(gdf.crs, 4326, always_xy=True)  # as GeoDataFrame.to_crs
+
+        def to_wgs(xy: np.ndarray) -> np.ndarray:
+            return np.column_stack(tr.transform(xy[:, 0], xy[:, 1]))
+
+    total = np.array([np.inf, np.inf, -np.inf, -np.inf])
+    header = json.dumps({"type": "FeatureCollection", "name": name})[:-1]
     with open(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(header)[:-1] + ', "features": [\n')
-        for start in range(0, len(lonlat), GEOJSON_CHUNK):
-            stop = min(start + GEOJSON_CHUNK, len(lonlat))
-            geoms = shapely.orient_polygons(lonlat[start:stop], exterior_cw=False)  # RFC 7946: CCW
+        f.write(header + ', "features": [\n')
+        for start, stop in _steps(geoms_all):
+            geoms = geoms_all[start:stop]
+            if to_wgs is not None:
+                geoms = shapely.transform(geoms, to_wgs)
+            if _crosses_antimeridian(geoms):
+                raise _NeedsCut
+            geoms = shapely.orient_polygons(geoms, exterior_cw=False)  # RFC 7946: CCW
             geoms = shapely.transform(geoms, lambda xy: np.round(xy, GEOJSON_DECIMALS))
             bounds = shapely.bounds(geoms)
             texts = shapely.to_geojson(geoms)
-            parts = []
             for j, i in enumerate(range(start, stop)):
                 props = json.dumps({c: _json_value(v[i]) for c, v in zip(columns, values)})
+                f.write(",\n" if i else "")
                 if texts[j] is None or shapely.is_empty(geoms[j]):
-                    parts.append(f'{{"type": "Feature", "properties": {props}, "geometry": null}}')
-                else:
-                    bbox = json.dumps(bounds[j].tolist())
-                    parts.append(f'{{"type": "Feature", "properties": {props}, "bbox": {bbox}, "geometry": {texts[j]}}}')
-            f.write((",\n" if start else "") + ",\n".join(parts))
-            del geoms, texts, parts
-        f.write("\n]\n}\n")
+                    f.write(f'{{"type": "Feature", "properties": {props}, "geometry": null}}')
+                    continue
+                f.write(f'{{"type": "Feature", "properties": {props}, "bbox": {json.dumps(bounds[j].tolist())}, '
+                        '"geometry": ')
+                f.write(texts[j])
+                f.write("}")
+            ok = ~np.isnan(bounds).any(axis=1)
+            if ok.any():
+                total = np.r_[np.minimum(total[:2], bounds[ok, :2].min(axis=0)),
+                              np.maximum(total[2:], bounds[ok, 2:].max(axis=0))]
+            del geoms, texts, bounds
+        f.write("\n]")
+        if np.isfinite(total).all():
+            f.write(f', "bbox": {json.dumps(total.tolist())}')
+        f.write("\n}\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -304,36 +349,26 @@ def _stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_quicklook(canvas: ThumbnailCanvas, pixel_geoms: Sequence[Sequence[Any]], final: Path) -> Path:
+def write_quicklook(canvas: ThumbnailCanvas, layers: Sequence[Sequence[Any]], final: Path, *,
+                    to_pixel: Affine | None = None) -> Path:
     """Downsampled RGB (or grey) view with each class's outlines in :data:`CLASS_COLOURS`.
 
     ``canvas`` holds the scene's cell averages, gathered from the blocks the workers read
-    (the scene is not read again); ``pixel_geoms[k]`` holds class k's polygons in scene
-    pixel coordinates. Cells without a valid pixel are black.
+    (the scene is not read again); ``layers[k]`` holds class k's polygons, in scene pixel
+    coordinates, or in the scene's CRS when ``to_pixel`` (the inverse of the scene's
+    geotransform) maps them to pixels. Cells without a valid pixel are black.
     """
     from PIL import Image
-    from rasterio.features import rasterize
 
     mean, valid = canvas.image()
     img = _stretch(mean, valid)
     img[:, ~valid] = 0
-    qh, qw = valid.shape
-    to_q = 1.0 / canvas.factor
-    for k, geoms in enumerate(pixel_geoms):
-        if len(geoms) == 0:
-            continue
-        lines = shapely.boundary(shapely.transform(np.asarray(geoms, dtype=object), lambda xy: xy * to_q))
-        if canvas.factor > 1:
-            # detail finer than a quicklook pixel cannot show; dropping it keeps rasterize's
-            # per-vertex Python work small (a 12000^2 px scene's road network: 1.5 M vertices)
-            lines = shapely.simplify(lines, QUICKLOOK_TOLERANCE_PX, preserve_topology=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            edge = rasterize(((g, 1) for g in lines if not g.is_empty), out_shape=(qh, qw),
-                             all_touched=True, dtype="uint8")
+    tolerance = QUICKLOOK_TOLERANCE_PX if canvas.factor > 1 else 0.0
+    for k, geoms in enumerate(layers):
+        edge = outline_mask(geoms, valid.shape, factor=canvas.factor, tolerance_px=tolerance, to_pixel=to_pixel)
         colour = CLASS_COLOURS[k % len(CLASS_COLOURS)]
         for c in range(3):
-            img[c][edge > 0] = colour[c]
+            img[c][edge] = colour[c]
     with atomic_output(final) as tmp:
-        Image.fromarray(np.moveaxis(img, 0, -1)).save(tmp, format="PNG", optimize=False)
+        Image.fromarray(np.moveaxis(img, 0, -1)).save(tmp, format="PNG", compress_level=PNG_LEVEL)
     return final

@@ -270,7 +270,6 @@ def finalize_scene(job: _SceneJob, config_hash: str, options: dict[str, Any]) ->
     info, model, s = job.info, job.model, job.settings
     t0 = time.perf_counter()
     layers: dict[str, gpd.GeoDataFrame] = {}
-    pixel_geoms: list[Any] = []
     counts: dict[str, int] = {}
     for k, name in enumerate(model.class_names):
         # blocks arrive in any order; merging them in grid order makes the output files
@@ -282,7 +281,6 @@ def finalize_scene(job: _SceneJob, config_hash: str, options: dict[str, Any]) ->
             scene_shape=(info.height, info.width),
         )
         geoms, area, score = _single_parts(geoms, area, score, info.crs_wkt, areas_m2)
-        pixel_geoms.append(merged.geoms)
         layers[name] = gpd.GeoDataFrame(
             {
                 "class": np.full(len(geoms), name, dtype=object),
@@ -296,6 +294,7 @@ def finalize_scene(job: _SceneJob, config_hash: str, options: dict[str, Any]) ->
         )
         counts[name] = len(geoms)
         job.polygons[k] = []  # free memory early
+        del merged, geoms
         trim_heap()
     t1 = time.perf_counter()
     stage: dict[str, float] = {}
@@ -309,11 +308,14 @@ def finalize_scene(job: _SceneJob, config_hash: str, options: dict[str, Any]) ->
             return [p.name for p in paths]
         return run
 
-    vectors = [timed(fmt, lambda w=writer: w(layers, job.folder))
-               for fmt, writer in VECTOR_WRITERS.items() if fmt in s.formats]
-    if job.thumbnail is not None:
-        vectors.append(timed("quicklook", lambda c=job.thumbnail: [
-            write_quicklook(c, pixel_geoms, job.folder / "quicklook.png")]))
+    def quicklook(canvas: ThumbnailCanvas) -> list[Path]:
+        # the polygons as written, mapped back onto the scene's pixel grid
+        geoms = [np.asarray(layer.geometry.array, dtype=object) for layer in layers.values()]
+        return [write_quicklook(canvas, geoms, job.folder / "quicklook.png", to_pixel=~info.affine)]
+
+    vectors = [timed("quicklook", lambda c=job.thumbnail: quicklook(c))] if job.thumbnail is not None else []
+    vectors += [timed(fmt, lambda w=writer: w(layers, job.folder))
+                for fmt, writer in VECTOR_WRITERS.items() if fmt in s.formats]
     raster = []
     if job.prob_writer is not None:
         raster.append(timed("probability", lambda pw=job.prob_writer: [pw.finish()]))

@@ -43,3 +43,30 @@ def test_trim_heap_reports_success_on_glibc() -> None:
     from geounet.heap import trim_heap
 
     assert trim_heap() is sys.platform.startswith("linux")
+
+
+ARENAS = """
+import ctypes, sys, threading
+import numpy as np
+from geounet.heap import _libc, limit_arenas
+if sys.argv[1] == "limited":
+    assert limit_arenas(1)
+held = []
+def work():
+    held.append([np.ones(4_000) for _ in range(200)])  # 32 kB each: from an arena, not mmap
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+_libc().malloc_stats()  # one "Arena N:" block per arena, on stderr
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_client_threads_share_one_malloc_arena() -> None:
+    def arenas(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, check=True)
+        return out.stderr.count("Arena ")
+
+    # 4 threads allocating at once get arenas of their own (2 cores: up to 16 arenas)
+    assert arenas("plain") >= 2
+    assert arenas("limited") == 1

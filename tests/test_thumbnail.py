@@ -73,3 +73,78 @@ def test_grey_scenes_are_shown_as_grey() -> None:
     assert shown.shape == (3, 3, 4) and all(np.array_equal(shown[i], one[0]) for i in range(3))
     four = np.zeros((4, 2, 2))
     assert display_bands(four).shape == (3, 2, 2)
+
+
+# --------------------------------------------------------------------------- outlines
+def test_outline_of_a_rectangle_with_a_hole_is_its_border_pixels() -> None:
+    import shapely
+
+    from geounet.thumbnail import outline_mask
+
+    # scene px 8..40 x 16..48 with a hole 24..32 x 24..40, drawn at factor 4 (10 x 12 picture)
+    poly = shapely.Polygon([(8, 16), (40, 16), (40, 48), (8, 48)], holes=[[(24, 24), (32, 24), (32, 40), (24, 40)]])
+    got = outline_mask([poly], (16, 12), factor=4)
+    want = np.zeros((16, 12), bool)
+    want[4, 2:11] = want[12, 2:11] = True  # top and bottom edges (y 16 and 48 -> rows 4 and 12)
+    want[4:13, 2] = want[4:13, 10] = True  # left and right edges (x 8 and 40 -> columns 2 and 10)
+    want[6, 6:9] = want[10, 6:9] = True  # the hole's ring
+    want[6:11, 6] = want[6:11, 8] = True
+    assert np.array_equal(got, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), factor=st.integers(1, 6), chunk=st.sampled_from([3, 50, 200_000]))
+def test_outline_pixels_are_those_rasterize_touches(seed: int, factor: int, chunk: int) -> None:
+    """Every marked pixel is one GDAL's all-touched rasterization of the rings also marks,
+    every vertex's pixel is marked, and chunking the vertices changes nothing."""
+    import shapely
+    from rasterio.features import rasterize
+
+    import geounet.thumbnail as th
+
+    rng = np.random.default_rng(seed)
+    polys = []
+    for _ in range(rng.integers(1, 6)):
+        c = rng.uniform(25, 75, 2)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, rng.integers(3, 12)))
+        radius = rng.uniform(1, 20, len(angles))
+        polys.append(shapely.Polygon(np.c_[c[0] + radius * np.cos(angles), c[1] + radius * np.sin(angles)]))
+    shape = (-(-100 // factor), -(-100 // factor))
+    saved = th.OUTLINE_CHUNK_VERTICES
+    th.OUTLINE_CHUNK_VERTICES = chunk
+    try:
+        got = th.outline_mask(polys, shape, factor=factor)
+    finally:
+        th.OUTLINE_CHUNK_VERTICES = saved
+    assert np.array_equal(got, th.outline_mask(polys, shape, factor=factor))
+    rings = [shapely.affinity.scale(p.exterior, 1 / factor, 1 / factor, origin=(0, 0)) for p in polys]
+    touched = rasterize([(r, 1) for r in rings], out_shape=shape, all_touched=True, dtype="uint8") > 0
+    # a sample exactly on a pixel edge falls in the pixel below/right; GDAL may count either
+    grown = touched | np.roll(touched, 1, 0) | np.roll(touched, 1, 1) | np.roll(np.roll(touched, 1, 0), 1, 1)
+    assert not (got & ~grown).any()
+    xy = np.concatenate([np.asarray(r.coords) for r in rings])
+    r_, c_ = np.clip(np.floor(xy[:, 1]).astype(int), 0, shape[0] - 1), np.clip(np.floor(xy[:, 0]).astype(int), 0, shape[1] - 1)
+    assert got[r_, c_].all()
+    # a ring drawn with no gap: marked pixels of one ring form one 8-connected set
+    from scipy import ndimage
+
+    one = th.outline_mask(polys[:1], shape, factor=factor)
+    assert ndimage.label(one, structure=np.ones((3, 3)))[1] == 1
+
+
+def test_outline_from_the_scene_crs_lands_on_the_same_pixels() -> None:
+    """Polygons in a UTM CRS mapped back with the inverse geotransform draw the outline the
+    same polygons in pixel coordinates draw (vertices on pixel corners stay on them)."""
+    import shapely
+    from affine import Affine
+
+    from geounet.thumbnail import outline_mask
+
+    transform = Affine(0.3, 0.0, 431_234.7, 0.0, -0.3, 6_121_987.1)  # 0.3 m, UTM south
+    px = [shapely.box(3, 5, 17, 29), shapely.box(20, 0, 33, 7)]
+    world = shapely.transform(np.asarray(px, dtype=object),
+                              lambda xy: np.column_stack(transform * (xy[:, 0], xy[:, 1])))
+    for factor in (1, 3):
+        shape = (-(-40 // factor), -(-40 // factor))
+        assert np.array_equal(outline_mask(world, shape, factor=factor, to_pixel=~transform),
+                              outline_mask(px, shape, factor=factor))

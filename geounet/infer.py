@@ -283,13 +283,13 @@ def infer_block(
     tiles = list(block.tiles)
     for i in range(0, len(tiles), batch_size):
         batch = tiles[i : i + batch_size]
-        arr = np.stack(
-            [
-                x[:, int(t.read.row_off) - rr : int(t.read.row_off + t.read.height) - rr,
-                  int(t.read.col_off) - rc : int(t.read.col_off + t.read.width) - rc]
-                for t in batch
-            ]
-        )
+        views = [
+            x[:, int(t.read.row_off) - rr : int(t.read.row_off + t.read.height) - rr,
+              int(t.read.col_off) - rc : int(t.read.col_off + t.read.width) - rc]
+            for t in batch
+        ]
+        # one tile: a view (run_model's channels-last copy is the only one made)
+        arr = views[0][None] if len(views) == 1 else np.stack(views)
         probs = run_model(model, arr, device=device, dtype=dtype).numpy()
         for t, p in zip(batch, probs):
             r0 = int(t.core.row_off - t.read.row_off)

@@ -88,3 +88,36 @@ def test_empty_layer_is_a_valid_empty_collection(tmp_path: Path) -> None:
     write_geojson(gdf, out)
     data = json.loads(out.read_text())
     assert data["type"] == "FeatureCollection" and data["features"] == [] and data["name"] == "roads"
+
+
+def test_steps_of_few_features_write_the_same_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing in steps (bounded features and vertices) gives the same bytes as one step."""
+    import geounet.export as ex
+
+    gdf = _layer("EPSG:32733", 300_000.0, 7_400_000.0, 10.0)
+    whole = tmp_path / "a" / "buildings.geojson"
+    whole.parent.mkdir()
+    write_geojson(gdf, whole)
+    monkeypatch.setattr(ex, "GEOJSON_CHUNK", 3)
+    monkeypatch.setattr(ex, "GEOJSON_CHUNK_VERTICES", 12)  # below one holed box: one feature a step
+    assert len(ex._steps(np.asarray(gdf.geometry.array, dtype=object))) > 20
+    steps = tmp_path / "b" / "buildings.geojson"
+    steps.parent.mkdir()
+    write_geojson(gdf, steps)
+    assert steps.read_bytes() == whole.read_bytes()
+
+
+def test_antimeridian_polygon_in_a_later_step_sends_the_whole_layer_to_gdal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import geounet.export as ex
+
+    monkeypatch.setattr(ex, "GEOJSON_CHUNK", 1)  # steps before it are written first
+    near = [Polygon([(179.9, 10.0 + i / 100), (179.91, 10.0 + i / 100), (179.91, 10.005 + i / 100),
+                     (179.9, 10.005 + i / 100)]) for i in range(3)]
+    across = Polygon([(179.999, 10.0), (180.001, 10.0), (180.001, 10.001), (179.999, 10.001)])
+    gdf = gpd.GeoDataFrame({"class": ["building"] * 4}, geometry=[*near, across], crs="EPSG:4326").to_crs("EPSG:32660")
+    out = tmp_path / "buildings.geojson"
+    write_geojson(gdf, out)
+    data = json.loads(out.read_text())
+    assert [f["geometry"]["type"] for f in data["features"]] == ["Polygon"] * 3 + ["MultiPolygon"]
+    assert not list(tmp_path.glob(".partial-*")), "no temporary file left behind"

@@ -143,6 +143,8 @@ def outline_mask(geoms: Sequence[Any], shape: tuple[int, int], *, factor: int,
     """
     import shapely
 
+    from geounet.polygons import to_world
+
     out = np.zeros(shape, dtype=bool)
     geoms = np.asarray(geoms, dtype=object)
     if len(geoms) == 0:
@@ -157,17 +159,17 @@ def outline_mask(geoms: Sequence[Any], shape: tuple[int, int], *, factor: int,
             continue
         chunk = chunk[~shapely.is_empty(chunk)]
         if to_pixel is not None:
-            a, b, c, d, e, f = to_pixel[:6]
-            # a CRS -> pixel round trip leaves ~1e-9 px of error: rounding puts vertices
-            # that lie on pixel corners back on them (floor() would otherwise move them)
-            chunk = shapely.transform(chunk, lambda xy: np.round(np.column_stack(
-                (a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f)), 6))
+            chunk = to_world(chunk, to_pixel)  # the inverse geotransform: CRS -> pixels
         lines = shapely.get_parts(shapely.boundary(chunk))
         if tolerance_px > 0:
             lines = shapely.simplify(lines, tolerance_px * factor, preserve_topology=False)
         xy, index = shapely.get_coordinates(lines, return_index=True)
         if len(xy) == 0:
             continue
+        if to_pixel is not None:
+            # a CRS -> pixel round trip leaves ~1e-9 px of error: rounding puts vertices
+            # that lie on pixel corners back on them (floor() would otherwise move them)
+            np.round(xy, 6, out=xy)
         xy *= scale
         same = index[1:] == index[:-1]  # consecutive vertices of one line: a segment
         p0, step = xy[:-1][same], np.diff(xy, axis=0)[same]

@@ -2,8 +2,9 @@
 
 Vocabulary:
 
-* a **tile** is one model input window of ``tile_size`` pixels per side; only its *core*
-  (the tile minus a ``halo`` on each side) is kept;
+* a **tile** is one model input window of at most ``tile_size`` pixels per side (the fewest
+  tiles that cover the scene, each as small as that count allows); only its *core* (the
+  tile minus a ``halo`` on each side that is not the scene's border) is kept;
 * a **block** is one Dask task: a group of ``tiles_per_block**2`` neighbouring tiles whose
   union of inputs is read from the file in one windowed read.
 
@@ -85,16 +86,34 @@ class TilingPlan:
         return self.n_tiles * th * tw / float(self.width * self.height)
 
 
-def _axis(length: int, tile: int, halo: int, core: int, multiple: int) -> list[tuple[int, int, int, int]]:
-    """Tiles along one axis: (read_start, read_size, core_start, core_stop)."""
+def tiles_along(padded: int, tile: int, halo: int) -> int:
+    """Fewest tiles of at most ``tile`` px that cover ``padded`` px with ``halo`` px of context
+    inside every tile edge except the scene's borders: the first and last tiles need context
+    on one side only, so ``n`` tiles cover ``n * (tile - 2 * halo) + 2 * halo`` px."""
+    if padded <= tile:
+        return 1
+    return -(-(padded - 2 * halo) // (tile - 2 * halo))
+
+
+def _axis(length: int, tile: int, halo: int, multiple: int) -> list[tuple[int, int, int, int]]:
+    """Tiles along one axis: (read_start, read_size, core_start, core_stop).
+
+    The fewest tiles (:func:`tiles_along`), each as small as that count allows (a multiple of
+    ``multiple``, at most ``tile``), with read origins spread evenly over the padded axis and
+    each core boundary halfway through the overlap of its two tiles. Cutting the same count
+    of cores at ``tile - 2 * halo`` px from the origin instead left a sliver of core in the
+    last tile (a 4096 px axis: 6 tiles of 1024 px where 5 of 1008 px suffice, 1.45x the work).
+    """
     padded = round_up(length, multiple)
-    size = min(tile, padded)
-    out = []
-    for core_start in range(0, length, core):
-        core_stop = min(core_start + core, length)
-        start = min(max(core_start - halo, 0), padded - size)
-        out.append((start, size, core_start, core_stop))
-    return out
+    n = tiles_along(padded, tile, halo)
+    if n == 1:
+        return [(0, padded, 0, length)]
+    size = min(tile, round_up(-(-(padded - 2 * halo) // n) + 2 * halo, multiple))
+    # starts on the 2**depth grid; consecutive starts are at most size - 2 * halo apart
+    # (that gap is a multiple of `multiple` and (padded - size) / (n - 1) does not exceed it)
+    starts = [(i * (padded - size) // (n - 1)) // multiple * multiple for i in range(n)]
+    cuts = [0] + [min(length, (a + b + size) // 2) for a, b in zip(starts, starts[1:])] + [length]
+    return [(s, size, c0, c1) for s, c0, c1 in zip(starts, cuts, cuts[1:]) if c1 > c0]
 
 
 def plan_tiles(
@@ -110,7 +129,7 @@ def plan_tiles(
 
     Args:
         width, height: scene size in pixels.
-        tile_size: model input side in pixels; a multiple of ``multiple``.
+        tile_size: largest model input side in pixels; a multiple of ``multiple``.
         halo: context pixels kept around each core; a multiple of ``multiple``.
         multiple: the model's size multiple, ``2**depth``.
         tiles_per_block: tiles per block side.
@@ -139,8 +158,8 @@ def plan_tiles(
             f"tile_size {tile_size} with halo {halo} leaves a core of {core} px per tile; "
             f"use tile_size >= {2 * halo + 4 * multiple} or a smaller halo"
         )
-    cols = _axis(width, tile_size, halo, core, multiple)
-    rows = _axis(height, tile_size, halo, core, multiple)
+    cols = _axis(width, tile_size, halo, multiple)
+    rows = _axis(height, tile_size, halo, multiple)
     blocks: list[Block] = []
     k = tiles_per_block
     for bi, r0 in enumerate(range(0, len(rows), k)):

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geounet.blocks import default_halo, plan_tiles, round_up
+from geounet.blocks import default_halo, plan_tiles, round_up, tiles_along
 from geounet.errors import ConfigError
 
 
@@ -45,6 +45,13 @@ def _check(width: int, height: int, tile: int, halo: int, multiple: int, k: int)
         block_cover[int(b.core.row_off):int(b.core.row_off + b.core.height),
                     int(b.core.col_off):int(b.core.col_off + b.core.width)] += 1
     assert (block_cover == 1).all()
+    # the fewest tiles along each axis, and no smaller tile side would do with that many
+    th, tw = plan.tile_shape
+    for padded, side, n in ((pw, tw, len({t.read.col_off for b in plan.blocks for t in b.tiles})),
+                            (ph, th, len({t.read.row_off for b in plan.blocks for t in b.tiles}))):
+        assert side <= tile and n == tiles_along(padded, tile, halo)
+        if n > 1:
+            assert n * (side - multiple - 2 * halo) + 2 * halo < padded
 
 
 @pytest.mark.parametrize(
@@ -74,11 +81,24 @@ def test_scene_smaller_than_one_tile_is_one_tile_of_padded_size() -> None:
     assert plan.tile_shape == (48, 112)  # padded to multiples of 16: exactly whole-scene inference
 
 
-def test_exact_multiple_has_no_partial_tiles() -> None:
+def test_exact_multiple_gets_fewest_balanced_tiles() -> None:
+    # 512 px, tiles of 256 with a 64 px halo: 3 tiles per axis cover 3 * 128 + 2 * 64 = 512 px
+    # (cutting cores of 128 px from the origin took 4); the border tiles need no outer halo,
+    # so their cores are 192 px
     plan = plan_tiles(512, 512, tile_size=256, halo=64, multiple=16)
-    cores = {(int(t.core.width), int(t.core.height)) for b in plan.blocks for t in b.tiles}
-    assert cores == {(128, 128)}
-    assert plan.n_tiles == 16
+    assert plan.n_tiles == 9 and plan.tile_shape == (256, 256)
+    assert [(int(t.read.col_off), int(t.core.col_off), int(t.core.width)) for t in plan.blocks[0].tiles[:1]] \
+        == [(0, 0, 192)]
+    assert sorted({int(t.core.width) for b in plan.blocks for t in b.tiles}) == [128, 192]
+
+
+def test_default_scene_tiling_wastes_no_sliver_tile() -> None:
+    # 4096 px with the default 1024 px tiles and 112 px halo: 5 x 5 tiles of 1008 px
+    # (1.51 model px per scene px), not 6 x 6 of 1024 px with 96 px cores in the last row (2.25)
+    plan = plan_tiles(4096, 4096, tile_size=1024, halo=112, multiple=16)
+    assert (plan.n_tiles, plan.tile_shape) == (25, (1008, 1008))
+    assert plan.overhead == pytest.approx(25 * 1008**2 / 4096**2)
+    assert plan_tiles(1100, 1100, tile_size=1024, halo=112, multiple=16).tile_shape == (672, 672)
 
 
 def test_default_halo_rounds_receptive_field_up() -> None:

@@ -189,7 +189,7 @@ def test_all_nodata_scene_gives_empty_feature_collection(tmp_path: Path, dask_lo
 
 
 def test_nodata_collar_blocks_skip_the_model_and_have_probability_zero(tmp_path: Path, dask_local) -> None:
-    img = np.zeros((3, 150, 200), np.uint8)
+    img = np.zeros((3, 150, 256), np.uint8)
     img[0, 10:30, 10:40] = 255  # a bright patch inside the data area
     img[1:, :, :] = 90
     img[:, :, 64:] = 0  # everything right of column 64 is a nodata collar
@@ -199,7 +199,8 @@ def test_nodata_collar_blocks_skip_the_model_and_have_probability_zero(tmp_path:
                      client=dask_local, progress=False)
     assert res[0].status == "success", res[0].error
     rec = json.loads((tmp_path / "out" / "collar" / "scene.json").read_text())
-    # 64-px cores: 4 block columns x 3 block rows; the 3 columns right of x=64 are all collar
+    # 64-px tiles without halo: 4 block columns (cores 64 px wide) x 3 block rows; the 3
+    # columns right of x=64 are all collar
     assert rec["tiling"]["blocks_without_valid_pixels"] == 9
     with rasterio.open(tmp_path / "out" / "collar" / "probability.tif") as ds:
         p = ds.read(1)

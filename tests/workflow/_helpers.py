@@ -24,7 +24,7 @@ scenes: scenes
 model: model.safetensors
 out: out
 inference:
-  tile_size: 256
+  tile_size: 192
   tiles_per_block: 1
   precision: fp32
   min_area_m2: 5
@@ -42,7 +42,7 @@ class Job:
     workflow: Path
     scenes: Path
     model: Path
-    more: Path  # two 480 x 480 scenes (16 blocks each) for runs that must last a while
+    more: Path  # two 480 x 480 scenes (25 blocks each) for runs that must last a while
 
 
 # --------------------------------------------------------------------------- processes

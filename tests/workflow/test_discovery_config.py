@@ -122,11 +122,11 @@ def test_shipped_workflow_loads_validates_and_comments_every_key() -> None:
 
 def test_config_errors_exit_2_naming_file_key_and_value(job: Job, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(job.workflow.read_text().replace("  tile_size: 256\n", "  tile_sise: 256\n")
+    bad.write_text(job.workflow.read_text().replace("  tile_size: 192\n", "  tile_sise: 192\n")
                    .replace("  workers: 1\n", "  workers: two\n"))
     r = subprocess.run([str(GEOUNET), "run", str(bad), "--out", str(tmp_path / "out")], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
-    assert f"{bad}: unknown key 'inference.tile_sise' (value 256)" in r.stderr
+    assert f"{bad}: unknown key 'inference.tile_sise' (value 192)" in r.stderr
     assert f"{bad}: key 'cluster.workers' = 'two'" in r.stderr
     assert not (tmp_path / "out").exists()  # nothing was done

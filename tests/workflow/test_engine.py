@@ -123,7 +123,7 @@ def test_model_reaches_each_worker_once_and_scenes_overlap(cluster, job: Job, re
         outcomes, record = run_workflow(_settings(job, out), base=job.root, client=client, progress=False)
     assert [o.status for o in outcomes] == ["success"] * 3, [o.error for o in outcomes]
     blocks = [t for t in ts.data if str(t["key"]).startswith("block-")]
-    assert len(blocks) == sum(o.blocks for o in outcomes) == 14
+    assert len(blocks) == sum(o.blocks for o in outcomes) == 12
 
     # the checkpoint reached each worker once: one load, one cached model, many tasks
     loads = client.run(_model_loads)

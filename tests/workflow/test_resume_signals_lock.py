@@ -148,7 +148,7 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
 def test_sigterm_and_ctrl_c_stop_cleanly_with_exit_130(job: Job, tmp_path: Path, sessions: list, how: str) -> None:
     out = tmp_path / "out"
-    # two 480 x 480 scenes of 16 blocks each; the signal comes as the second one starts
+    # two 480 x 480 scenes of 25 blocks each; the signal comes as the second one starts
     # (its staging raster appears before its first block is submitted)
     proc = start(job, "--out", str(out), "--scenes", str(job.more), "--no-progress")
     sessions.append(proc)

@@ -10,6 +10,10 @@
       seam error (max |tiled - whole|) and compute overhead against the halo
   python benchmarks/bench_pipeline.py precision --size 2048 --width 16
       bf16 vs fp32: max probability difference and polygon agreement (F1@0.5)
+  python benchmarks/bench_pipeline.py pages --width 16 --tile 1008 --tiles 26 --repeat 4
+      forward passes alone (2 threads x 1 torch thread, as the workers run) with torch's
+      transparent huge pages (THP_MEM_ALLOC_ENABLE) off and on: wall, user and kernel CPU
+      seconds, page faults; each run in a fresh process (not adopted: no gain, RESULTS.md)
   python benchmarks/bench_pipeline.py sweep --width 16 --tiles 256 512 1024 1536
       model throughput per tile size, and scene throughput (scene px/s = model px/s /
       halo overhead) for every halo up to the seam-free one; writes results/sweep.png
@@ -40,8 +44,10 @@ def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_si
     import torch
 
     from geounet.checkpoint import load_checkpoint
+    from geounet.heap import tune_malloc
     from geounet.infer import prepare_for_inference, resolve_precision, run_model
 
+    tune_malloc()  # the workers' heap settings (engine.WorkerSetup)
     model = prepare_for_inference(load_checkpoint(ckpt))  # exactly as the workers prepare it
     device = torch.device("cpu")
     dtype = resolve_precision(precision, device)
@@ -285,6 +291,54 @@ def sweep(args: argparse.Namespace) -> None:
                    "scene_px_for_overhead": args.scene, "rows": rows, "plot": "benchmarks/results/sweep.png"})
 
 
+_FORWARD = """
+import json, resource, sys, threading, time
+import torch
+from geounet.checkpoint import load_checkpoint
+from geounet.heap import tune_malloc
+from geounet.infer import prepare_for_inference, resolve_precision, run_model
+tune_malloc()
+ckpt, tile, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+model = prepare_for_inference(load_checkpoint(ckpt))
+dev = torch.device("cpu")
+dtype = resolve_precision("auto", dev)
+torch.set_num_threads(1)
+x = torch.rand(1, model.spec.in_channels, tile, tile)
+run_model(model, x, device=dev, dtype=dtype)
+def work(k):
+    for _ in range(k):
+        run_model(model, x, device=dev, dtype=dtype)
+r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+ts = [threading.Thread(target=work, args=(n // 2 + (i < n % 2),)) for i in range(2)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"wall_s": round(time.perf_counter() - t0, 3), "user_s": round(r1.ru_utime - r0.ru_utime, 2),
+                  "sys_s": round(r1.ru_stime - r0.ru_stime, 2), "page_faults": r1.ru_minflt - r0.ru_minflt}))
+"""
+
+
+def pages(args: argparse.Namespace) -> None:
+    import json
+    import subprocess
+
+    ckpt = Path(args.model) if args.model else checkpoint(args.width)
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for _ in range(args.repeat):
+        for name, value in (("off", "0"), ("on", "1")):  # alternated: load drifts alike
+            env = {**os.environ, "THP_MEM_ALLOC_ENABLE": value}  # read by torch's CPU allocator
+            out = subprocess.run([sys.executable, "-c", _FORWARD, str(ckpt), str(args.tile), str(args.tiles)],
+                                 env=env, capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(name, runs[name][-1])
+    summary = {k: {m: round(float(np.median([r[m] for r in v])), 3) for m in v[0]} for k, v in runs.items()}
+    save("pages", {
+        "command": f"python benchmarks/bench_pipeline.py pages --width {args.width} --tile {args.tile} "
+                   f"--tiles {args.tiles} --repeat {args.repeat}" + (f" --model {args.model}" if args.model else ""),
+        "machine": machine(), "model": str(ckpt), "runs": runs, "median": summary,
+    })
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="suite", required=True)
@@ -314,8 +368,14 @@ def main() -> None:
     w.add_argument("--tiles", type=int, nargs="+", default=[256, 512, 1024, 1536])
     w.add_argument("--precision", default="auto")
     w.add_argument("--scene", type=int, default=8192)
+    g = sub.add_parser("pages")
+    g.add_argument("--width", type=int, default=16)
+    g.add_argument("--model", help="checkpoint to use (default: a cached random-weight UNet of --width)")
+    g.add_argument("--tile", type=int, default=1008)
+    g.add_argument("--tiles", type=int, default=26)
+    g.add_argument("--repeat", type=int, default=4)
     args = ap.parse_args()
-    {"ratio": ratio, "memory": memory, "halo": halo, "precision": precision, "sweep": sweep}[args.suite](args)
+    {"pages": pages, "ratio": ratio, "memory": memory, "halo": halo, "precision": precision, "sweep": sweep}[args.suite](args)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ class InferenceSettings(StrictModel):
 
     # -- tiling --------------------------------------------------------------------------
     tile_size: int | None = Field(None, ge=16, le=16384)
-    """Model input window, pixels per side (multiple of 2**depth). None: checkpoint's suggestion."""
+    """Largest model input window, pixels per side (multiple of 2**depth). A scene gets the fewest
+    tiles of at most this size, each as small as that count allows (scene.json records the
+    tile_shape used). None: checkpoint's suggestion."""
     halo: int | None = Field(None, ge=0, le=4096)
     """Context pixels on each side of a tile's core. None: receptive-field radius, rounded up."""
     tiles_per_block: int | None = Field(None, ge=1, le=16)

@@ -202,6 +202,7 @@ def test_nodata_collar_blocks_skip_the_model_and_have_probability_zero(tmp_path:
     # 64-px tiles without halo: 4 block columns (cores 64 px wide) x 3 block rows; the 3
     # columns right of x=64 are all collar
     assert rec["tiling"]["blocks_without_valid_pixels"] == 9
+    assert rec["tiling"]["tile_shape"] == [64, 64] and rec["tiling"]["blocks"] == 12
     with rasterio.open(tmp_path / "out" / "collar" / "probability.tif") as ds:
         p = ds.read(1)
     assert p[:, 64:].max() == 0 and p[10:30, 10:40].min() == 255

@@ -35,7 +35,7 @@ def _parse_ints(value: str | None, flag: str) -> list[int] | None:
 
 
 INFERENCE_OPTIONS: list[Callable[..., Any]] = [
-    click.option("--tile-size", type=int, help="Model input window, pixels per side (multiple of 2**depth). Default: checkpoint's suggestion."),
+    click.option("--tile-size", type=int, help="Largest model input window, pixels per side (multiple of 2**depth); a scene gets the fewest tiles of at most this size. Default: checkpoint's suggestion."),
     click.option("--halo", type=int, help="Context pixels kept around each tile core. Default: the model's receptive-field radius, rounded up."),
     click.option("--tiles-per-block", type=int, help="Tiles per side of one Dask task. Default: 1 on CPU, 3 on CUDA."),
     click.option("--batch-size", type=int, help="Tiles per forward pass. Default: 1 on CPU, 8 on CUDA."),

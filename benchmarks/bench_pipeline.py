@@ -3,6 +3,7 @@
   python benchmarks/bench_pipeline.py ratio  --size 4096 --width 16
       end-to-end `run_scenes` time / model-forward-only time over the same tiles, same
       precision and threads (target <= 1.10-1.15 on CPU)
+      (--widen 2: the same model zero-widened to twice the channels, 4x the work, same outputs)
   python benchmarks/bench_pipeline.py memory --sizes 4000 12000 --width 16
       peak RSS of all processes of `geounet predict` (client + workers) per scene size
       (target: 12000^2 / 4000^2 <= 1.3)
@@ -35,7 +36,7 @@ import numpy as np
 
 import sys
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import checkpoint, machine, run_cli, save, scene
+from benchmarks.common import checkpoint, machine, run_cli, save, scene, widened
 
 
 def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_size: int) -> float:
@@ -93,6 +94,8 @@ def ratio(args: argparse.Namespace) -> None:
 
     path = scene(args.size)
     ckpt = Path(args.model) if args.model else checkpoint(args.width)
+    if args.widen > 1:
+        ckpt = widened(ckpt, args.widen)
     extra = {"tiles_per_block": args.tiles_per_block} if args.tiles_per_block else {}
     settings = InferenceSettings(precision=args.precision, tile_size=args.tile, batch_size=args.batch,
                                  min_area_m2=4.0, **extra)
@@ -126,7 +129,8 @@ def ratio(args: argparse.Namespace) -> None:
         "command": f"python benchmarks/bench_pipeline.py ratio --size {args.size} --width {args.width} "
                    f"--precision {args.precision} --tile {args.tile} --batch {args.batch} --repeat {args.repeat}"
                    + (f" --tiles-per-block {args.tiles_per_block}" if args.tiles_per_block else "")
-                   + (f" --model {args.model}" if args.model else ""),
+                   + (f" --model {args.model}" if args.model else "")
+                   + (f" --widen {args.widen}" if args.widen > 1 else ""),
         "model": str(ckpt), "polygons": res[0].polygons,
         "machine": machine(), "scene_px": args.size**2, "tiles": plan.n_tiles, "tile_shape": plan.tile_shape,
         "halo": plan.halo, "blocks": len(plan.blocks), "overhead": round(plan.overhead, 3), "end_to_end_s": round(e2e, 3),
@@ -351,6 +355,9 @@ def main() -> None:
     a.add_argument("--tiles-per-block", type=int, default=None, help="default: the settings' default")
     a.add_argument("--repeat", type=int, default=2)
     a.add_argument("--model", help="checkpoint to use (default: a cached random-weight UNet of --width)")
+    a.add_argument("--widen", type=int, default=1,
+                   help="time a UNet this many times wider that computes the same function "
+                        "(benchmarks.common.widened): a heavier model with the same polygons")
     m = sub.add_parser("memory")
     m.add_argument("--sizes", type=int, nargs="+", default=[4000, 12000])
     m.add_argument("--width", type=int, default=16)

@@ -96,7 +96,9 @@ def ratio(args: argparse.Namespace) -> None:
     ckpt = Path(args.model) if args.model else checkpoint(args.width)
     if args.widen > 1:
         ckpt = widened(ckpt, args.widen)
-    extra = {"tiles_per_block": args.tiles_per_block} if args.tiles_per_block else {}
+    extra: dict[str, Any] = {"tiles_per_block": args.tiles_per_block} if args.tiles_per_block else {}
+    if args.formats:
+        extra["formats"] = tuple(args.formats)
     settings = InferenceSettings(precision=args.precision, tile_size=args.tile, batch_size=args.batch,
                                  min_area_m2=4.0, **extra)
     mi = ModelInfo.from_checkpoint(ckpt)
@@ -130,7 +132,8 @@ def ratio(args: argparse.Namespace) -> None:
                    f"--precision {args.precision} --tile {args.tile} --batch {args.batch} --repeat {args.repeat}"
                    + (f" --tiles-per-block {args.tiles_per_block}" if args.tiles_per_block else "")
                    + (f" --model {args.model}" if args.model else "")
-                   + (f" --widen {args.widen}" if args.widen > 1 else ""),
+                   + (f" --widen {args.widen}" if args.widen > 1 else "")
+                   + (f" --formats {' '.join(args.formats)}" if args.formats else ""),
         "model": str(ckpt), "polygons": res[0].polygons,
         "machine": machine(), "scene_px": args.size**2, "tiles": plan.n_tiles, "tile_shape": plan.tile_shape,
         "halo": plan.halo, "blocks": len(plan.blocks), "overhead": round(plan.overhead, 3), "end_to_end_s": round(e2e, 3),
@@ -358,6 +361,7 @@ def main() -> None:
     a.add_argument("--widen", type=int, default=1,
                    help="time a UNet this many times wider that computes the same function "
                         "(benchmarks.common.widened): a heavier model with the same polygons")
+    a.add_argument("--formats", nargs="+", help="outputs to write (default: all)")
     m = sub.add_parser("memory")
     m.add_argument("--sizes", type=int, nargs="+", default=[4000, 12000])
     m.add_argument("--width", type=int, default=16)

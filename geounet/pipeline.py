@@ -127,8 +127,9 @@ def make_plan(info: SceneInfo, model: ModelInfo, settings: InferenceSettings) ->
         model.halo if model.halo is not None else default_halo(model.receptive_field_radius, model.multiple)
     )
     tile = settings.tile_size or model.tile_size or DEFAULT_TILE
-    return plan_tiles(info.width, info.height, tile_size=tile, halo=halo,
-                      multiple=model.multiple, tiles_per_block=resolve_tiles_per_block(settings))
+    # a compiled model is specialised to each tile shape: keep one shape for every scene
+    return plan_tiles(info.width, info.height, tile_size=tile, halo=halo, multiple=model.multiple,
+                      tiles_per_block=resolve_tiles_per_block(settings), shrink=not settings.compile)
 
 
 # Tiles per block side when the settings leave it open. CPU: one tile per task, so the two
@@ -467,7 +468,8 @@ def run_scenes(
         spec = BlockTaskSpec(content_hash=model.content_hash, normalization=model.normalization,
                              thresholds=thresholds, batch_size=settings.batch_size, device=settings.device,
                              precision=settings.precision, keep_probability="probability" in settings.formats,
-                             quicklook_size=settings.quicklook_size if "quicklook" in settings.formats else None)
+                             quicklook_size=settings.quicklook_size if "quicklook" in settings.formats else None,
+                             compile=settings.compile)
         limit = max_in_flight or max(4, 2 * _threads(client))
         # GDAL's block cache (process-wide, 5 % of RAM by default) would otherwise fill with the
         # probability blocks streamed to disk and the quicklook read, so the client's memory

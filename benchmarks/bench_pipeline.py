@@ -39,8 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import checkpoint, machine, run_cli, save, scene, widened
 
 
-def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_size: int,
-                compile: bool = False) -> float:
+def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_size: int) -> float:
     """Seconds to run the model over every tile of ``plan`` (random inputs), best layout of
     ``threads``: T Python threads x 1 torch thread (as the Dask workers run), or 1 x T."""
     import torch
@@ -51,16 +50,12 @@ def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_si
 
     tune_malloc()  # the workers' heap settings (engine.WorkerSetup)
     model = prepare_for_inference(load_checkpoint(ckpt))  # exactly as the workers prepare it
-    if compile:
-        from geounet.infer import CompiledForward
-
-        model.forward_padded = CompiledForward(model.forward_padded)  # as get_model(compile=True)
     device = torch.device("cpu")
     dtype = resolve_precision(precision, device)
     th, tw = plan.tile_shape
     n = plan.n_tiles
     x = torch.rand(batch_size, model.spec.in_channels, th, tw)
-    run_model(model, x[:1], device=device, dtype=dtype)  # warm-up (and compile)
+    run_model(model, x[:1], device=device, dtype=dtype)  # warm-up
 
     def work(count: int) -> None:
         done = 0
@@ -105,7 +100,7 @@ def ratio(args: argparse.Namespace) -> None:
     if args.formats:
         extra["formats"] = tuple(args.formats)
     settings = InferenceSettings(precision=args.precision, tile_size=args.tile, batch_size=args.batch,
-                                 min_area_m2=4.0, compile=args.compile, **extra)
+                                 min_area_m2=4.0, **extra)
     mi = ModelInfo.from_checkpoint(ckpt)
     plan = make_plan(open_scene(path, in_channels=3), mi, settings)
     shape = plan_cluster("cpu")
@@ -129,8 +124,7 @@ def ratio(args: argparse.Namespace) -> None:
     finally:
         client.close()
         cluster.close()
-    model_s = min(_model_only(ckpt, plan, threads=threads, precision=args.precision, batch_size=args.batch,
-                              compile=args.compile)
+    model_s = min(_model_only(ckpt, plan, threads=threads, precision=args.precision, batch_size=args.batch)
                   for _ in range(args.repeat))
     e2e = min(runs)
     save("ratio", {
@@ -139,8 +133,7 @@ def ratio(args: argparse.Namespace) -> None:
                    + (f" --tiles-per-block {args.tiles_per_block}" if args.tiles_per_block else "")
                    + (f" --model {args.model}" if args.model else "")
                    + (f" --widen {args.widen}" if args.widen > 1 else "")
-                   + (f" --formats {' '.join(args.formats)}" if args.formats else "")
-                   + (" --compile" if args.compile else ""),
+                   + (f" --formats {' '.join(args.formats)}" if args.formats else ""),
         "model": str(ckpt), "polygons": res[0].polygons,
         "machine": machine(), "scene_px": args.size**2, "tiles": plan.n_tiles, "tile_shape": plan.tile_shape,
         "halo": plan.halo, "blocks": len(plan.blocks), "overhead": round(plan.overhead, 3), "end_to_end_s": round(e2e, 3),
@@ -369,9 +362,6 @@ def main() -> None:
                    help="time a UNet this many times wider that computes the same function "
                         "(benchmarks.common.widened): a heavier model with the same polygons")
     a.add_argument("--formats", nargs="+", help="outputs to write (default: all)")
-    a.add_argument("--compile", action="store_true",
-                   help="torch.compile the model, in the pipeline and model-only alike (the first "
-                        "end-to-end run includes compiling; best of --repeat excludes it)")
     m = sub.add_parser("memory")
     m.add_argument("--sizes", type=int, nargs="+", default=[4000, 12000])
     m.add_argument("--width", type=int, default=16)

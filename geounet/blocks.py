@@ -95,22 +95,20 @@ def tiles_along(padded: int, tile: int, halo: int) -> int:
     return -(-(padded - 2 * halo) // (tile - 2 * halo))
 
 
-def _axis(length: int, tile: int, halo: int, multiple: int, shrink: bool = True) -> list[tuple[int, int, int, int]]:
+def _axis(length: int, tile: int, halo: int, multiple: int) -> list[tuple[int, int, int, int]]:
     """Tiles along one axis: (read_start, read_size, core_start, core_stop).
 
     The fewest tiles (:func:`tiles_along`), each as small as that count allows (a multiple of
     ``multiple``, at most ``tile``), with read origins spread evenly over the padded axis and
-    each core boundary halfway through the overlap of its two tiles. Without ``shrink`` every
-    tile is ``tile`` px (one shape for any scene longer than a tile, for compiled models).
-    Cutting the same count of cores at ``tile - 2 * halo`` px from the origin instead left a
-    sliver of core in the last tile (a 4096 px axis: 6 tiles of 1024 px where 5 of 1008 px
-    suffice, 1.45x the work).
+    each core boundary halfway through the overlap of its two tiles. Cutting the same count
+    of cores at ``tile - 2 * halo`` px from the origin instead left a sliver of core in the
+    last tile (a 4096 px axis: 6 tiles of 1024 px where 5 of 1008 px suffice, 1.45x the work).
     """
     padded = round_up(length, multiple)
     n = tiles_along(padded, tile, halo)
     if n == 1:
         return [(0, padded, 0, length)]
-    size = min(tile, round_up(-(-(padded - 2 * halo) // n) + 2 * halo, multiple)) if shrink else tile
+    size = min(tile, round_up(-(-(padded - 2 * halo) // n) + 2 * halo, multiple))
     # starts on the 2**depth grid; consecutive starts are at most size - 2 * halo apart
     # (that gap is a multiple of `multiple` and (padded - size) / (n - 1) does not exceed it)
     starts = [(i * (padded - size) // (n - 1)) // multiple * multiple for i in range(n)]
@@ -126,7 +124,6 @@ def plan_tiles(
     halo: int,
     multiple: int,
     tiles_per_block: int = 1,
-    shrink: bool = True,
 ) -> TilingPlan:
     """Cut a ``width`` x ``height`` scene into blocks of tiles.
 
@@ -136,8 +133,6 @@ def plan_tiles(
         halo: context pixels kept around each core; a multiple of ``multiple``.
         multiple: the model's size multiple, ``2**depth``.
         tiles_per_block: tiles per block side.
-        shrink: make the tiles as small as their count allows (else ``tile_size`` px along
-            every axis longer than one tile).
 
     Returns:
         The plan; its blocks' cores tile the scene exactly once. Costs O(number of tiles).
@@ -163,8 +158,8 @@ def plan_tiles(
             f"tile_size {tile_size} with halo {halo} leaves a core of {core} px per tile; "
             f"use tile_size >= {2 * halo + 4 * multiple} or a smaller halo"
         )
-    cols = _axis(width, tile_size, halo, multiple, shrink)
-    rows = _axis(height, tile_size, halo, multiple, shrink)
+    cols = _axis(width, tile_size, halo, multiple)
+    rows = _axis(height, tile_size, halo, multiple)
     blocks: list[Block] = []
     k = tiles_per_block
     for bi, r0 in enumerate(range(0, len(rows), k)):

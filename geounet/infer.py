@@ -8,7 +8,6 @@ dataset handles (GDAL handles are not thread-safe), opened with the driver allow
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import threading
@@ -28,9 +27,7 @@ from geounet.models.base import SegmentationModel, activate
 from geounet.scenes import SCENE_DRIVER, SceneInfo
 from geounet.thumbnail import ThumbnailPart, block_thumbnail, display_bands, thumbnail_factor
 
-log = logging.getLogger(__name__)
-
-_MODELS: dict[tuple[str, str, bool], SegmentationModel] = {}
+_MODELS: dict[tuple[str, str], SegmentationModel] = {}
 _MODEL_LOCK = threading.Lock()
 # Open dataset handles per worker thread: {thread id: {path: dataset}}, most recent last.
 _HANDLES: dict[int, dict[str, Any]] = {}
@@ -91,15 +88,13 @@ def resolve_batch_size(batch_size: int | None, device: torch.device) -> int:
 
 
 # --------------------------------------------------------------------------- model cache
-def get_model(checkpoint: str | bytes, content_hash: str, device: torch.device,
-              compile: bool = False) -> SegmentationModel:
-    """The worker's copy of the model, loaded once per (hash, device, compile).
+def get_model(checkpoint: str | bytes, content_hash: str, device: torch.device) -> SegmentationModel:
+    """The worker's copy of the model, loaded once per (hash, device).
 
     ``checkpoint`` is a path readable by the worker or the checkpoint's bytes (scattered
-    once per run by the client). Loading goes through the safe safetensors loader. With
-    ``compile``, the model's forward pass goes through :class:`CompiledForward`.
+    once per run by the client). Loading goes through the safe safetensors loader.
     """
-    key = (content_hash, str(device), bool(compile))
+    key = (content_hash, str(device))
     model = _MODELS.get(key)
     if model is not None:
         return model
@@ -119,52 +114,8 @@ def get_model(checkpoint: str | bytes, content_hash: str, device: torch.device,
             else:
                 model = load_checkpoint(checkpoint, device=str(device))
             model = prepare_for_inference(model)
-            if compile:
-                # an instance attribute: SegmentationModel.forward pads, then calls this
-                model.forward_padded = CompiledForward(model.forward_padded)  # type: ignore[method-assign]
             _MODELS[key] = model
     return model
-
-
-class CompiledForward:
-    """A model's ``forward_padded`` through ``torch.compile``, safe to call from several
-    worker threads.
-
-    Each new input shape (batch, bands, height, width, device, autocast on/off) is compiled
-    once, by the first thread that meets it, while the others wait (compiling from two
-    threads at once is not safe); afterwards calls run without the lock. ``dynamic=False``:
-    one specialised graph per tile shape, which is why tiling keeps the full tile size when
-    compiling. If compiling fails (no C++ compiler on a CPU machine, an unsupported
-    operator), a warning says why and every later call runs the plain PyTorch forward.
-    Outputs equal the plain forward's up to float rounding (tests/test_compile.py).
-    """
-
-    def __init__(self, forward: Any) -> None:
-        self.eager = forward
-        self.compiled = torch.compile(forward, dynamic=False)
-        self.ready: set[tuple[Any, ...]] = set()
-        self.failed: str | None = None
-        self.lock = threading.Lock()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.failed is not None:
-            return self.eager(x)
-        key = (tuple(x.shape), str(x.device), torch.is_autocast_enabled(x.device.type))
-        if key in self.ready:
-            return self.compiled(x)
-        with self.lock:
-            if self.failed is not None:
-                return self.eager(x)
-            try:
-                t0 = time.perf_counter()
-                out = self.compiled(x)
-            except Exception as exc:  # noqa: BLE001 - any compiler failure: run uncompiled
-                self.failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                log.warning("torch.compile failed (%s); running the model without compiling", self.failed)
-                return self.eager(x)
-            self.ready.add(key)
-            log.info("compiled the model for input %s in %.1f s", tuple(x.shape), time.perf_counter() - t0)
-            return out
 
 
 def prepare_for_inference(model: SegmentationModel) -> SegmentationModel:
@@ -378,7 +329,6 @@ class BlockTaskSpec:
     precision: str
     keep_probability: bool
     quicklook_size: int | None = None  # longest quicklook side, px; None: no quicklook
-    compile: bool = False  # run the model through torch.compile (CompiledForward)
 
 
 @dataclass
@@ -407,7 +357,7 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
     t0 = time.perf_counter()
     device = resolve_device(spec.device)
     dtype = resolve_precision(spec.precision, device)
-    model = get_model(checkpoint, spec.content_hash, device, compile=spec.compile)
+    model = get_model(checkpoint, spec.content_hash, device)
     raw, valid = read_window(scene, block.read)
     cr = int(block.core.row_off - block.read.row_off)
     cc = int(block.core.col_off - block.read.col_off)

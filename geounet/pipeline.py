@@ -127,9 +127,8 @@ def make_plan(info: SceneInfo, model: ModelInfo, settings: InferenceSettings) ->
         model.halo if model.halo is not None else default_halo(model.receptive_field_radius, model.multiple)
     )
     tile = settings.tile_size or model.tile_size or DEFAULT_TILE
-    # a compiled model is specialised to each tile shape: keep one shape for every scene
-    return plan_tiles(info.width, info.height, tile_size=tile, halo=halo, multiple=model.multiple,
-                      tiles_per_block=resolve_tiles_per_block(settings), shrink=not settings.compile)
+    return plan_tiles(info.width, info.height, tile_size=tile, halo=halo,
+                      multiple=model.multiple, tiles_per_block=resolve_tiles_per_block(settings))
 
 
 # Tiles per block side when the settings leave it open. CPU: one tile per task, so the two
@@ -468,8 +467,7 @@ def run_scenes(
         spec = BlockTaskSpec(content_hash=model.content_hash, normalization=model.normalization,
                              thresholds=thresholds, batch_size=settings.batch_size, device=settings.device,
                              precision=settings.precision, keep_probability="probability" in settings.formats,
-                             quicklook_size=settings.quicklook_size if "quicklook" in settings.formats else None,
-                             compile=settings.compile)
+                             quicklook_size=settings.quicklook_size if "quicklook" in settings.formats else None)
         limit = max_in_flight or max(4, 2 * _threads(client))
         # GDAL's block cache (process-wide, 5 % of RAM by default) would otherwise fill with the
         # probability blocks streamed to disk and the quicklook read, so the client's memory

@@ -20,11 +20,6 @@ OutputFormat = Literal["geojson", "gpkg", "probability", "quicklook"]
 ALL_FORMATS: tuple[OutputFormat, ...] = ("geojson", "gpkg", "probability", "quicklook")
 
 
-# Settings that change how fast outputs are made, not what they are: left out of the
-# fingerprint, so turning them on or off does not make finished scenes run again.
-PERFORMANCE_ONLY = {"compile"}
-
-
 class InferenceSettings(StrictModel):
     """How a scene is cut, inferred, thresholded, vectorized and written."""
 
@@ -45,12 +40,6 @@ class InferenceSettings(StrictModel):
     """auto: CUDA when available, else CPU."""
     precision: Precision = "auto"
     """auto: bf16 where the device supports it (CUDA, or a CPU with AVX-512 BF16/AMX), else fp32."""
-    compile: bool = False
-    """Run the model through torch.compile (needs a C++ compiler on CPU; falls back to plain
-    PyTorch with a warning where compiling fails). Forward passes ~1.45x faster on this
-    project's CPU, after a one-off compile of ~13 s per worker process and tile shape (~4 s
-    with torch's on-disk cache warm): for batch jobs, not for a single small scene. Tiles keep
-    the full tile_size (one shape for all scenes). Not part of the fingerprint: same outputs."""
     # -- input ---------------------------------------------------------------------------
     bands: list[int] | None = None
     """1-based scene band indexes fed to the model, in order. None: checkpoint's bands."""
@@ -90,5 +79,5 @@ class InferenceSettings(StrictModel):
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes outputs (resume compares it)."""
-        data = self.model_dump(mode="json", exclude=PERFORMANCE_ONLY)
+        data = self.model_dump(mode="json")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -11,9 +11,8 @@ from geounet.blocks import default_halo, plan_tiles, round_up, tiles_along
 from geounet.errors import ConfigError
 
 
-def _check(width: int, height: int, tile: int, halo: int, multiple: int, k: int, shrink: bool = True) -> None:
-    plan = plan_tiles(width, height, tile_size=tile, halo=halo, multiple=multiple, tiles_per_block=k,
-                      shrink=shrink)
+def _check(width: int, height: int, tile: int, halo: int, multiple: int, k: int) -> None:
+    plan = plan_tiles(width, height, tile_size=tile, halo=halo, multiple=multiple, tiles_per_block=k)
     cover = np.zeros((height, width), np.int32)
     pw, ph = round_up(width, multiple), round_up(height, multiple)
     for block in plan.blocks:
@@ -51,10 +50,8 @@ def _check(width: int, height: int, tile: int, halo: int, multiple: int, k: int,
     for padded, side, n in ((pw, tw, len({t.read.col_off for b in plan.blocks for t in b.tiles})),
                             (ph, th, len({t.read.row_off for b in plan.blocks for t in b.tiles}))):
         assert side <= tile and n == tiles_along(padded, tile, halo)
-        if n > 1 and shrink:
+        if n > 1:
             assert n * (side - multiple - 2 * halo) + 2 * halo < padded
-        if n > 1 and not shrink:
-            assert side == tile  # one tile shape for every scene (compiled models)
 
 
 @pytest.mark.parametrize(
@@ -71,13 +68,11 @@ def test_plan_covers_odd_small_and_exact_sizes(width: int, height: int, k: int) 
     width=st.integers(1, 900), height=st.integers(1, 900), depth=st.integers(1, 5),
     halo_units=st.integers(0, 4), core_units=st.integers(1, 8), k=st.integers(1, 3),
 )
-@pytest.mark.parametrize("shrink", [True, False])
-def test_plan_property(width: int, height: int, depth: int, halo_units: int, core_units: int, k: int,
-                       shrink: bool) -> None:
+def test_plan_property(width: int, height: int, depth: int, halo_units: int, core_units: int, k: int) -> None:
     m = 2**depth
     halo = halo_units * m
     tile = 2 * halo + core_units * m
-    _check(width, height, tile, halo, m, k, shrink)
+    _check(width, height, tile, halo, m, k)
 
 
 def test_scene_smaller_than_one_tile_is_one_tile_of_padded_size() -> None:

@@ -41,9 +41,6 @@ INFERENCE_OPTIONS: list[Callable[..., Any]] = [
     click.option("--batch-size", type=int, help="Tiles per forward pass. Default: 1 on CPU, 8 on CUDA."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Compute device. Default: auto (CUDA if visible)."),
     click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="Autocast precision. Default: auto (bf16 where native)."),
-    click.option("--compile/--no-compile", "compile_model", default=None,
-                 help="torch.compile the model: ~1.45x faster forward passes on CPU after a one-off "
-                      "compile (~13 s per worker and tile shape); for batch jobs. Default: off."),
     click.option("--bands", help="1-based scene bands fed to the model, comma-separated, e.g. 1,2,3. Default: checkpoint's bands."),
     click.option("--threshold", "thresholds", multiple=True, metavar="CLASS=P", help="Probability threshold in [0, 1] for a class; repeatable. Default: checkpoint's (0.5)."),
     click.option("--simplify-m", type=float, help="Simplification tolerance, metres. Default: 0 (pixel outlines)."),
@@ -70,7 +67,6 @@ def inference_overrides(kw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         "batch_size": kw.pop("batch_size", None),
         "device": kw.pop("device", None),
         "precision": kw.pop("precision", None),
-        "compile": kw.pop("compile_model", None),
         "bands": _parse_ints(kw.pop("bands", None), "--bands"),
         "thresholds": _parse_thresholds(kw.pop("thresholds", ()) or ()),
         "simplify_m": kw.pop("simplify_m", None),

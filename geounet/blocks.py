@@ -68,11 +68,11 @@ class TilingPlan:
 
     width: int
     height: int
-    tile_size: int
+    tile_size: int  # the largest tile side allowed, px
     halo: int
     multiple: int
-    core_size: int
-    tile_shape: tuple[int, int]  # (rows, cols) of every tile input in this plan
+    core_size: int  # tile_size - 2 * halo: the widest core an interior tile could keep, px
+    tile_shape: tuple[int, int]  # (rows, cols) of every tile input in this plan (<= tile_size)
     blocks: tuple[Block, ...]
 
     @property

@@ -21,9 +21,10 @@ How the merge stays cheap:
    pieces belong to one polygon exactly when foreground pixels face each other across a
    seam (4-connectivity: pixels that touch only at a corner stay apart). Groups are the
    connected components of that relation (a sparse union-find).
-3. Only grouped pieces are joined, by *stitching* their rings: the ring edges lying on the
-   seams are cut into 1-pixel edges, edges shared by two pieces cancel out, and the rest
-   is relinked into rings in one vectorized pass. Where four edges meet at a vertex (two
+3. Only grouped pieces are joined, by *stitching* their rings: along each block side the
+   stretches of ring edges that two pieces share (a seam seen from both of its blocks)
+   cancel out as intervals, what is left of the side edges is cut into 1-pixel edges, and
+   everything is relinked into rings in one vectorized pass. Where four edges meet at a vertex (two
    foreground pixels touching at a corner) the ring turns around the background pixel,
    which gives the same valid rings GDAL and GEOS produce (holes may touch each other or
    the exterior at a point). Cost is linear in the vertices of the grouped pieces; any
@@ -569,41 +570,65 @@ def _piece_edges(pieces: np.ndarray, group: np.ndarray, rects: np.ndarray) -> tu
     return edges, on_side
 
 
-def _cut_into_pixels(edges: _Edges, cut: np.ndarray) -> tuple[_Edges, np.ndarray]:
-    """Replace each edge marked ``cut`` by its 1-pixel pieces, in place (ring order kept)."""
-    dx, dy = edges.dx, edges.dy
-    units = np.where(cut, np.abs(edges.x1 - edges.x0) + np.abs(edges.y1 - edges.y0), 1)
-    rep = np.repeat(np.arange(len(units)), units)
-    step = (np.arange(len(rep)) - np.repeat(np.cumsum(units) - units, units)).astype(np.int32)
-    del units
-    is_cut = cut[rep]
-    ddx, ddy = dx[rep], dy[rep]
-    x0 = edges.x0[rep] + step * ddx
-    y0 = edges.y0[rep] + step * ddy
-    del step
-    x1 = np.where(is_cut, x0 + ddx, edges.x1[rep])
-    y1 = np.where(is_cut, y0 + ddy, edges.y1[rep])
-    return _Edges(x0, y0, x1, y1, edges.group[rep]), is_cut
+def _cancel_on_sides(edges: _Edges, on_side: np.ndarray, line_stride: int) -> _Edges:
+    """Cancel the stretches of block-side edges that two pieces of a group share, then cut
+    what is left of them into 1-pixel edges; other edges pass through unchanged, in order.
 
-
-def _cancel_shared(edges: _Edges, candidates: np.ndarray, strides: tuple[int, int]) -> _Edges:
-    """Drop 1-pixel edges present twice in a group (once from each side of a seam)."""
-    stride_g, stride_y = strides
-    c = np.flatnonzero(candidates)
-    if len(c) == 0:
+    Per (group, orientation, line), the side edges of one direction are intervals that do
+    not overlap one another; a stretch covered in both directions (a seam, seen from both
+    of its blocks) cancels and the rest survives in its own direction. The survivors are
+    then cut into 1-pixel edges, so every vertex on a block side is a vertex of the graph,
+    exactly as if all side edges had been cut first and twins cancelled (the previous
+    method: a polygon spanning 1600 blocks of 1000 px meant 6 M 1-pixel edges and ~470 MB
+    of temporaries; now the cut only touches the survivors).
+    """
+    side = np.flatnonzero(on_side)
+    if len(side) == 0:
         return edges
-    low_x = np.minimum(edges.x0[c], edges.x1[c])
-    low_y = np.minimum(edges.y0[c], edges.y1[c])
-    key = ((edges.group[c].astype(np.int64) * stride_g + low_x.astype(np.int64) * stride_y + low_y) << 1) | (
-        edges.x0[c] == edges.x1[c])
-    order = np.argsort(key, kind="stable")
-    same = key[order][1:] == key[order][:-1]
-    twin = np.zeros(len(c), dtype=bool)
-    twin[1:] |= same
-    twin[:-1] |= same
-    alive = np.ones(len(edges.x0), dtype=bool)
-    alive[c[order[twin]]] = False
-    return edges if alive.all() else edges.take(alive)
+    s = edges.take(side)
+    vertical = s.x0 == s.x1
+    line = np.where(vertical, s.x0, s.y0).astype(np.int64)
+    a = np.where(vertical, s.y0, s.x0).astype(np.int64)
+    b = np.where(vertical, s.y1, s.x1).astype(np.int64)
+    forward = b > a
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    key = (s.group.astype(np.int64) * 2 + vertical) * line_stride + line
+    del s, a, b, line
+    # events: +1 where an interval starts, -1 where it ends, counted per direction
+    ev_key = np.concatenate([key, key])
+    ev_pos = np.concatenate([lo, hi])
+    sign = np.concatenate([np.ones(len(key), np.int64), -np.ones(len(key), np.int64)])
+    fwd = np.concatenate([forward, forward])
+    order = np.lexsort((sign, ev_pos, ev_key))  # at one position, ends before starts
+    ev_key, ev_pos, sign, fwd = ev_key[order], ev_pos[order], sign[order], fwd[order]
+    cov_f = np.cumsum(np.where(fwd, sign, 0))
+    cov_b = np.cumsum(np.where(fwd, 0, sign))
+    if (cov_f > 1).any() or (cov_b > 1).any():
+        raise _StitchFailed("side edges of one direction overlap")
+    seg = np.flatnonzero((ev_key[1:] == ev_key[:-1]) & (ev_pos[1:] > ev_pos[:-1]))
+    cf, cb = cov_f[seg], cov_b[seg]
+    keep = cf != cb  # covered once: survives in that direction; twice: cancels
+    seg, seg_fwd = seg[keep], cf[keep] == 1
+    s_key, s0, s1 = ev_key[seg], ev_pos[seg], ev_pos[seg + 1]
+    # 1-pixel edges of the survivors, each segment walked in its own direction
+    units = s1 - s0
+    rep = np.repeat(np.arange(len(seg)), units)
+    step = np.arange(len(rep)) - np.repeat(np.cumsum(units) - units, units)
+    dirn = np.where(seg_fwd, 1, -1)[rep]
+    p0 = np.where(seg_fwd[rep], s0[rep] + step, s1[rep] - step)
+    p1 = p0 + dirn
+    k = s_key[rep]
+    line_u = k % line_stride
+    vert_u = (k // line_stride) % 2 == 1
+    group_u = (k // line_stride // 2).astype(np.int32)
+    x0 = np.where(vert_u, line_u, p0).astype(np.int32)
+    y0 = np.where(vert_u, p0, line_u).astype(np.int32)
+    x1 = np.where(vert_u, line_u, p1).astype(np.int32)
+    y1 = np.where(vert_u, p1, line_u).astype(np.int32)
+    rest = edges.take(np.flatnonzero(~on_side))
+    return _Edges(np.concatenate([rest.x0, x0]), np.concatenate([rest.y0, y0]),
+                  np.concatenate([rest.x1, x1]), np.concatenate([rest.y1, y1]),
+                  np.concatenate([rest.group, group_u]))
 
 
 def _link(edges: _Edges, strides: tuple[int, int]) -> np.ndarray:
@@ -731,9 +756,9 @@ def _stitch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Join the pieces of each group into one polygon, in time linear in their vertices.
 
-    Steps: ring edges of every piece -> edges on block sides cut into 1-pixel edges ->
-    1-pixel edges shared by two pieces cancel -> the rest relinked into rings -> rings
-    assembled into one polygon per group.
+    Steps: ring edges of every piece -> stretches of block-side edges shared by two pieces
+    cancel, the rest of the side edges cut into 1-pixel edges -> relinked into rings ->
+    rings assembled into one polygon per group.
 
     Args:
         pieces: polygons (pixel coordinates), sorted by ``group``.
@@ -752,8 +777,7 @@ def _stitch(
     if n_groups * strides[0] * 2 >= 2**62:
         raise _StitchFailed("scene too large for 64-bit vertex keys")
     edges, on_side = _piece_edges(pieces, group, rects)
-    edges, is_cut = _cut_into_pixels(edges, on_side)
-    edges = _cancel_shared(edges, is_cut, strides)
+    edges = _cancel_on_sides(edges, on_side, max(width, height) + 1)
     order, ring_id = _walk(_link(edges, strides))
     return _assemble(edges, order, ring_id, n_groups)
 

@@ -114,7 +114,9 @@ def test_40000_squared_bomb_runs_in_bounded_memory(tmp_path: Path) -> None:
     worker) grows by less than 0.6 GB (the client's GDAL block cache, capped at 64 MiB, and
     the COG overview buffers, which scale with the width only). The tree's own baseline is
     ~1.35 GB: two processes with torch, and the activations of a batch of 1024 px tiles.
-    Measured on 2 busy cores: 12.5 minutes; 1.35 GB -> 1.78 GB (tree), 1.17 GB largest."""
+    Measured on 2 cores: 126 s; 1.19 GB -> 1.37 GB (tree), 0.70 GB largest (1.86 GB and 1.12 GB
+    while the seam merge still cut every seam edge of the scene-wide polygon into 1-pixel
+    edges)."""
     ckpt = make_checkpoint(tmp_path / "unet.safetensors", width=2, depth=2, tile_size=1024)
     small = sparse_scene(tmp_path / "small.tif", 4096, 4096, block=512, sparse=False)
     _, small_tree, _ = _predict_peak_rss(small, ckpt, tmp_path / "out-small")

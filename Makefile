@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 venv: $(VENV)/.installed
 
 test: venv
-	$(PY) -m pytest -q -m "not soak"
+	$(PY) -m pytest -q
 
 test-soak: venv
 	$(PY) -m pytest -q -m soak

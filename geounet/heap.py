@@ -23,6 +23,14 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+def _mallopt(param: int, value: int) -> bool:
+    """glibc ``mallopt(param, value)``; False where the C library has no ``mallopt``."""
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:  # pragma: no cover - musl, macOS
+        return False
+    return bool(mallopt(param, value))
+
+
 # glibc malloc on workers (see :func:`tune_malloc`): allocations up to this size come from
 # the heap and are reused, and up to this much free heap is kept before it is returned to
 # the OS. Bytes. 32 MiB is glibc's largest allowed mmap threshold; one 1024^2 px tile's
@@ -42,12 +50,9 @@ def tune_malloc() -> bool:
     7.5-7.8 s and 2.5 s with this one. Memory stays bounded by one task's activations plus
     ``MALLOC_TRIM_THRESHOLD_BYTES``. Returns False where ``mallopt`` is unavailable.
     """
-    mallopt = getattr(_libc(), "mallopt", None)
-    if mallopt is None:  # pragma: no cover - musl, macOS
-        return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    return bool(mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD_BYTES)) and bool(
-        mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD_BYTES))
+    return _mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD_BYTES) and _mallopt(
+        m_trim_threshold, MALLOC_TRIM_THRESHOLD_BYTES)
 
 
 # glibc malloc arenas of a client process (see :func:`limit_arenas`).
@@ -64,11 +69,8 @@ def limit_arenas(count: int = CLIENT_MALLOC_ARENAS) -> bool:
     model (its threads would contend for one arena's lock). Affects threads started after
     the call. Returns False where ``mallopt`` is unavailable.
     """
-    mallopt = getattr(_libc(), "mallopt", None)
-    if mallopt is None:  # pragma: no cover - musl, macOS
-        return False
     m_arena_max = -8  # from <malloc.h>
-    return bool(mallopt(m_arena_max, int(count)))
+    return _mallopt(m_arena_max, int(count))
 
 
 def trim_heap() -> bool:

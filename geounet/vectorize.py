@@ -175,6 +175,26 @@ def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return row, starts - row * (width + 1), ends - row * (width + 1)
 
 
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``range(starts[i], starts[i] + counts[i])`` for every i, concatenated (int64)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    return np.repeat(np.asarray(starts, dtype=np.int64) - np.cumsum(counts) + counts, counts) + np.arange(total)
+
+
+def _overlaps(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs ``(i, j)`` where interval ``[a0[i], a1[i])`` overlaps ``[b0[j], b1[j])``.
+
+    The b intervals must be disjoint and sorted by start (so their ends are sorted too): the
+    ones overlapping an a interval then form the contiguous range of those ending after
+    ``a0[i]`` and starting before ``a1[i]``. Cost: two binary searches per a interval.
+    """
+    lo = np.searchsorted(b1, a0, side="right")
+    hi = np.searchsorted(b0, a1, side="left")
+    count = np.maximum(hi - lo, 0)
+    return np.repeat(np.arange(len(a0)), count), _ranges(lo, count)
+
+
 def _run_components(row: np.ndarray, c0: np.ndarray, c1: np.ndarray, width: int) -> tuple[int, np.ndarray]:
     """4-connected components of runs: runs on consecutive rows join where columns overlap."""
     n = len(row)
@@ -184,15 +204,11 @@ def _run_components(row: np.ndarray, c0: np.ndarray, c1: np.ndarray, width: int)
     start_key = row * stride + c0  # increasing: runs are in raster order
     end_key = row * stride + c1  # increasing too (runs in a row are disjoint)
     above = (row - 1) * stride
-    # Runs of the row above with end > c0 and start < c1 form the contiguous range [lo, hi).
-    lo = np.searchsorted(end_key, above + c0, side="right")
-    hi = np.searchsorted(start_key, above + c1, side="left")
-    count = np.maximum(hi - lo, 0)
-    total = int(count.sum())
+    # each run joins the runs of the row above whose columns overlap its own
+    below, first = _overlaps(above + c0, above + c1, start_key, end_key)
+    total = len(below)
     if total == 0:
         return n, np.arange(n, dtype=np.int64)
-    below = np.repeat(np.arange(n), count)
-    first = np.repeat(lo - np.cumsum(count) + count, count) + np.arange(total)
     graph = coo_matrix((np.ones(total, dtype=np.int8), (first, below)), shape=(n, n))
     n_comp, comp = connected_components(graph, directed=False)
     return n_comp, comp.astype(np.int64)
@@ -464,11 +480,7 @@ def _seam_pairs(blocks: Sequence[BlockPolygons], offsets: np.ndarray) -> np.ndar
         # runs of one side never overlap one another: sorted by start, their stops are sorted too
         order = np.argsort(b0, kind="stable")
         b0, b1, bid = b0[order], b1[order], bid[order]
-        lo = np.searchsorted(b1, a0, side="right")  # first run of the other side ending after a0
-        hi = np.searchsorted(b0, a1, side="left")  # runs starting before a1
-        n = np.maximum(hi - lo, 0)
-        ai = np.repeat(np.arange(len(a0)), n)
-        bi = np.repeat(lo, n) + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+        ai, bi = _overlaps(a0, a1, b0, b1)
         pairs.append(np.stack([aid[ai], bid[bi]], axis=1))
     return np.unique(np.concatenate(pairs), axis=0)
 
@@ -613,7 +625,7 @@ def _cancel_on_sides(edges: _Edges, on_side: np.ndarray, line_stride: int) -> _E
     # 1-pixel edges of the survivors, each segment walked in its own direction
     units = s1 - s0
     rep = np.repeat(np.arange(len(seg)), units)
-    step = np.arange(len(rep)) - np.repeat(np.cumsum(units) - units, units)
+    step = _ranges(np.zeros(len(seg), np.int64), units)
     dirn = np.where(seg_fwd, 1, -1)[rep]
     p0 = np.where(seg_fwd[rep], s0[rep] + step, s1[rep] - step)
     p1 = p0 + dirn
@@ -696,7 +708,7 @@ def _walk(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             ring_sizes.append(size)
     chains = np.asarray(ring_chains, dtype=np.int64)
     lengths = chain_end[chains] - head[chains] + 1
-    order = np.repeat(head[chains] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    order = _ranges(head[chains], lengths)
     ring_id = np.repeat(np.repeat(np.arange(len(ring_sizes)), ring_sizes), lengths)
     return order, ring_id
 
@@ -720,12 +732,11 @@ def _assemble(
     del dx, dy
     kept = order[corner]
     vx, vy, vring = edges.x0[kept], edges.y0[kept], ring_id[corner]
-    group = edges.group[order[ring_first]]
+    ring_group = edges.group[order[ring_first]]
     del kept, corner
     nv = np.bincount(vring, minlength=n_rings)
     if (nv < 4).any():
         raise _StitchFailed("a ring collapsed")
-    ring_group = group
 
     # Closed rings: one extra slot per ring for the repeated first vertex.
     offsets = np.zeros(n_rings + 1, dtype=np.int64)
@@ -743,7 +754,7 @@ def _assemble(
     ring_order = ring_order[ok[ring_group[ring_order]]]
     if len(ring_order):
         sizes = nv[ring_order] + 1
-        src = np.repeat(offsets[ring_order] - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+        src = _ranges(offsets[ring_order], sizes)
         ring_off = np.concatenate([[0], np.cumsum(sizes)])
         rings_per_group = np.bincount(ring_group[ring_order], minlength=n_groups)[ok]
         geom_off = np.concatenate([[0], np.cumsum(rings_per_group)])

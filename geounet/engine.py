@@ -44,6 +44,30 @@ THREADS_PER_CPU_WORKER = 4
 # before its scene is reported failed ("a worker died ...").
 ALLOWED_FAILURES = 2
 
+# Dask's periodic housekeeping in an embedded cluster, slowed where Dask's defaults poll
+# faster than a batch of long tasks needs. Each costs CPU on the cores the model runs on: an
+# idle 1 x 2-thread cluster used 0.8 CPU-s per 20 s with Dask's defaults and 0.4 with these
+# (benchmarks/RESULTS.md, "Dask's housekeeping"). A value the user configured (YAML file or
+# DASK_* environment variable) is left alone.
+QUIET_DASK = {
+    # the workers' statistical profiler (the dashboard's Profile page) samples every thread's
+    # stack, holding the GIL; milliseconds between samples (Dask's default: 10 ms)
+    "distributed.worker.profile.interval": "50ms",
+    # event-loop responsiveness check; milliseconds between ticks (default 20 ms)
+    "distributed.admin.tick.interval": "200ms",
+    # workers' memory check (pause, spill, restart thresholds); milliseconds (default 100 ms)
+    "distributed.worker.memory.monitor-interval": "500ms",
+    # the dashboard's CPU/memory/network graphs; seconds between samples (default 0.5 s)
+    "distributed.admin.system-monitor.interval": "2s",
+}
+
+
+def quiet_dask_config() -> dict[str, Any]:
+    """The :data:`QUIET_DASK` settings whose current value is still Dask's own default."""
+    defaults = dask.config.merge(*dask.config.defaults)
+    return {k: v for k, v in QUIET_DASK.items()
+            if dask.config.get(k, None) == dask.config.get(k, None, config=defaults)}
+
 
 class WorkerSetup(WorkerPlugin):
     """Prepares every worker before its first task: torch's intra-op threads, GDAL's block
@@ -261,7 +285,8 @@ def _embedded(device: str, workers: int | None, threads_per_worker: int | None, 
     # the scheduler's HTTP server (health, metrics, and the dashboard when wanted) always
     # takes a free port: the default, 8787, is often held by another cluster or run
     dash = ":0"
-    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+    with dask.config.set({**quiet_dask_config(),
+                          "distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
                           "distributed.worker.daemon": False,
                           "distributed.admin.tick.limit": "30s"}):
         if shape.gpus:

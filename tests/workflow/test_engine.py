@@ -82,6 +82,35 @@ def cluster() -> Iterator[object]:
         yield client
 
 
+def _dask_settings() -> dict:
+    import dask
+
+    from geounet.engine import QUIET_DASK
+
+    return {k: dask.config.get(k) for k in QUIET_DASK}
+
+
+def test_embedded_workers_poll_less_often_than_dask_defaults(cluster) -> None:
+    from geounet.engine import QUIET_DASK
+
+    seen = cluster.run(_dask_settings)
+    assert len(seen) == 2
+    assert all(v == QUIET_DASK for v in seen.values()), seen
+    assert QUIET_DASK["distributed.admin.tick.interval"] == "200ms"
+
+
+def test_quiet_dask_config_keeps_what_the_user_set() -> None:
+    import dask
+
+    from geounet.engine import QUIET_DASK, quiet_dask_config
+
+    assert quiet_dask_config() == QUIET_DASK  # nothing configured: all of them apply
+    with dask.config.set({"distributed.admin.tick.interval": "5ms"}):  # the user's own value
+        q = quiet_dask_config()
+    assert "distributed.admin.tick.interval" not in q
+    assert q == {k: v for k, v in QUIET_DASK.items() if k != "distributed.admin.tick.interval"}
+
+
 def _settings(job: Job, out: Path) -> WorkflowSettings:
     """The reference run's workflow, writing to ``out``."""
     return load_workflow(job.workflow, {"out": str(out)})

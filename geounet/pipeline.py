@@ -424,10 +424,11 @@ def run_scenes(
     check_writable(out)
     model = ModelInfo.from_checkpoint(checkpoint)
     # The header alone does not prove the weights load: check tensor shapes, content hash and
-    # finite values once here, so a bad model is a CheckpointError (exit 2) before any scene.
-    from geounet.checkpoint import load_checkpoint
-
-    load_checkpoint(checkpoint)
+    # finite values once here, so a bad model is a CheckpointError (exit 2) before any scene
+    # is reported or any block submitted. The check (0.44 s for a width-64 UNet's 124 MB on
+    # this project's machine) runs in a thread beside the scene checks, the cluster's start
+    # and the workers' own model load (:func:`_warm_workers`), and is waited for below.
+    checked = _in_background(_check_checkpoint, checkpoint)
     thresholds = resolve_thresholds(model, settings)
     config_hash = settings.fingerprint()
     options = settings.model_dump(mode="json")
@@ -456,13 +457,17 @@ def run_scenes(
                                        pixels=info.pixels)
             continue
         infos.append((i, info, plan))
+    warming: list[Any] = []
+    if infos:
+        data = Path(checkpoint).read_bytes()
+        ckpt_ref = client.scatter(data, broadcast=True, hash=False)
+        warming = _warm_workers(client, ckpt_ref, model.content_hash, settings.device)
+    checked.result()  # a bad checkpoint raises here: nothing reported, no block submitted
     for i in sorted(outcomes):
         if on_outcome:
             on_outcome(outcomes[i])
 
     if infos:
-        data = Path(checkpoint).read_bytes()
-        ckpt_ref = client.scatter(data, broadcast=True, hash=False)
         gpu = settings.device != "cpu" and any(client.run(_cuda_available).values())
         spec = BlockTaskSpec(content_hash=model.content_hash, normalization=model.normalization,
                              thresholds=thresholds, batch_size=settings.batch_size, device=settings.device,
@@ -484,7 +489,46 @@ def run_scenes(
             # behind on long-lived (external) workers
             with contextlib.suppress(Exception):
                 client.run(_close_worker_datasets)
+    del warming  # held until here: Dask cancels a task whose futures are all released
     return [outcomes[i] for i in sorted(outcomes)]
+
+
+def _in_background(fn: Callable[..., Any], *args: Any) -> LocalFuture:
+    """``fn(*args)`` started in a thread of its own; its result (or error) comes from the future."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geounet-check")
+    try:
+        return pool.submit(fn, *args)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with fn
+
+
+def _check_checkpoint(checkpoint: str | os.PathLike[str]) -> None:
+    from geounet.checkpoint import load_checkpoint
+
+    load_checkpoint(checkpoint)
+
+
+def _warm_workers(client: Client, ckpt_ref: Any, content_hash: str, device: str) -> list[Any]:
+    """Start loading the model on every worker now, one task each, so that the load overlaps
+    the client's checkpoint check instead of holding up the first blocks. Returns the tasks'
+    futures (the caller keeps them until the run ends)."""
+    workers = list((client.scheduler_info().get("workers") or {}))
+    return [client.submit(_load_model, ckpt_ref, content_hash, device, workers=[w], pure=False,
+                          key=f"load-model-{content_hash[:12]}-{os.urandom(4).hex()}")
+            for w in workers]
+
+
+def _load_model(checkpoint: bytes, content_hash: str, device: str) -> str | None:
+    """On a worker: load the model into its cache. A failure is returned, not raised: the
+    client's own check reports a bad checkpoint, and the blocks' tasks report a worker that
+    cannot load a good one."""
+    from geounet.infer import get_model, resolve_device
+
+    try:
+        get_model(checkpoint, content_hash, resolve_device(device))
+    except Exception as exc:  # noqa: BLE001 - reported by the client's check or the first block
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _close_worker_datasets() -> int:

@@ -160,6 +160,12 @@ def test_model_reaches_each_worker_once_and_scenes_overlap(cluster, job: Job, re
     assert all(n >= 2 for n in per_worker.values()), per_worker
     for w, (calls, cached) in loads.items():
         assert calls == 1 and len(cached) == 1, (w, calls, cached)
+    # ... started on every worker by one task of its own, before any block ran there
+    warm = [t for t in ts.data if str(t["key"]).startswith("load-model-")]
+    assert sorted(t["worker"] for t in warm) == sorted(loads), warm
+    for t in warm:
+        first_block = min(b["startstops"][0]["start"] for b in blocks if b["worker"] == t["worker"])
+        assert t["startstops"][0]["start"] <= first_block
 
     # several scenes in flight: each scene's first block started before the previous
     # scene was finalized (its scene.json written)

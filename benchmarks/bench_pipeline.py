@@ -15,6 +15,10 @@
       forward passes alone (2 threads x 1 torch thread, as the workers run) with torch's
       transparent huge pages (THP_MEM_ALLOC_ENABLE) off and on: wall, user and kernel CPU
       seconds, page faults; each run in a fresh process (not adopted: no gain, RESULTS.md)
+  python benchmarks/bench_pipeline.py housekeeping --seconds 20 --repeat 2
+      CPU seconds that an embedded cluster (as `geounet predict` starts it) spends on Dask's
+      own periodic work while its tasks sleep: client + scheduler and workers, with Dask's
+      default intervals and with geounet's (engine.QUIET_DASK)
   python benchmarks/bench_pipeline.py sweep --width 16 --tiles 256 512 1024 1536
       model throughput per tile size, and scene throughput (scene px/s = model px/s /
       halo overhead) for every halo up to the seam-free one; writes results/sweep.png
@@ -346,6 +350,56 @@ def pages(args: argparse.Namespace) -> None:
     })
 
 
+def _nap(seconds: float) -> int:
+    time.sleep(seconds)
+    return 1
+
+
+def housekeeping(args: argparse.Namespace) -> None:
+    import geounet.engine as engine
+
+    quiet = dict(engine.QUIET_DASK)
+    rows = []
+    try:
+        for _ in range(args.repeat):
+            for name, table in (("dask_defaults", {}), ("geounet", quiet)):
+                engine.QUIET_DASK = table  # {}: nothing changed, Dask's own defaults
+                with engine.dask_client(device="cpu", dashboard=False) as client:
+                    client.submit(_nap, 0.0, pure=False).result()  # the workers are up and warm
+                    time.sleep(2)
+                    w0, c0 = sum(client.run(_cpu_seconds).values()), _cpu_seconds()
+                    futures = [client.submit(_nap, args.seconds, pure=False) for _ in range(_threads_of(client))]
+                    client.gather(futures)
+                    rows.append({"settings": name, "seconds": args.seconds,
+                                 "client_and_scheduler_cpu_s": round(_cpu_seconds() - c0, 3),
+                                 "workers_cpu_s": round(sum(client.run(_cpu_seconds).values()) - w0, 3)})
+                print(rows[-1])
+    finally:
+        engine.QUIET_DASK = quiet
+    save("housekeeping", {
+        "command": f"python benchmarks/bench_pipeline.py housekeeping --seconds {args.seconds} --repeat {args.repeat}",
+        "machine": machine(), "quiet_dask": quiet, "rows": rows,
+    })
+
+
+def _threads_of(client: Any) -> int:
+    return sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
+
+
+# Suites that time forward passes in this process: they run with the embedded workers' malloc
+# environment (engine.WORKER_MALLOC_ENV), which glibc reads only when a process starts.
+IN_PROCESS_MODEL_SUITES = ("ratio", "halo", "sweep", "pages")
+
+
+def _with_worker_malloc_env() -> None:
+    """Re-run this command with the workers' malloc environment unless it already has it."""
+    from geounet.engine import WORKER_MALLOC_ENV
+
+    env = {k: str(v) for k, v in WORKER_MALLOC_ENV.items()}
+    if any(os.environ.get(k) != v for k, v in env.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **env})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="suite", required=True)
@@ -385,8 +439,13 @@ def main() -> None:
     g.add_argument("--tile", type=int, default=1008)
     g.add_argument("--tiles", type=int, default=26)
     g.add_argument("--repeat", type=int, default=4)
+    k = sub.add_parser("housekeeping")
+    k.add_argument("--seconds", type=float, default=20.0)
+    k.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
-    {"pages": pages, "ratio": ratio, "memory": memory, "halo": halo, "precision": precision, "sweep": sweep}[args.suite](args)
+    if args.suite in IN_PROCESS_MODEL_SUITES:
+        _with_worker_malloc_env()
+    {"housekeeping": housekeeping, "pages": pages, "ratio": ratio, "memory": memory, "halo": halo, "precision": precision, "sweep": sweep}[args.suite](args)
 
 
 if __name__ == "__main__":

@@ -50,9 +50,10 @@ def tune_malloc() -> bool:
     7.5-7.8 s and 2.5 s with this one. Memory stays bounded by one task's activations plus
     ``MALLOC_TRIM_THRESHOLD_BYTES``. Returns False where ``mallopt`` is unavailable.
     """
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    return _mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD_BYTES) and _mallopt(
-        m_trim_threshold, MALLOC_TRIM_THRESHOLD_BYTES)
+    m_trim_threshold, m_mmap_threshold, m_mmap_max, m_arena_max = -1, -3, -4, -8  # <malloc.h>
+    return (_mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD_BYTES)
+            and _mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD_BYTES)
+            and _mallopt(m_mmap_max, 0) and _mallopt(m_arena_max, 1))
 
 
 # glibc malloc arenas of a client process (see :func:`limit_arenas`).

@@ -99,6 +99,18 @@ def test_embedded_workers_poll_less_often_than_dask_defaults(cluster) -> None:
     assert QUIET_DASK["distributed.admin.tick.interval"] == "200ms"
 
 
+def _malloc_env() -> dict:
+    import os
+
+    return {k: os.environ.get(k) for k in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_")}
+
+
+def test_embedded_workers_start_with_one_malloc_arena_and_no_mmap(cluster) -> None:
+    seen = cluster.run(_malloc_env)
+    assert len(seen) == 2
+    assert all(v == {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0"} for v in seen.values()), seen
+
+
 def test_quiet_dask_config_keeps_what_the_user_set() -> None:
     import dask
 

@@ -357,6 +357,7 @@ def _nap(seconds: float) -> int:
 
 def housekeeping(args: argparse.Namespace) -> None:
     import geounet.engine as engine
+    from geounet.pipeline import _threads
 
     quiet = dict(engine.QUIET_DASK)
     rows = []
@@ -368,7 +369,7 @@ def housekeeping(args: argparse.Namespace) -> None:
                     client.submit(_nap, 0.0, pure=False).result()  # the workers are up and warm
                     time.sleep(2)
                     w0, c0 = sum(client.run(_cpu_seconds).values()), _cpu_seconds()
-                    futures = [client.submit(_nap, args.seconds, pure=False) for _ in range(_threads_of(client))]
+                    futures = [client.submit(_nap, args.seconds, pure=False) for _ in range(_threads(client))]
                     client.gather(futures)
                     rows.append({"settings": name, "seconds": args.seconds,
                                  "client_and_scheduler_cpu_s": round(_cpu_seconds() - c0, 3),
@@ -380,10 +381,6 @@ def housekeeping(args: argparse.Namespace) -> None:
         "command": f"python benchmarks/bench_pipeline.py housekeeping --seconds {args.seconds} --repeat {args.repeat}",
         "machine": machine(), "quiet_dask": quiet, "rows": rows,
     })
-
-
-def _threads_of(client: Any) -> int:
-    return sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
 
 
 # Suites that time forward passes in this process: they run with the embedded workers' malloc

@@ -48,15 +48,13 @@ def tune_malloc() -> bool:
     free. Measured on this project's 2-core machine (UNet width 8, 36 tiles of 1024^2 px,
     bf16): 13.3-14.1 s of forward time and 14.5 s of kernel time with Dask's setting,
     7.5-7.8 s and 2.5 s with this one. Memory stays bounded by one task's activations plus
-    ``MALLOC_TRIM_THRESHOLD_BYTES``. It also asks for one arena and no mmap for large blocks,
-    which fully applies only to threads that have no arena yet: the embedded cluster's workers
-    get the same settings from their environment at start (``engine.WORKER_MALLOC_ENV``).
-    Returns False where ``mallopt`` is unavailable.
+    ``MALLOC_TRIM_THRESHOLD_BYTES``. The embedded cluster's workers also start with one arena
+    and no mmap for large blocks (``engine.WORKER_MALLOC_ENV``, from their environment: glibc
+    reads those settings when a process starts). Returns False where ``mallopt`` is unavailable.
     """
-    m_trim_threshold, m_mmap_threshold, m_mmap_max, m_arena_max = -1, -3, -4, -8  # <malloc.h>
-    return (_mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD_BYTES)
-            and _mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD_BYTES)
-            and _mallopt(m_mmap_max, 0) and _mallopt(m_arena_max, 1))
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    return _mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD_BYTES) and _mallopt(
+        m_trim_threshold, MALLOC_TRIM_THRESHOLD_BYTES)
 
 
 # glibc malloc arenas of a client process (see :func:`limit_arenas`).

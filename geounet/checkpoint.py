@@ -588,9 +588,16 @@ def _build(spec: ModelSpec, path: Path) -> SegmentationModel:
             "The checkpoint needs a newer geounet or the plugin that registers that architecture",
         )
     try:
-        return build(spec)
+        # On the meta device: the random initialisation the weights overwrite is skipped (0.11 s
+        # of a width-64 UNet's 0.44 s load on this project's machine); memory comes uninitialised
+        with torch.device("meta"):
+            model = build(spec)
     except ConfigError as exc:
         raise CheckpointError(path, f"cannot build architecture {spec.arch!r} from its metadata: {exc}") from None
+    if any(m._non_persistent_buffers_set for m in model.modules()):
+        # a buffer no checkpoint holds would stay uninitialised: build it for real
+        return build(spec)
+    return model.to_empty(device="cpu")
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> SegmentationModel:

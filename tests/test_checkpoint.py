@@ -24,7 +24,7 @@ from geounet.checkpoint import (
     import_torch_checkpoint,
 )
 from geounet.errors import CheckpointError, ConfigError, OutputError
-from geounet.models import ModelSpec, SegmentationModel
+from geounet.models import ModelSpec, SegmentationModel, list_models
 from geounet.normalize import MeanStd, Percentile
 
 DEPTH = 2
@@ -102,6 +102,24 @@ def test_round_trip_is_exact(saved: Path) -> None:
     for name, t in original.state_dict().items():  # BN buffers included
         assert torch.equal(t, loaded.state_dict()[name]), name
     assert loaded.spec == original.spec
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_every_architecture_loads_exactly_without_random_init(arch: str, tmp_path: Path) -> None:
+    """Loading builds the model without its random initialisation (meta device): every
+    parameter and buffer must still come from the file, for every architecture."""
+    torch.manual_seed(3)
+    model = create_model(arch, in_channels=3, width=4, depth=DEPTH).eval()
+    path = tmp_path / f"{arch}.safetensors"
+    save_checkpoint(model, path)
+    torch.manual_seed(99)  # a different global RNG state must not matter
+    loaded = load_checkpoint(path)
+    assert all(t.device.type == "cpu" for t in loaded.state_dict().values())
+    for name, t in model.state_dict().items():
+        assert torch.equal(t, loaded.state_dict()[name]), name
+    x = sample_input()
+    with torch.inference_mode():
+        assert torch.equal(model(x), loaded(x))
 
 
 def test_save_of_load_reproduces_metadata_and_hash(saved: Path, tmp_path: Path) -> None:

@@ -43,9 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import checkpoint, machine, run_cli, save, scene, widened
 
 
-def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_size: int) -> float:
-    """Seconds to run the model over every tile of ``plan`` (random inputs), best layout of
-    ``threads``: T Python threads x 1 torch thread (as the Dask workers run), or 1 x T."""
+def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_size: int) -> dict[str, float]:
+    """Seconds to run the model over every tile of ``plan`` (random inputs) in each layout of
+    ``threads``: ``"1xT"`` (one thread, torch uses all T) and ``"Tx1"`` (T Python threads x 1
+    torch thread, as the Dask workers run). The ratio takes the best of them."""
     import torch
 
     from geounet.checkpoint import load_checkpoint
@@ -68,12 +69,12 @@ def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_si
             run_model(model, x[:b], device=device, dtype=dtype)
             done += b
 
-    best = float("inf")
+    times: dict[str, float] = {}
     # layout A: one thread, torch uses all threads
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     work(n)
-    best = min(best, time.perf_counter() - t0)
+    times[f"1x{threads}"] = time.perf_counter() - t0
     # layout B: `threads` Python threads, torch single-threaded (what the workers do)
     torch.set_num_threads(1)
     share = [n // threads + (i < n % threads) for i in range(threads)]
@@ -83,9 +84,9 @@ def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_si
         t.start()
     for t in ts:
         t.join()
-    best = min(best, time.perf_counter() - t0)
+    times[f"{threads}x1"] = time.perf_counter() - t0
     torch.set_num_threads(threads)
-    return best
+    return times
 
 
 def ratio(args: argparse.Namespace) -> None:
@@ -128,8 +129,9 @@ def ratio(args: argparse.Namespace) -> None:
     finally:
         client.close()
         cluster.close()
-    model_s = min(_model_only(ckpt, plan, threads=threads, precision=args.precision, batch_size=args.batch)
-                  for _ in range(args.repeat))
+    layouts = [_model_only(ckpt, plan, threads=threads, precision=args.precision, batch_size=args.batch)
+               for _ in range(args.repeat)]
+    model_s = min(min(t.values()) for t in layouts)
     e2e = min(runs)
     save("ratio", {
         "command": f"python benchmarks/bench_pipeline.py ratio --size {args.size} --width {args.width} "
@@ -142,6 +144,7 @@ def ratio(args: argparse.Namespace) -> None:
         "machine": machine(), "scene_px": args.size**2, "tiles": plan.n_tiles, "tile_shape": plan.tile_shape,
         "halo": plan.halo, "blocks": len(plan.blocks), "overhead": round(plan.overhead, 3), "end_to_end_s": round(e2e, 3),
         "end_to_end_runs_s": [round(r, 3) for r in runs], "model_only_s": round(model_s, 3),
+        "model_only_layouts_s": [{k: round(v, 3) for k, v in t.items()} for t in layouts],
         "ratio": round(e2e / model_s, 3), "scene_mpx_per_s": round(args.size**2 / e2e / 1e6, 3),
         "model_mpx_per_s": round(plan.n_tiles * plan.tile_shape[0] * plan.tile_shape[1] / model_s / 1e6, 3),
         "stage_timings_s": timings, "cpu_seconds_last_run": cpu,

@@ -3,7 +3,8 @@
   python benchmarks/bench_pipeline.py ratio  --size 4096 --width 16
       end-to-end `run_scenes` time / model-forward-only time over the same tiles, same
       precision and threads (target <= 1.10-1.15 on CPU)
-      (--widen 2: the same model zero-widened to twice the channels, 4x the work, same outputs)
+      (--widen 2: the same model zero-widened to twice the channels, 4x the work, same outputs;
+       --scenes 4: a batch of 4 copies of the scene, against the model over 4x the tiles)
   python benchmarks/bench_pipeline.py memory --sizes 4000 12000 --width 16
       peak RSS of all processes of `geounet predict` (client + workers) per scene size
       (target: 12000^2 / 4000^2 <= 1.3)
@@ -43,10 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import checkpoint, machine, run_cli, save, scene, widened
 
 
-def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_size: int) -> dict[str, float]:
-    """Seconds to run the model over every tile of ``plan`` (random inputs) in each layout of
-    ``threads``: ``"1xT"`` (one thread, torch uses all T) and ``"Tx1"`` (T Python threads x 1
-    torch thread, as the Dask workers run). The ratio takes the best of them."""
+def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_size: int,
+                scenes: int = 1) -> dict[str, float]:
+    """Seconds to run the model over every tile of ``plan``, ``scenes`` times (random inputs),
+    in each layout of ``threads``: ``"1xT"`` (one thread, torch uses all T) and ``"Tx1"``
+    (T Python threads x 1 torch thread, as the Dask workers run). The ratio takes the best."""
     import torch
 
     from geounet.checkpoint import load_checkpoint
@@ -58,7 +60,7 @@ def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_si
     device = torch.device("cpu")
     dtype = resolve_precision(precision, device)
     th, tw = plan.tile_shape
-    n = plan.n_tiles
+    n = plan.n_tiles * scenes
     x = torch.rand(batch_size, model.spec.in_channels, th, tw)
     run_model(model, x[:1], device=device, dtype=dtype)  # warm-up
 
@@ -119,18 +121,19 @@ def ratio(args: argparse.Namespace) -> None:
         for i in range(args.repeat + 1):
             w0, c0 = sum(client.run(_cpu_seconds).values()), _cpu_seconds()
             t0 = time.perf_counter()
-            res = run_scenes([str(path)], ckpt, Path(tmp) / f"o{i}", settings, client=client, progress=False)
+            res = run_scenes([str(path)] * args.scenes, ckpt, Path(tmp) / f"o{i}", settings, client=client,
+                             progress=False)
             dt = time.perf_counter() - t0
             cpu = {"workers": round(sum(client.run(_cpu_seconds).values()) - w0, 2),
                    "client_and_scheduler": round(_cpu_seconds() - c0, 2)}
-            assert res[0].status == "success", res[0].error
+            assert all(r.status == "success" for r in res), [r.error for r in res]
             timings = res[0].timings
             if i == 0:
                 warmup = dt
                 continue
             runs.append(dt)
             layouts.append(_model_only(ckpt, plan, threads=threads, precision=args.precision,
-                                       batch_size=args.batch))
+                                       batch_size=args.batch, scenes=args.scenes))
     pairs = [r / min(t.values()) for r, t in zip(runs, layouts)]
     model_s = min(min(t.values()) for t in layouts)
     e2e = min(runs)
@@ -140,16 +143,17 @@ def ratio(args: argparse.Namespace) -> None:
                    + (f" --tiles-per-block {args.tiles_per_block}" if args.tiles_per_block else "")
                    + (f" --model {args.model}" if args.model else "")
                    + (f" --widen {args.widen}" if args.widen > 1 else "")
-                   + (f" --formats {' '.join(args.formats)}" if args.formats else ""),
-        "model": str(ckpt), "polygons": res[0].polygons,
+                   + (f" --formats {' '.join(args.formats)}" if args.formats else "")
+                   + (f" --scenes {args.scenes}" if args.scenes > 1 else ""),
+        "model": str(ckpt), "scenes": args.scenes, "polygons": res[0].polygons,
         "machine": machine(), "scene_px": args.size**2, "tiles": plan.n_tiles, "tile_shape": plan.tile_shape,
         "halo": plan.halo, "blocks": len(plan.blocks), "overhead": round(plan.overhead, 3), "end_to_end_s": round(e2e, 3),
         "end_to_end_warmup_s": round(warmup, 3), "end_to_end_runs_s": [round(r, 3) for r in runs],
         "model_only_s": round(model_s, 3),
         "model_only_layouts_s": [{k: round(v, 3) for k, v in t.items()} for t in layouts],
         "ratio": round(e2e / model_s, 3), "pair_ratios": [round(r, 3) for r in pairs],
-        "pair_ratio_median": round(float(np.median(pairs)), 3), "scene_mpx_per_s": round(args.size**2 / e2e / 1e6, 3),
-        "model_mpx_per_s": round(plan.n_tiles * plan.tile_shape[0] * plan.tile_shape[1] / model_s / 1e6, 3),
+        "pair_ratio_median": round(float(np.median(pairs)), 3), "scene_mpx_per_s": round(args.scenes * args.size**2 / e2e / 1e6, 3),
+        "model_mpx_per_s": round(args.scenes * plan.n_tiles * plan.tile_shape[0] * plan.tile_shape[1] / model_s / 1e6, 3),
         "stage_timings_s": timings, "cpu_seconds_last_run": cpu,
     })
 
@@ -419,6 +423,9 @@ def main() -> None:
                    help="time a UNet this many times wider that computes the same function "
                         "(benchmarks.common.widened): a heavier model with the same polygons")
     a.add_argument("--formats", nargs="+", help="outputs to write (default: all)")
+    a.add_argument("--scenes", type=int, default=1,
+                   help="run the scene this many times in one batch (a scene's write tail then "
+                        "overlaps the next one's blocks, as in a directory run)")
     m = sub.add_parser("memory")
     m.add_argument("--sizes", type=int, nargs="+", default=[4000, 12000])
     m.add_argument("--width", type=int, default=16)

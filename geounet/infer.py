@@ -119,17 +119,21 @@ def get_model(checkpoint: str | bytes, content_hash: str, device: torch.device) 
 
 
 def prepare_for_inference(model: SegmentationModel) -> SegmentationModel:
-    """Eval mode, BatchNorm folded into the convolutions, channels-last memory layout.
+    """Eval mode, BatchNorm folded into the convolutions, channels-last memory layout, and on
+    CPU each convolution's ReLU fused into it.
 
     Channels-last is faster for these convolutions on CPUs (oneDNN) and GPUs alike:
     measured 1.7x (fp32) and 3.8x (bf16) on this project's 2-core CPU machines. Folding
-    BatchNorm saves a pass over every activation (:func:`geounet.models.layers.fold_batchnorm`).
+    BatchNorm saves a pass over every activation (:func:`geounet.models.layers.fold_batchnorm`),
+    and so does fusing the ReLU (:func:`geounet.models.layers.fuse_conv_relu`; bit-identical).
     """
-    from geounet.models.layers import fold_batchnorm
+    from geounet.models.layers import fold_batchnorm, fuse_conv_relu
 
     model.eval()
     fold_batchnorm(model)
-    return model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
+    fuse_conv_relu(model)
+    return model
 
 
 # --------------------------------------------------------------------------- reading

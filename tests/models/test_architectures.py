@@ -147,6 +147,49 @@ def test_folded_batchnorm_matches_the_trained_layers(arch: str) -> None:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_fused_conv_relu_computes_the_same_function(arch: str) -> None:
+    """prepare_for_inference fuses each Conv -> ReLU into one oneDNN convolution on CPU: the
+    outputs are those of the unfused layers (fp32 and bf16 autocast alike), the receptive
+    field is unchanged, and with autograd on the layers run unfused and train as before."""
+    import copy
+
+    from geounet.infer import prepare_for_inference
+    from geounet.models.layers import ConvReLU, fold_batchnorm, fuse_conv_relu
+
+    torch.manual_seed(0)
+    model = create_model(arch, width=4, depth=3).eval()
+    x = torch.randn(2, 3, 37, 29).to(memory_format=torch.channels_last)
+    plain = copy.deepcopy(model)
+    fold_batchnorm(plain)
+    plain = plain.to(memory_format=torch.channels_last)
+    fused = prepare_for_inference(copy.deepcopy(model))
+    n = sum(isinstance(m, ConvReLU) for m in fused.modules())
+    relus = sum(type(m) is torch.nn.ReLU for m in plain.modules())
+    assert n > 0 and sum(type(m) is torch.nn.ReLU for m in fused.modules()) == relus - n
+    if arch in ("unet", "unet_plus_plus"):
+        assert n == sum(isinstance(m, torch.nn.Conv2d) for m in plain.modules()) - 1  # all but the head
+    assert fused.receptive_field_radius == model.receptive_field_radius
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), plain(x), rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, want = fused(x), plain(x)
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=0)  # bit-identical
+    # weights changed after a pass: the cached bf16 copies are redone
+    conv = next(m for m in fused.modules() if isinstance(m, ConvReLU)).conv
+    with torch.no_grad():
+        conv.weight.mul_(0.5)
+        next(m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)).weight.mul_(0.5)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(fused(x).float(), plain(x).float(), rtol=0, atol=0)
+    # with autograd the unfused path runs and gradients flow
+    out = fused(x)
+    out.sum().backward()
+    assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+    assert fuse_conv_relu(fused) == 0  # nothing left to fuse
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_bfloat16_autocast(arch: str) -> None:
     model = create_model(arch, classes=("building", "road"), mode="multiclass", width=2, depth=3).eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -23,6 +23,7 @@ from rasterio.windows import Window
 
 from geounet.blocks import Block
 from geounet.errors import SceneReadError
+from geounet.heap import ACTIVATIONS_KEPT, activation_bytes, keep_free
 from geounet.models.base import SegmentationModel, activate
 from geounet.scenes import SCENE_DRIVER, SceneInfo
 from geounet.thumbnail import ThumbnailPart, block_thumbnail, display_bands, thumbnail_factor
@@ -362,6 +363,10 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
     device = resolve_device(spec.device)
     dtype = resolve_precision(spec.precision, device)
     model = get_model(checkpoint, spec.content_hash, device)
+    if device.type == "cpu":  # activations come from the worker's heap: keep them for reuse
+        tile = next(iter(block.tiles)).read
+        keep_free(ACTIVATIONS_KEPT * activation_bytes(model.spec.width, (int(tile.height), int(tile.width)),
+                                                      dtype.itemsize))
     raw, valid = read_window(scene, block.read)
     cr = int(block.core.row_off - block.read.row_off)
     cc = int(block.core.col_off - block.read.col_off)

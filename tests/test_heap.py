@@ -109,3 +109,47 @@ def test_a_run_gives_the_workers_freed_heap_back(tmp_path) -> None:
         after_run = list(client.run(_worker_rss_mb).values())[0]
         after_trim = list(client.run(_trim_and_measure).values())[0]
     assert after_run - after_trim < 60, (after_run, after_trim)
+
+
+WIDE_PROBE = """
+import resource, sys
+import numpy as np
+from geounet.heap import keep_free, tune_malloc
+assert tune_malloc()
+if sys.argv[1] == "kept":
+    assert keep_free(1 << 30)
+    assert not keep_free(1 << 29)  # never lowered
+n = 300 * 2**20 // 8  # 300 MB: a paper-width UNet's activations on one tile are 130-260 MB
+np.ones(n)  # the heap reaches its peak once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    a = np.ones(n)
+    del a
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_wide_activations_are_kept_for_reuse() -> None:
+    """Above the worker heap's trim threshold freed memory went back to the OS after every
+    forward pass and was faulted in again; keep_free (raised per model by process_block)
+    keeps it. Run with the embedded workers' malloc environment (one arena, no mmap)."""
+    from geounet.engine import WORKER_MALLOC_ENV
+    from geounet.heap import ACTIVATIONS_KEPT, MALLOC_TRIM_THRESHOLD_BYTES, activation_bytes
+
+    # numpy's own huge-page advice off: torch's tensors take none, and 4 KiB faults count bytes
+    env = {**os.environ, **{k: str(v) for k, v in WORKER_MALLOC_ENV.items()}, "NUMPY_MADVISE_HUGEPAGE": "0"}
+
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", WIDE_PROBE, mode], env=env, capture_output=True, text=True,
+                             check=True)
+        return int(out.stdout.strip())
+
+    trimmed, kept = faults("tuned"), faults("kept")
+    # trimmed: each 300 MB array faults most of its 76,800 pages in again; kept: ~0
+    assert trimmed > 5 * 20_000, trimmed
+    assert kept < trimmed / 10, (kept, trimmed)
+    # what process_block asks for: the paper-width UNet on a 1008^2 bf16 tile is well above
+    # the default threshold, the shipped width-8 model below it
+    assert ACTIVATIONS_KEPT * activation_bytes(64, (1008, 1008), 2) > 1.5e9
+    assert ACTIVATIONS_KEPT * activation_bytes(8, (1008, 1008), 2) < MALLOC_TRIM_THRESHOLD_BYTES

@@ -23,16 +23,16 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+def _faults(probe: str, mode: str, env: dict[str, str]) -> int:
+    """Page faults the probe script reports, run in a fresh process with ``env``."""
+    out = subprocess.run([sys.executable, "-c", probe, mode], env=env, capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
 def test_tuned_worker_heap_reuses_memory_instead_of_faulting_it_in() -> None:
     env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}  # what Dask's nanny sets
-
-    def faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", PROBE, mode], env=env, capture_output=True, text=True,
-                             check=True)
-        return int(out.stdout.strip())
-
-    dask_default, tuned = faults("plain"), faults("tuned")
+    dask_default, tuned = _faults(PROBE, "plain", env), _faults(PROBE, "tuned", env)
     # plain: every 16 MB array is a fresh mmap whose pages fault in again (measured 6600
     # faults for 20 arrays here, numpy's huge-page advice included); tuned: reused, ~0
     assert dask_default > 20 * 100, dask_default
@@ -139,13 +139,7 @@ def test_wide_activations_are_kept_for_reuse() -> None:
 
     # numpy's own huge-page advice off: torch's tensors take none, and 4 KiB faults count bytes
     env = {**os.environ, **{k: str(v) for k, v in WORKER_MALLOC_ENV.items()}, "NUMPY_MADVISE_HUGEPAGE": "0"}
-
-    def faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", WIDE_PROBE, mode], env=env, capture_output=True, text=True,
-                             check=True)
-        return int(out.stdout.strip())
-
-    trimmed, kept = faults("tuned"), faults("kept")
+    trimmed, kept = _faults(WIDE_PROBE, "tuned", env), _faults(WIDE_PROBE, "kept", env)
     # trimmed: each 300 MB array faults most of its 76,800 pages in again; kept: ~0
     assert trimmed > 5 * 20_000, trimmed
     assert kept < trimmed / 10, (kept, trimmed)

@@ -382,6 +382,14 @@ def fold_batchnorm(model: nn.Module) -> int:
 _FUSED_CONV = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
 
 
+def _cpu_autocast_dtype() -> torch.dtype | None:
+    """The dtype CPU autocast casts convolutions to, or None when it is off."""
+    try:
+        return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    except (AttributeError, TypeError):  # torch < 2.4 (pyproject allows >= 2.1)
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+
+
 class ConvReLU(nn.Module):
     """``relu(conv(x))`` for inference, as one oneDNN convolution with the ReLU fused on CPU.
 
@@ -410,7 +418,7 @@ class ConvReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _FUSED_CONV is not None and x.device.type == "cpu" and not torch.is_grad_enabled():
-            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+            dtype = _cpu_autocast_dtype() or x.dtype
             if dtype in (torch.float32, torch.bfloat16):
                 w, b = self._weights(dtype)
                 c = self.conv

@@ -13,6 +13,8 @@ layers it does not understand rather than guessing.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from fractions import Fraction
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "AttentionGate", "ConvReLU", "DoubleConv", "Encoder", "Footprint", "ResidualUnit", "UpBlock",
@@ -382,6 +386,24 @@ def fold_batchnorm(model: nn.Module) -> int:
 _FUSED_CONV = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
 
 
+# dtypes for which the fused convolution failed once in this process (then never tried again)
+_FUSED_FAILED: set[torch.dtype] = set()
+
+
+@functools.cache
+def _onednn_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _fused_dtypes() -> tuple[torch.dtype, ...]:
+    """fp32 always; bf16 only where oneDNN runs it natively (else torch takes its own path)."""
+    dtypes = (torch.float32, torch.bfloat16) if _onednn_bf16() else (torch.float32,)
+    return tuple(d for d in dtypes if d not in _FUSED_FAILED)
+
+
 def _cpu_autocast_dtype() -> torch.dtype | None:
     """The dtype CPU autocast casts convolutions to, or None when it is off."""
     try:
@@ -419,11 +441,16 @@ class ConvReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _FUSED_CONV is not None and x.device.type == "cpu" and not torch.is_grad_enabled():
             dtype = _cpu_autocast_dtype() or x.dtype
-            if dtype in (torch.float32, torch.bfloat16):
+            if dtype in _fused_dtypes():
                 w, b = self._weights(dtype)
                 c = self.conv
-                return _FUSED_CONV(x.to(dtype), w, b, list(c.padding), list(c.stride), list(c.dilation),
-                                   c.groups, "relu", [None], "")
+                try:
+                    return _FUSED_CONV(x.to(dtype), w, b, list(c.padding), list(c.stride), list(c.dilation),
+                                       c.groups, "relu", [None], "")
+                except RuntimeError as exc:  # oneDNN cannot build this primitive on this CPU
+                    _FUSED_FAILED.add(dtype)
+                    log.warning("fused conv+relu unavailable for %s on this CPU (%s); running them apart",
+                                dtype, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return torch.relu(self.conv(x))
 
     def trace_footprint(self, fp: Footprint, axis: int) -> Footprint:

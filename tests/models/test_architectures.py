@@ -189,6 +189,38 @@ def test_fused_conv_relu_computes_the_same_function(arch: str) -> None:
     assert fuse_conv_relu(fused) == 0  # nothing left to fuse
 
 
+def test_fused_conv_relu_falls_back_where_onednn_refuses(monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A CPU on which oneDNN cannot build the fused primitive gets the two layers apart, with
+    one warning, and the same outputs."""
+    import copy
+
+    import geounet.models.layers as layers
+    from geounet.infer import prepare_for_inference
+
+    torch.manual_seed(1)
+    model = create_model("unet", width=4, depth=2).eval()
+    fused = prepare_for_inference(copy.deepcopy(model))
+    x = torch.randn(1, 3, 24, 20)
+    with torch.inference_mode():
+        want = fused(x)
+        calls = []
+
+        def refuse(*args: object) -> torch.Tensor:
+            calls.append(1)
+            raise RuntimeError("could not create a primitive descriptor")
+
+        monkeypatch.setattr(layers, "_FUSED_CONV", refuse)
+        monkeypatch.setattr(layers, "_FUSED_FAILED", set())
+        got = fused(x)
+        again = fused(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, want, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 1, "tried once, then never again for that dtype"
+    assert torch.float32 in layers._FUSED_FAILED
+    assert "fused conv+relu unavailable" in caplog.text
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_bfloat16_autocast(arch: str) -> None:
     model = create_model(arch, classes=("building", "road"), mode="multiclass", width=2, depth=3).eval()

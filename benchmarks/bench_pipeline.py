@@ -52,15 +52,15 @@ def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_si
     import torch
 
     from geounet.checkpoint import load_checkpoint
-    from geounet.heap import ACTIVATIONS_KEPT, activation_bytes, keep_free, tune_malloc
-    from geounet.infer import prepare_for_inference, resolve_precision, run_model
+    from geounet.heap import tune_malloc
+    from geounet.infer import keep_activations, prepare_for_inference, resolve_precision, run_model
 
     tune_malloc()  # the workers' heap settings (engine.WorkerSetup)
     model = prepare_for_inference(load_checkpoint(ckpt))  # exactly as the workers prepare it
     device = torch.device("cpu")
     dtype = resolve_precision(precision, device)
     th, tw = plan.tile_shape
-    keep_free(ACTIVATIONS_KEPT * activation_bytes(model.spec.width, (th, tw), dtype.itemsize))  # as process_block
+    keep_activations(model, (th, tw), dtype)  # as process_block
     n = plan.n_tiles * scenes
     x = torch.rand(batch_size, model.spec.in_channels, th, tw)
     run_model(model, x[:1], device=device, dtype=dtype)  # warm-up

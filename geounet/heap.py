@@ -23,6 +23,10 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+# mallopt parameters, from <malloc.h>
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+
+
 def _mallopt(param: int, value: int) -> bool:
     """glibc ``mallopt(param, value)``; False where the C library has no ``mallopt``."""
     mallopt = getattr(_libc(), "mallopt", None)
@@ -52,9 +56,8 @@ def tune_malloc() -> bool:
     and no mmap for large blocks (``engine.WORKER_MALLOC_ENV``, from their environment: glibc
     reads those settings when a process starts). Returns False where ``mallopt`` is unavailable.
     """
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    return _mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD_BYTES) and _mallopt(
-        m_trim_threshold, MALLOC_TRIM_THRESHOLD_BYTES)
+    return _mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES) and _mallopt(
+        _M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES)
 
 
 # Free heap kept per widest activation of a forward pass (see :func:`keep_free`): two worker
@@ -79,9 +82,8 @@ def keep_free(nbytes: int) -> bool:
     global _kept
     if nbytes <= _kept:
         return False
-    m_trim_threshold = -1  # from <malloc.h>
     value = min(int(nbytes), 2**31 - 1)  # mallopt takes an int
-    if not _mallopt(m_trim_threshold, value):
+    if not _mallopt(_M_TRIM_THRESHOLD, value):
         return False
     _kept = value
     return True
@@ -107,8 +109,7 @@ def limit_arenas(count: int = CLIENT_MALLOC_ARENAS) -> bool:
     model (its threads would contend for one arena's lock). Affects threads started after
     the call. Returns False where ``mallopt`` is unavailable.
     """
-    m_arena_max = -8  # from <malloc.h>
-    return _mallopt(m_arena_max, int(count))
+    return _mallopt(_M_ARENA_MAX, int(count))
 
 
 def trim_heap() -> bool:

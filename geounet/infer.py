@@ -137,6 +137,12 @@ def prepare_for_inference(model: SegmentationModel) -> SegmentationModel:
     return model
 
 
+def keep_activations(model: SegmentationModel, tile_shape: tuple[int, int], dtype: torch.dtype) -> bool:
+    """Let this process's heap keep the freed activations of ``model``'s forward passes on
+    tiles of ``tile_shape`` for reuse (:func:`geounet.heap.keep_free`); False if unchanged."""
+    return keep_free(ACTIVATIONS_KEPT * activation_bytes(model.spec.width, tile_shape, dtype.itemsize))
+
+
 # --------------------------------------------------------------------------- reading
 def _dataset(path: str) -> rasterio.io.DatasetReader:
     """This thread's open handle for ``path`` (reopened if it was closed).
@@ -365,8 +371,7 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
     model = get_model(checkpoint, spec.content_hash, device)
     if device.type == "cpu":  # activations come from the worker's heap: keep them for reuse
         tile = next(iter(block.tiles)).read
-        keep_free(ACTIVATIONS_KEPT * activation_bytes(model.spec.width, (int(tile.height), int(tile.width)),
-                                                      dtype.itemsize))
+        keep_activations(model, (int(tile.height), int(tile.width)), dtype)
     raw, valid = read_window(scene, block.read)
     cr = int(block.core.row_off - block.read.row_off)
     cc = int(block.core.col_off - block.read.col_off)

@@ -44,8 +44,8 @@ def _run(scenes: list[str], model: str, workers: int) -> dict:
     import psutil
     from distributed import Client, LocalCluster
 
-    from geounet.engine import WorkerSetup, available_cores
-    from geounet.pipeline import run_scenes
+    from geounet.batch.engine import WorkerSetup, available_cores
+    from geounet.batch.pipeline import run_scenes
     from geounet.settings import InferenceSettings
 
     me = psutil.Process()
@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--model", default="default")
     args = ap.parse_args()
-    from geounet.workflow import resolve_model
+    from geounet.batch.workflow import resolve_model
 
     model = resolve_model(args.model)
     scenes = _scenes(args.small, args.small_size, args.large, args.large_size)

@@ -53,7 +53,9 @@ def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_si
 
     from geounet.checkpoint import load_checkpoint
     from geounet.heap import tune_malloc
-    from geounet.infer import keep_activations, prepare_for_inference, resolve_precision, run_model
+    from geounet.infer.model_cache import keep_activations, prepare_for_inference
+    from geounet.compute import resolve_precision
+    from geounet.infer.block import run_model
 
     tune_malloc()  # the workers' heap settings (engine.WorkerSetup)
     model = prepare_for_inference(load_checkpoint(ckpt))  # exactly as the workers prepare it
@@ -93,9 +95,9 @@ def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_si
 
 
 def ratio(args: argparse.Namespace) -> None:
-    from geounet.engine import dask_client, plan_cluster
-    from geounet.pipeline import ModelInfo, make_plan, run_scenes
-    from geounet.scenes import open_scene
+    from geounet.batch.engine import dask_client, plan_cluster
+    from geounet.batch.pipeline import ModelInfo, make_plan, run_scenes
+    from geounet.scene.source import open_scene
     from geounet.settings import InferenceSettings
 
     path = scene(args.size)
@@ -187,11 +189,14 @@ def halo(args: argparse.Namespace) -> None:
     import torch
     from rasterio.windows import Window
 
-    from geounet.blocks import plan_tiles
+    from geounet.scene.plan import plan_tiles
     from geounet.checkpoint import load_checkpoint
-    from geounet.infer import infer_block, prepare_for_inference, prepare_input, read_window, resolve_precision, run_model
-    from geounet.pipeline import ModelInfo
-    from geounet.scenes import open_scene
+    from geounet.infer.block import infer_block, run_model
+    from geounet.infer.model_cache import prepare_for_inference
+    from geounet.scene.read import prepare_input, read_window
+    from geounet.compute import resolve_precision
+    from geounet.batch.pipeline import ModelInfo
+    from geounet.scene.source import open_scene
 
     path = scene(args.size)
     ckpt = checkpoint(args.width)
@@ -264,9 +269,11 @@ def sweep(args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
     import torch
 
-    from geounet.blocks import plan_tiles
+    from geounet.scene.plan import plan_tiles
     from geounet.checkpoint import load_checkpoint
-    from geounet.infer import prepare_for_inference, resolve_precision, run_model
+    from geounet.infer.model_cache import prepare_for_inference
+    from geounet.compute import resolve_precision
+    from geounet.infer.block import run_model
 
     ckpt = checkpoint(args.width)
     model = prepare_for_inference(load_checkpoint(ckpt))
@@ -318,7 +325,9 @@ import json, resource, sys, threading, time
 import torch
 from geounet.checkpoint import load_checkpoint
 from geounet.heap import tune_malloc
-from geounet.infer import prepare_for_inference, resolve_precision, run_model
+from geounet.infer.model_cache import prepare_for_inference
+from geounet.compute import resolve_precision
+from geounet.infer.block import run_model
 tune_malloc()
 ckpt, tile, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 model = prepare_for_inference(load_checkpoint(ckpt))
@@ -367,8 +376,8 @@ def _nap(seconds: float) -> int:
 
 
 def housekeeping(args: argparse.Namespace) -> None:
-    import geounet.engine as engine
-    from geounet.pipeline import _threads
+    import geounet.batch.engine as engine
+    from geounet.batch.pipeline import _threads
 
     quiet = dict(engine.QUIET_DASK)
     rows = []
@@ -401,7 +410,7 @@ IN_PROCESS_MODEL_SUITES = ("ratio", "halo", "sweep", "pages")
 
 def _with_worker_malloc_env() -> None:
     """Re-run this command with the workers' malloc environment unless it already has it."""
-    from geounet.engine import WORKER_MALLOC_ENV
+    from geounet.batch.engine import WORKER_MALLOC_ENV
 
     env = {k: str(v) for k, v in WORKER_MALLOC_ENV.items()}
     if any(os.environ.get(k) != v for k, v in env.items()):

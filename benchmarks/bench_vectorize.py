@@ -5,9 +5,9 @@ sides, some with courtyards) and a few long roads that cross many blocks, then t
 
 * baseline: ``list(rasterio.features.shapes(mask, mask=mask, connectivity=4))`` on the whole
   mask (GeoJSON-like dicts, no per-polygon statistics);
-* blocked: :func:`geounet.vectorize.polygonize_block` summed over every block (shapes,
+* blocked: :func:`geounet.vectorize.seams.polygonize_block` summed over every block (shapes,
   shapely polygons, regions, pixel counts, probability sums, edge strips) plus
-  :func:`geounet.vectorize.merge_seams`. Blocks are contiguous copies made beforehand, as
+  :func:`geounet.vectorize.seams.merge_seams`. Blocks are contiguous copies made beforehand, as
   each worker holds its own core.
 
 ``merge_union_s`` times the reference merge (``shapely.union_all`` per group) once.
@@ -28,7 +28,7 @@ import time
 import numpy as np
 from rasterio.features import shapes
 
-from geounet.vectorize import BlockPolygons, merge_seams, polygonize_block
+from geounet.vectorize.seams import BlockPolygons, merge_seams, polygonize_block
 
 
 def synthetic_mask(size: int, buildings: int, roads: int, seed: int) -> np.ndarray:

@@ -20,7 +20,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 def machine() -> dict[str, Any]:
     import torch
 
-    from geounet.infer import cpu_supports_bf16
+    from geounet.compute import cpu_supports_bf16
 
     return {
         "cpu": platform.processor() or platform.machine(),

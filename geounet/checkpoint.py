@@ -53,12 +53,12 @@ from pydantic import ConfigDict, Field, PlainSerializer, PlainValidator, Validat
 from safetensors.torch import save as _safetensors_save
 
 from geounet import __version__
-from geounet.blocks import default_halo, round_up
+from geounet.compute import DEFAULT_TILE_SIZE, default_halo, default_tile_size, round_up
 from geounet.config import StrictModel, describe_validation_error
 from geounet.errors import CheckpointError, ConfigError, OutputError
 from geounet.models.base import ModelSpec, OutputMode, SegmentationModel
 from geounet.models.registry import build, list_models
-from geounet.normalize import MeanStd, Normalization, Percentile, default_normalization, parse_normalization
+from geounet.scene.normalize import MeanStd, Normalization, Percentile, default_normalization, parse_normalization
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,6 @@ __all__ = [
 FORMAT = "geounet.checkpoint"
 FORMAT_VERSION = 1
 METADATA_KEY = "geounet"  # the one key of the safetensors header metadata that geounet uses
-DEFAULT_TILE_SIZE = 1024
 _MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
 _HASH_CHUNK = 1 << 24
 
@@ -224,16 +223,6 @@ class CheckpointMetadata(StrictModel):
     def to_json(self) -> str:
         """The exact string stored in the header: compact JSON with sorted keys."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def default_tile_size(halo: int, multiple: int) -> int:
-    """Suggested tile side in pixels: 1024, or ``4 * halo`` rounded up to ``multiple`` if larger.
-
-    A tile of at least four halos has a core at least half its side, so at least a quarter
-    of the computed pixels are kept (at 1024 px and a 96 px halo: 66 %). The result is a
-    multiple of ``multiple`` (``2**depth``, at most 64, divides 1024) and always leaves a core.
-    """
-    return max(DEFAULT_TILE_SIZE, round_up(4 * halo, multiple), 2 * halo + multiple)
 
 
 # -- the safetensors header ------------------------------------------------------------------

@@ -109,7 +109,7 @@ def dask_local() -> Iterator[object]:
     """One in-process Dask cluster (threads) shared by the tests that drive the pipeline."""
     from distributed import Client, LocalCluster
 
-    from geounet.engine import WorkerSetup
+    from geounet.batch.engine import WorkerSetup
 
     cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                            dashboard_address=":0")

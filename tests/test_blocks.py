@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geounet.blocks import default_halo, plan_tiles, round_up, tiles_along
+from geounet.compute import default_halo, round_up
+from geounet.scene.plan import plan_tiles, tiles_along
 from geounet.errors import ConfigError
 
 
@@ -124,13 +125,13 @@ def test_device_defaults_for_blocks_and_batches() -> None:
     """Unset tiles_per_block / batch_size take the device's measured defaults; set ones win."""
     import torch
 
-    from geounet.infer import AUTO_BATCH, resolve_batch_size
-    from geounet.pipeline import AUTO_TILES_PER_BLOCK, resolve_tiles_per_block
+    from geounet.compute import AUTO_BATCH, resolve_batch_size
+    from geounet.compute import AUTO_TILES_PER_BLOCK, resolve_tiles_per_block
     from geounet.settings import InferenceSettings
 
-    assert resolve_tiles_per_block(InferenceSettings(device="cpu")) == AUTO_TILES_PER_BLOCK["cpu"] == 1
-    assert resolve_tiles_per_block(InferenceSettings(device="cuda")) == AUTO_TILES_PER_BLOCK["cuda"] == 3
-    assert resolve_tiles_per_block(InferenceSettings(device="cpu", tiles_per_block=4)) == 4
+    assert resolve_tiles_per_block(None, "cpu") == AUTO_TILES_PER_BLOCK["cpu"] == 1
+    assert resolve_tiles_per_block(None, "cuda") == AUTO_TILES_PER_BLOCK["cuda"] == 3
+    assert resolve_tiles_per_block(4, "cpu") == 4
     assert resolve_batch_size(None, torch.device("cpu")) == AUTO_BATCH["cpu"] == 1
     assert resolve_batch_size(None, torch.device("cuda")) == AUTO_BATCH["cuda"] == 8
     assert resolve_batch_size(5, torch.device("cpu")) == 5

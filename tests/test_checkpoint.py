@@ -25,7 +25,7 @@ from geounet.checkpoint import (
 )
 from geounet.errors import CheckpointError, ConfigError, OutputError
 from geounet.models import ModelSpec, SegmentationModel, list_models
-from geounet.normalize import MeanStd, Percentile
+from geounet.scene.normalize import MeanStd, Percentile
 
 DEPTH = 2
 

@@ -18,11 +18,14 @@ pytestmark = [
 def test_cuda_tiled_equals_whole_scene(tmp_path: Path, precision: str) -> None:
     from rasterio.windows import Window
 
-    from geounet.blocks import default_halo, plan_tiles
+    from geounet.compute import default_halo
+    from geounet.scene.plan import plan_tiles
     from geounet.checkpoint import load_checkpoint
-    from geounet.infer import infer_block, prepare_input, read_window, resolve_precision, run_model
-    from geounet.pipeline import ModelInfo
-    from geounet.scenes import open_scene
+    from geounet.infer.block import infer_block, run_model
+    from geounet.scene.read import prepare_input, read_window
+    from geounet.compute import resolve_precision
+    from geounet.batch.pipeline import ModelInfo
+    from geounet.scene.source import open_scene
     from tests.conftest import make_checkpoint, smooth_image, write_tif
 
     scene = write_tif(tmp_path / "s.tif", smooth_image((3, 250, 333), seed=5))
@@ -52,7 +55,7 @@ def test_cuda_predict_end_to_end(tmp_path: Path) -> None:
 
     from distributed import Client, LocalCluster
 
-    from geounet.pipeline import run_scenes
+    from geounet.batch.pipeline import run_scenes
     from geounet.settings import InferenceSettings
     from tests.conftest import make_checkpoint, smooth_image, write_tif
 

@@ -93,8 +93,8 @@ def test_a_run_gives_the_workers_freed_heap_back(tmp_path) -> None:
     (Measured without the end-of-run trim: 712 MB after this run, 497 MB after a trim.)"""
     from distributed import Client, LocalCluster
 
-    from geounet.engine import WorkerSetup
-    from geounet.pipeline import run_scenes
+    from geounet.batch.engine import WorkerSetup
+    from geounet.batch.pipeline import run_scenes
     from geounet.settings import InferenceSettings
     from geounet.weights import default_weights
     from tests.conftest import smooth_image, write_tif
@@ -134,7 +134,7 @@ def test_wide_activations_are_kept_for_reuse() -> None:
     """Above the worker heap's trim threshold freed memory went back to the OS after every
     forward pass and was faulted in again; keep_free (raised per model by process_block)
     keeps it. Run with the embedded workers' malloc environment (one arena, no mmap)."""
-    from geounet.engine import WORKER_MALLOC_ENV
+    from geounet.batch.engine import WORKER_MALLOC_ENV
     from geounet.heap import ACTIVATIONS_KEPT, MALLOC_TRIM_THRESHOLD_BYTES, activation_bytes
 
     # numpy's own huge-page advice off: torch's tensors take none, and 4 KiB faults count bytes

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from geounet.errors import ConfigError, ModelInputError
-from geounet.normalize import (
+from geounet.scene.normalize import (
     MeanStd,
     Percentile,
     apply_normalization,

@@ -13,8 +13,8 @@ from scipy import ndimage
 from shapely.geometry import Point, Polygon, box, shape
 
 from geounet.errors import ConfigError
-from geounet.polygons import WorldPolygons, areas_m2, pixel_size_m, postprocess, to_world
-from geounet.vectorize import merge_seams, polygonize_block
+from geounet.vectorize.postprocess import WorldPolygons, areas_m2, pixel_size_m, postprocess, to_world
+from geounet.vectorize.seams import merge_seams, polygonize_block
 
 US_FOOT = 1200 / 3937  # metres, exactly
 UTM = "EPSG:32633"

@@ -15,7 +15,7 @@ from affine import Affine
 from pyproj import Transformer
 from rasterio.features import shapes
 
-from geounet.pipeline import run_scenes
+from geounet.batch.pipeline import run_scenes
 from geounet.settings import InferenceSettings
 from tests.conftest import make_checkpoint, smooth_image, write_tif
 
@@ -119,9 +119,10 @@ def test_tiled_polygons_equal_whole_mask_polygons(tmp_path: Path, dask_local) ->
     import torch
 
     from geounet.checkpoint import load_checkpoint
-    from geounet.infer import prepare_input, read_window, run_model
-    from geounet.pipeline import ModelInfo
-    from geounet.scenes import open_scene
+    from geounet.scene.read import prepare_input, read_window
+    from geounet.infer.block import run_model
+    from geounet.batch.pipeline import ModelInfo
+    from geounet.scene.source import open_scene
     from rasterio.windows import Window
 
     t = Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0)
@@ -213,8 +214,8 @@ def test_worker_threads_keep_a_bounded_number_of_open_datasets(tmp_path: Path) -
     """Thousands of scenes in a batch must not leave thousands of file handles open."""
     import os
 
-    from geounet import infer
-    from geounet.scenes import open_scene
+    from geounet.scene import read as infer
+    from geounet.scene.source import open_scene
     from rasterio.windows import Window
 
     infer.close_datasets()

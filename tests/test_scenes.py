@@ -10,7 +10,7 @@ import pytest
 from affine import Affine
 
 from geounet.errors import SceneError
-from geounet.scenes import open_scene, unique_stems
+from geounet.scene.source import open_scene, unique_stems
 from tests.conftest import write_tif
 
 

@@ -14,11 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from geounet.blocks import default_halo, plan_tiles
+from geounet.compute import default_halo
+from geounet.scene.plan import plan_tiles
 from geounet.checkpoint import load_checkpoint
-from geounet.infer import infer_block, prepare_input, read_window, resolve_precision, run_model
-from geounet.pipeline import ModelInfo
-from geounet.scenes import open_scene
+from geounet.infer.block import infer_block, run_model
+from geounet.scene.read import prepare_input, read_window
+from geounet.compute import resolve_precision
+from geounet.batch.pipeline import ModelInfo
+from geounet.scene.source import open_scene
 from tests.conftest import make_checkpoint, smooth_image, write_tif
 
 

@@ -19,8 +19,8 @@ from rasterio.features import shapes
 from scipy import ndimage
 from shapely.geometry import box, shape
 
-from geounet import vectorize
-from geounet.vectorize import BlockPolygons, Polygons, merge_seams, polygonize_block
+from geounet.vectorize import seams as vectorize
+from geounet.vectorize.seams import BlockPolygons, Polygons, merge_seams, polygonize_block
 
 
 def grid(text: str) -> np.ndarray:
@@ -311,7 +311,7 @@ def test_seam_pairs_work_on_runs_not_pixels() -> None:
     nothing (per-pixel keys and their sort took ~75 MB here, ~360 MB at 40000^2 px)."""
     import tracemalloc
 
-    from geounet.vectorize import _seam_pairs, polygonize_block
+    from geounet.vectorize.seams import _seam_pairs, polygonize_block
 
     size, step = 8000, 200
     mask = np.ones((step, step), dtype=bool)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geounet.thumbnail import (
+from geounet.export.quicklook import (
     ThumbnailCanvas,
     block_thumbnail,
     display_bands,
@@ -79,7 +79,7 @@ def test_grey_scenes_are_shown_as_grey() -> None:
 def test_outline_of_a_rectangle_with_a_hole_is_its_border_pixels() -> None:
     import shapely
 
-    from geounet.thumbnail import outline_mask
+    from geounet.export.quicklook import outline_mask
 
     # scene px 8..40 x 16..48 with a hole 24..32 x 24..40, drawn at factor 4 (10 x 12 picture)
     poly = shapely.Polygon([(8, 16), (40, 16), (40, 48), (8, 48)], holes=[[(24, 24), (32, 24), (32, 40), (24, 40)]])
@@ -100,7 +100,7 @@ def test_outline_pixels_are_those_rasterize_touches(seed: int, factor: int, chun
     import shapely
     from rasterio.features import rasterize
 
-    import geounet.thumbnail as th
+    import geounet.export.quicklook as th
 
     rng = np.random.default_rng(seed)
     polys = []
@@ -138,7 +138,7 @@ def test_outline_from_the_scene_crs_lands_on_the_same_pixels() -> None:
     import shapely
     from affine import Affine
 
-    from geounet.thumbnail import outline_mask
+    from geounet.export.quicklook import outline_mask
 
     transform = Affine(0.3, 0.0, 431_234.7, 0.0, -0.3, 6_121_987.1)  # 0.3 m, UTM south
     px = [shapely.box(3, 5, 17, 29), shapely.box(20, 0, 33, 7)]

@@ -189,7 +189,7 @@ def test_nodata_pixels_are_zero_after_normalization(tmp_path):
     config = write_config(tmp_path, tmp_path / "nd", scene={"nodata": 0})
     settings = load_training_settings(config)
     scene: TrainScene = open_scenes(settings)[0]
-    from geounet.normalize import MeanStd
+    from geounet.scene.normalize import MeanStd
 
     x, y, w = load_window(scene, WindowRef(0, 32, 96, 32, 32), [1, 2, 3], MeanStd(mean=[40] * 3, std=[10] * 3))
     v = w > 0  # loss weights: 0 on nodata

@@ -10,7 +10,7 @@ import shapely
 from rasterio.features import shapes
 from shapely.geometry import box, shape
 
-from geounet.vectorize import BlockPolygons, merge_seams, polygonize_block
+from geounet.vectorize.seams import BlockPolygons, merge_seams, polygonize_block
 
 
 def grid(text: str) -> np.ndarray:

@@ -18,7 +18,7 @@ import click
 def command(out: str, size: int, workers: int | None, progress: bool | None) -> None:
     """Generate synthetic scenes, segment them with the shipped weights on the embedded Dask
     cluster, evaluate against the exact ground truth, and print metrics and output paths."""
-    from geounet.demo import run_demo
+    from geounet.batch.demo import run_demo
 
     show = sys.stderr.isatty() if progress is None else progress
     run_demo(Path(out), size=size, workers=workers, progress=show)

@@ -10,8 +10,8 @@ import click
 from geounet.cli.options import inference_options, inference_overrides
 from geounet.cli.summary import exit_code_for_outcomes, print_summary
 from geounet.config import load_config
-from geounet.engine import dask_client
-from geounet.pipeline import run_scenes
+from geounet.batch.engine import dask_client
+from geounet.batch.pipeline import run_scenes
 from geounet.settings import InferenceSettings
 
 

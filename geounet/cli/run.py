@@ -10,8 +10,8 @@ import click
 
 from geounet.cli.options import inference_options, inference_overrides
 from geounet.cli.summary import exit_code_for_outcomes, print_summary
-from geounet.scenes import is_remote
-from geounet.workflow import load_workflow, run_workflow
+from geounet.scene.source import is_remote
+from geounet.batch.workflow import load_workflow, run_workflow
 
 DRY_RUN_LABELS = {"success": "would run", "skipped": "complete, would skip", "failed": "REFUSED"}
 

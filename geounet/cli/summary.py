@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import click
 
-from geounet.pipeline import SceneOutcome
+from geounet.batch.pipeline import SceneOutcome
 
 
 def exit_code_for_outcomes(outcomes: Sequence[SceneOutcome]) -> int:

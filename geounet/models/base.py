@@ -4,7 +4,7 @@ A model is an ``nn.Module`` built from a :class:`ModelSpec`. It maps a float ten
 ``(N, in_channels, H, W)`` to logits ``(N, out_channels, H, W)`` for *any* H and W:
 the input is zero-padded at the right and bottom to a multiple of ``2**depth`` and the
 output is cropped back. The zero padding is part of the contract: the tiled inference in
-``geounet.blocks`` relies on exactly this convention (right/bottom, value 0 in normalized
+``geounet.scene.plan`` relies on exactly this convention (right/bottom, value 0 in normalized
 space) to reproduce whole-scene inference tile by tile.
 
 Output modes:

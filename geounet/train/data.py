@@ -25,8 +25,8 @@ from pyproj import CRS
 from rasterio.errors import RasterioError
 
 from geounet.errors import ConfigError, SceneReadError
-from geounet.normalize import MeanStd, Percentile, apply_normalization, compute_normalization
-from geounet.scenes import SCENE_DRIVER
+from geounet.scene.normalize import MeanStd, Percentile, apply_normalization, compute_normalization
+from geounet.scene.source import SCENE_DRIVER
 from geounet.train.augment import augment
 from geounet.train.config import AugmentSettings, NormalizationSettings, SyntheticData, TrainingSettings
 from geounet.train.labels import (

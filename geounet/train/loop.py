@@ -55,12 +55,12 @@ from geounet import __version__
 from geounet.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from geounet.errors import CheckpointError, ConfigError, GeounetError
 from geounet.evaluate import MatchResult, building_f1
-from geounet.infer import resolve_device, resolve_precision
-from geounet.losses import loss_for
+from geounet.compute import resolve_device, resolve_precision
+from geounet.train.losses import loss_for
 from geounet.models.base import SegmentationModel, activate
 from geounet.models.registry import create_model
-from geounet.normalize import MeanStd, Percentile
-from geounet.scenes import fingerprint
+from geounet.scene.normalize import MeanStd, Percentile
+from geounet.scene.source import fingerprint
 from geounet.train.config import OptimSettings, TrainingSettings
 from geounet.train.data import (
     TrainScene, bands_of, close_datasets, estimate_normalization, load_batch, open_scenes, pixel_weights, prepare,

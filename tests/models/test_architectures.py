@@ -114,7 +114,7 @@ def test_folded_batchnorm_matches_the_trained_layers(arch: str) -> None:
     receptive field (which sets the halo) is unchanged."""
     import copy
 
-    from geounet.infer import prepare_for_inference
+    from geounet.infer.model_cache import prepare_for_inference
     from geounet.models.layers import fold_batchnorm
 
     model = create_model(arch, width=4, depth=3)
@@ -153,7 +153,7 @@ def test_fused_conv_relu_computes_the_same_function(arch: str) -> None:
     field is unchanged, and with autograd on the layers run unfused and train as before."""
     import copy
 
-    from geounet.infer import prepare_for_inference
+    from geounet.infer.model_cache import prepare_for_inference
     from geounet.models.layers import ConvReLU, fold_batchnorm, fuse_conv_relu
 
     torch.manual_seed(0)
@@ -196,7 +196,7 @@ def test_fused_conv_relu_falls_back_where_onednn_refuses(monkeypatch: pytest.Mon
     import copy
 
     import geounet.models.layers as layers
-    from geounet.infer import prepare_for_inference
+    from geounet.infer.model_cache import prepare_for_inference
 
     torch.manual_seed(1)
     model = create_model("unet", width=4, depth=2).eval()

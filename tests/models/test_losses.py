@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from geounet.errors import ModelInputError
-from geounet.losses import BCEDiceLoss, CEDiceLoss, loss_for
+from geounet.train.losses import BCEDiceLoss, CEDiceLoss, loss_for
 from geounet.models import ModelSpec
 
 

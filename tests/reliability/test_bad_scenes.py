@@ -18,9 +18,9 @@ import rasterio
 from rasterio.windows import Window
 
 from geounet.errors import SceneReadError
-from geounet.infer import read_window
-from geounet.pipeline import run_scenes
-from geounet.scenes import open_scene
+from geounet.scene.read import read_window
+from geounet.batch.pipeline import run_scenes
+from geounet.scene.source import open_scene
 from geounet.settings import InferenceSettings
 from tests.conftest import make_checkpoint, write_tif
 from tests.reliability._faults import (

@@ -17,8 +17,8 @@ import psutil
 import pytest
 
 from geounet.errors import SceneError
-from geounet.pipeline import ModelInfo, make_plan, run_scenes
-from geounet.scenes import open_scene
+from geounet.batch.pipeline import ModelInfo, make_plan, run_scenes
+from geounet.scene.source import open_scene
 from geounet.settings import InferenceSettings
 from tests.conftest import REPO, make_checkpoint
 from tests.reliability._faults import bright_rect_scene, geounet_cmd, sparse_scene

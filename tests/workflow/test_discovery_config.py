@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geounet.workflow import WorkflowSettings, discover_scenes, load_workflow
+from geounet.batch.workflow import WorkflowSettings, discover_scenes, load_workflow
 from tests.conftest import REPO, write_tif
 from tests.workflow._helpers import GEOUNET, Job, Reference, digest, run
 

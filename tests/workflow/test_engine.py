@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-import geounet.pipeline
-from geounet.engine import LazyClient, plan_cluster
-from geounet.workflow import WorkflowSettings, load_workflow, run_workflow
+import geounet.batch.pipeline
+from geounet.batch.engine import LazyClient, plan_cluster
+from geounet.batch.workflow import WorkflowSettings, load_workflow, run_workflow
 from tests.workflow._helpers import (
     DASK,
     SCENE_FILES,
@@ -76,7 +76,7 @@ def test_lazy_client_starts_nothing_until_used() -> None:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[object]:
     """The engine's own embedded cluster: two worker processes with one thread each."""
-    from geounet.engine import dask_client
+    from geounet.batch.engine import dask_client
 
     with dask_client(device="cpu", workers=2, threads_per_worker=1, dashboard=False) as client:
         yield client
@@ -85,13 +85,13 @@ def cluster() -> Iterator[object]:
 def _dask_settings() -> dict:
     import dask
 
-    from geounet.engine import QUIET_DASK
+    from geounet.batch.engine import QUIET_DASK
 
     return {k: dask.config.get(k) for k in QUIET_DASK}
 
 
 def test_embedded_workers_poll_less_often_than_dask_defaults(cluster) -> None:
-    from geounet.engine import QUIET_DASK
+    from geounet.batch.engine import QUIET_DASK
 
     seen = cluster.run(_dask_settings)
     assert len(seen) == 2
@@ -114,7 +114,7 @@ def test_embedded_workers_start_with_one_malloc_arena_and_no_mmap(cluster) -> No
 def test_quiet_dask_config_keeps_what_the_user_set() -> None:
     import dask
 
-    from geounet.engine import QUIET_DASK, quiet_dask_config
+    from geounet.batch.engine import QUIET_DASK, quiet_dask_config
 
     assert quiet_dask_config() == QUIET_DASK  # nothing configured: all of them apply
     with dask.config.set({"distributed.admin.tick.interval": "5ms"}):  # the user's own value
@@ -131,9 +131,9 @@ def _settings(job: Job, out: Path) -> WorkflowSettings:
 def _count_model_loads() -> None:
     """On a worker: count calls of the checkpoint loader (get_model imports it per call)."""
     import geounet.checkpoint
-    import geounet.infer
+    import geounet.infer.model_cache
 
-    geounet.infer._MODELS.clear()
+    geounet.infer.model_cache._MODELS.clear()
     real = getattr(geounet.checkpoint.load_checkpoint, "__wrapped__", geounet.checkpoint.load_checkpoint)
 
     def counting(*a, **k):  # type: ignore[no-untyped-def]
@@ -147,9 +147,9 @@ def _count_model_loads() -> None:
 
 def _model_loads() -> tuple[int, list]:
     import geounet.checkpoint
-    import geounet.infer
+    import geounet.infer.model_cache
 
-    return getattr(geounet.checkpoint.load_checkpoint, "calls", -1), list(geounet.infer._MODELS)
+    return getattr(geounet.checkpoint.load_checkpoint, "calls", -1), list(geounet.infer.model_cache._MODELS)
 
 
 @pytest.mark.timeout(240)
@@ -251,7 +251,7 @@ def test_scene_that_kills_its_worker_fails_alone(cluster, job: Job, reference: R
     the scene fails with a message saying a worker died. The other scenes complete."""
     client = cluster
     client.wait_for_workers(2, timeout=120)
-    real = geounet.pipeline.process_block
+    real = geounet.batch.pipeline.process_block
     here = os.getpid()
 
     def crashing(scene, block, checkpoint, spec):  # type: ignore[no-untyped-def]
@@ -259,12 +259,12 @@ def test_scene_that_kills_its_worker_fails_alone(cluster, job: Job, reference: R
             os.kill(os.getpid(), signal.SIGKILL)
         return real(scene, block, checkpoint, spec)
 
-    monkeypatch.setattr(geounet.pipeline, "process_block", crashing)
+    monkeypatch.setattr(geounet.batch.pipeline, "process_block", crashing)
     wf = _settings(job, tmp_path / "out")
     scenes = [str(job.scenes / f) for f in SCENE_FILES]
     # one block in flight at a time: the other scenes' blocks never sit on a worker that
     # the crashing task kills (they would be counted as suspects too)
-    outcomes = geounet.pipeline.run_scenes(scenes, job.model, tmp_path / "out", wf.inference, client=client,
+    outcomes = geounet.batch.pipeline.run_scenes(scenes, job.model, tmp_path / "out", wf.inference, client=client,
                                            progress=False, max_in_flight=1)
     by = {o.stem: o for o in outcomes}
     assert set(by) == set(STEMS), [(o.stem, o.status, o.error) for o in outcomes]

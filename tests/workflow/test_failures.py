@@ -156,7 +156,7 @@ def test_truncated_scene_is_readable_up_to_its_header() -> None:
     """The truncated scene above fails in the workers (pixel reads), not at validation."""
     import tempfile
 
-    from geounet.scenes import open_scene
+    from geounet.scene.source import open_scene
 
     with tempfile.TemporaryDirectory() as d:
         bad = _bad_scenes(Path(d))

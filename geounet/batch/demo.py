@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from geounet.settings import InferenceSettings
-from geounet.workflow import ClusterSettings, WorkflowSettings, run_workflow
+from geounet.batch.workflow import ClusterSettings, WorkflowSettings, run_workflow
 
 log = logging.getLogger(__name__)
 

@@ -26,17 +26,8 @@ from dataclasses import dataclass
 
 from rasterio.windows import Window
 
+from geounet.compute import round_up
 from geounet.errors import ConfigError
-
-
-def round_up(value: int, multiple: int) -> int:
-    """Smallest multiple of ``multiple`` that is >= ``value``."""
-    return -(-value // multiple) * multiple
-
-
-def default_halo(receptive_field_radius: int, multiple: int) -> int:
-    """Halo that makes tiling exact: the receptive-field radius rounded up to ``multiple``."""
-    return round_up(max(0, receptive_field_radius), multiple)
 
 
 @dataclass(frozen=True)

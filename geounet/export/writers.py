@@ -33,11 +33,11 @@ from affine import Affine
 from rasterio._err import CPLE_BaseError
 from rasterio.windows import Window
 
+from geounet.atomic import atomic_output, partial_name
 from geounet.errors import OutputError
 from geounet.heap import trim_heap
-from geounet.thumbnail import ThumbnailCanvas, outline_mask
+from geounet.export.quicklook import ThumbnailCanvas, outline_mask
 
-PARTIAL_PREFIX = ".partial-"
 # What GDAL raises through rasterio when a raster cannot be written (disk full, read-only):
 # CPLE_* errors (e.g. a failed flush at close) are not RasterioError subclasses.
 RASTER_WRITE_ERRORS = (rasterio.errors.RasterioError, CPLE_BaseError, OSError)
@@ -54,54 +54,6 @@ PNG_LEVEL = 1
 CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
     (255, 48, 48), (255, 214, 0), (0, 200, 255), (170, 80, 255), (60, 255, 90), (255, 130, 0),
 )
-
-
-def partial_name(final: Path) -> Path:
-    """Temporary sibling of ``final``; keeps the extension so GDAL picks the right driver."""
-    return final.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{final.name}")
-
-
-def remove_partials(folder: Path) -> int:
-    """Delete leftovers of interrupted writes in ``folder``; returns how many were removed."""
-    n = 0
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if p.name.startswith(PARTIAL_PREFIX):
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-                    n += 1
-    return n
-
-
-@contextlib.contextmanager
-def atomic_output(final: Path) -> Iterator[Path]:
-    """Yield a temporary path; on success move it onto ``final``, on failure remove it.
-
-    Raises:
-        OutputError: the folder cannot take the file (disk full, read-only, permissions).
-    """
-    final = Path(final)
-    tmp = partial_name(final)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    except BaseException as exc:
-        for leftover in (tmp, tmp.with_name(tmp.name + "-journal"), tmp.with_name(tmp.name + "-wal")):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
-            raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from exc
-        raise
-
-
-def write_json(obj: Any, final: Path) -> None:
-    """Pretty JSON, atomically."""
-    with atomic_output(final) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
 
 
 # --------------------------------------------------------------------------- vectors
@@ -288,7 +240,7 @@ class ProbabilityWriter:
     def __init__(self, final: Path, *, width: int, height: int, crs_wkt: str,
                  transform: Affine, class_names: Sequence[str]) -> None:
         self.final = Path(final)
-        self.stage = self.final.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-stage-{self.final.name}")
+        self.stage = partial_name(self.final.with_name(f"stage-{self.final.name}"))
         self.class_names = list(class_names)
         try:
             self.ds = rasterio.open(

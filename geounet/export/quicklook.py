@@ -143,7 +143,7 @@ def outline_mask(geoms: Sequence[Any], shape: tuple[int, int], *, factor: int,
     """
     import shapely
 
-    from geounet.polygons import to_world
+    from geounet.vectorize.postprocess import to_world
 
     out = np.zeros(shape, dtype=bool)
     geoms = np.asarray(geoms, dtype=object)

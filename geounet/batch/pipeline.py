@@ -35,27 +35,26 @@ from distributed import Client, as_completed
 from distributed.client import FutureCancelledError
 from tqdm.auto import tqdm
 
-from geounet.blocks import TilingPlan, default_halo, plan_tiles
+from geounet.compute import cuda_available, resolve_halo, resolve_tile_size, resolve_tiles_per_block
+from geounet.scene.plan import TilingPlan, plan_tiles
 from geounet.errors import ConfigError, GeounetError, OutputError, SceneError
 from geounet.heap import trim_heap
-from geounet.export import (
+from geounet.export.writers import (
     VECTOR_WRITERS,
     ProbabilityWriter,
     plural,
-    remove_partials,
-    write_json,
     write_quicklook,
 )
-from geounet.infer import BlockResult, BlockTaskSpec, process_block
-from geounet.scenes import SceneInfo, open_scene, unique_stems
+from geounet.atomic import remove_partials, write_json
+from geounet.infer.block import BlockResult, BlockTaskSpec, process_block
+from geounet.scene.source import SceneInfo, open_scene, unique_stems
 from geounet.settings import InferenceSettings
-from geounet.thumbnail import ThumbnailCanvas, thumbnail_factor
+from geounet.export.quicklook import ThumbnailCanvas, thumbnail_factor
 
 log = logging.getLogger(__name__)
 
 Status = Literal["success", "skipped", "failed"]
 SCENE_JSON = "scene.json"
-DEFAULT_TILE = 1024
 CLIENT_GDAL_CACHE_BYTES = 64 * 2**20  # GDAL block cache of the client process (bytes)
 
 
@@ -123,28 +122,10 @@ def resolve_thresholds(model: ModelInfo, settings: InferenceSettings) -> list[fl
 
 def make_plan(info: SceneInfo, model: ModelInfo, settings: InferenceSettings) -> TilingPlan:
     """The scene's tiling, from settings, else checkpoint suggestions, else defaults."""
-    halo = settings.halo if settings.halo is not None else (
-        model.halo if model.halo is not None else default_halo(model.receptive_field_radius, model.multiple)
-    )
-    tile = settings.tile_size or model.tile_size or DEFAULT_TILE
-    return plan_tiles(info.width, info.height, tile_size=tile, halo=halo,
-                      multiple=model.multiple, tiles_per_block=resolve_tiles_per_block(settings))
-
-
-# Tiles per block side when the settings leave it open. CPU: one tile per task, so the two
-# worker threads of a 2-core machine finish a scene together (with 2x2-tile blocks one
-# thread idled through the last block; benchmarks/RESULTS.md). CUDA: 3x3 tiles per task,
-# so a task holds a full batch (AUTO_BATCH 8). Not measured on a GPU yet.
-AUTO_TILES_PER_BLOCK = {"cpu": 1, "cuda": 3}
-
-
-def resolve_tiles_per_block(settings: InferenceSettings) -> int:
-    """``tiles_per_block``, or the device's default: CUDA when requested, or for ``auto``
-    when this process sees a CUDA device (the embedded cluster's workers see the same)."""
-    if settings.tiles_per_block is not None:
-        return settings.tiles_per_block
-    cuda = settings.device == "cuda" or (settings.device == "auto" and _cuda_available())
-    return AUTO_TILES_PER_BLOCK["cuda" if cuda else "cpu"]
+    halo = resolve_halo(settings.halo, model.halo, model.receptive_field_radius, model.multiple)
+    tile = resolve_tile_size(settings.tile_size, model.tile_size)
+    return plan_tiles(info.width, info.height, tile_size=tile, halo=halo, multiple=model.multiple,
+                      tiles_per_block=resolve_tiles_per_block(settings.tiles_per_block, settings.device))
 
 
 def library_versions() -> dict[str, str]:
@@ -264,8 +245,8 @@ class _SceneJob:
 
 def finalize_scene(job: _SceneJob, config_hash: str, options: dict[str, Any]) -> SceneOutcome:
     """Merge seams, post-process in metres, write every output, then scene.json."""
-    from geounet.polygons import areas_m2, postprocess
-    from geounet.vectorize import merge_seams
+    from geounet.vectorize.postprocess import areas_m2, postprocess
+    from geounet.vectorize.seams import merge_seams
 
     info, model, s = job.info, job.model, job.settings
     t0 = time.perf_counter()
@@ -467,7 +448,7 @@ def run_scenes(
             on_outcome(outcomes[i])
 
     if infos:
-        gpu = settings.device != "cpu" and any(client.run(_cuda_available).values())
+        gpu = settings.device != "cpu" and any(client.run(cuda_available).values())
         spec = BlockTaskSpec(content_hash=model.content_hash, normalization=model.normalization,
                              thresholds=thresholds, batch_size=settings.batch_size, device=settings.device,
                              precision=settings.precision, keep_probability="probability" in settings.formats,
@@ -527,7 +508,8 @@ def _load_model(checkpoint: bytes, content_hash: str, device: str) -> str | None
     """On a worker: load the model into its cache. A failure is returned, not raised: the
     client's own check reports a bad checkpoint, and the blocks' tasks report a worker that
     cannot load a good one."""
-    from geounet.infer import get_model, resolve_device
+    from geounet.compute import resolve_device
+    from geounet.infer.model_cache import get_model
 
     try:
         get_model(checkpoint, content_hash, resolve_device(device))
@@ -543,17 +525,11 @@ def _close_worker_datasets() -> int:
     4096^2 px scene that is ~400 MB (worker RSS 871 MB, 477 MB after the trim, measured on
     this project's machine). Returns how many handles were closed.
     """
-    from geounet.infer import close_datasets
+    from geounet.scene.read import close_datasets
 
     n = close_datasets(all_threads=True)
     trim_heap()
     return n
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _threads(client: Client) -> int:

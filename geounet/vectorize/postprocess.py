@@ -1,6 +1,6 @@
 """Post-merge polygon processing in metres: world coordinates, areas, holes, simplification.
 
-Runs on the client after :func:`geounet.vectorize.merge_seams`, on polygons in scene pixel
+Runs on the client after :func:`geounet.vectorize.seams.merge_seams`, on polygons in scene pixel
 coordinates (x = column, y = row). Everything here depends only on the merged polygons and
 the scene's georeferencing, never on the block grid, so the output is the same whatever
 block size a run used.
@@ -214,7 +214,7 @@ def postprocess(
     5. Geometries smaller than ``min_area_m2`` (or empty) are dropped.
 
     Args:
-        pixel_geoms, pixel_count, prob_sum: from :class:`geounet.vectorize.Polygons`.
+        pixel_geoms, pixel_count, prob_sum: from :class:`geounet.vectorize.seams.Polygons`.
         affine: the scene's pixel -> CRS transform.
         crs: the scene's CRS (pyproj, rasterio, EPSG code or WKT).
         simplify_m, min_area_m2, fill_holes_m2: 0 disables each step.

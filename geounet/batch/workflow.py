@@ -9,7 +9,7 @@ A run, in order:
 3. checks that the output folder takes files: a read-only folder, a path that is no
    folder or a full disk fails here, before any computing, with exit code 4;
 4. removes ``.partial-*`` leftovers of interrupted writes, then drives
-   :func:`geounet.pipeline.run_scenes` on a Dask cluster that starts only if some scene
+   :func:`geounet.batch.pipeline.run_scenes` on a Dask cluster that starts only if some scene
    needs work;
 5. records everything in ``OUT/run.json`` (rewritten after each scene) and
    ``OUT/geounet.log``.
@@ -38,9 +38,9 @@ from pydantic import Field
 
 from geounet.config import StrictModel, load_config
 from geounet.errors import GeounetError, LockHeldError, OutputError
-from geounet.export import PARTIAL_PREFIX, write_json
-from geounet.pipeline import SceneOutcome, check_writable, library_versions, run_scenes
-from geounet.scenes import is_remote
+from geounet.atomic import remove_partials, write_json
+from geounet.batch.pipeline import SceneOutcome, check_writable, library_versions, run_scenes
+from geounet.scene.source import is_remote
 from geounet.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -233,12 +233,7 @@ def clean_partials(out: Path) -> int:
 
     Only called while holding the output lock, so no other run is writing them.
     """
-    n = 0
-    for p in out.rglob(f"{PARTIAL_PREFIX}*"):
-        with contextlib.suppress(OSError):
-            p.unlink()
-            n += 1
-    return n
+    return remove_partials(out, recursive=True)
 
 
 def remove_empty_scene_folders(outcomes: list[SceneOutcome]) -> None:
@@ -367,7 +362,7 @@ def _run_locked(wf: WorkflowSettings, scenes: list[str], model: str, out: Path, 
                 started: datetime, t0: float) -> tuple[list[SceneOutcome], dict[str, Any]]:
     """The run proper, holding the output lock, logging to OUT/geounet.log, with ``stop``
     set by SIGTERM / Ctrl-C."""
-    from geounet.engine import dask_client, dashboard_link
+    from geounet.batch.engine import dask_client, dashboard_link
 
     removed = clean_partials(out)
     if removed:
@@ -451,8 +446,8 @@ def _run_locked(wf: WorkflowSettings, scenes: list[str], model: str, out: Path, 
 def _dry_run(scenes: list[str], model: str, out: Path, wf: WorkflowSettings, force: bool) -> list[SceneOutcome]:
     """What a run would do, per scene: run, skip (complete) or refuse. Reads headers only."""
     from geounet.errors import SceneError
-    from geounet.pipeline import ModelInfo, is_complete
-    from geounet.scenes import open_scene, unique_stems
+    from geounet.batch.pipeline import ModelInfo, is_complete
+    from geounet.scene.source import open_scene, unique_stems
 
     mi = ModelInfo.from_checkpoint(model)
     res = []

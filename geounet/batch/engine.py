@@ -98,7 +98,7 @@ class WorkerSetup(WorkerPlugin):
         if "GDAL_CACHEMAX" not in os.environ:  # an explicit environment variable wins
             from rasterio.env import set_gdal_config
 
-            from geounet.infer import WORKER_GDAL_CACHE_BYTES
+            from geounet.scene.read import WORKER_GDAL_CACHE_BYTES
 
             set_gdal_config("GDAL_CACHEMAX", WORKER_GDAL_CACHE_BYTES)
         if not tune_malloc():

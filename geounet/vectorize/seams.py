@@ -9,7 +9,7 @@ the same probability sums.
 
 Everything here works in **scene pixel coordinates**: x is the column, y the row, and every
 vertex is an integer-valued float, so seams match exactly whatever the scene's geotransform.
-:func:`geounet.polygons.to_world` converts to the scene CRS afterwards. Rings follow the
+:func:`geounet.vectorize.postprocess.to_world` converts to the scene CRS afterwards. Rings follow the
 orientation GDAL gives them: the foreground lies on the right of every ring (in pixel
 coordinates, exteriors run clockwise in the x-right/y-up sense).
 

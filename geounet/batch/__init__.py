@@ -1,0 +1,1 @@
+"""Many scenes on Dask: engine, block scheduler, scene finalization, workflow runs, demo."""

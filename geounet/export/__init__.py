@@ -1,0 +1,1 @@
+"""A scene's output folder: file names, GeoJSON/GeoPackage, probability COG, quicklook."""

@@ -1,0 +1,189 @@
+"""One block on a worker: read with its halo -> forward -> keep the core -> class masks -> polygons.
+
+A task carries only small things (a :class:`~geounet.scene.source.SceneInfo`, a
+:class:`~geounet.scene.plan.Block`, settings); the model arrives once per worker through
+:func:`geounet.infer.model_cache.get_model`, keyed by the checkpoint's content hash. Reading
+goes through :mod:`geounet.scene.read` (per-thread dataset handles, driver allowlist).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from geounet.compute import resolve_batch_size, resolve_device, resolve_precision
+from geounet.export.quicklook import ThumbnailPart, block_thumbnail, display_bands, thumbnail_factor
+from geounet.infer.model_cache import get_model, keep_activations
+from geounet.models.base import SegmentationModel, activate
+from geounet.scene.plan import Block
+from geounet.scene.read import prepare_input, read_window
+from geounet.scene.source import SceneInfo
+from geounet.vectorize.seams import polygonize_block
+
+def run_model(
+    model: SegmentationModel,
+    x: np.ndarray | torch.Tensor,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Probabilities for a batch (N, C, H, W) of normalized inputs, as float32 on the CPU."""
+    t = torch.as_tensor(x)
+    if t.ndim == 3:
+        t = t[None]
+    pin = device.type == "cuda"
+    t = (t.pin_memory() if pin else t).to(device, non_blocking=pin)
+    t = t.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(
+        device_type=device.type, dtype=dtype, enabled=dtype != torch.float32
+    ):
+        logits = model(t)
+    return activate(logits.float(), model.spec.mode).cpu()
+
+
+def infer_block(
+    model: SegmentationModel,
+    x: np.ndarray,
+    block: Block,
+    *,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> np.ndarray:
+    """Core probabilities (out_channels, core_h, core_w) of ``block`` from its read array ``x``."""
+    rr, rc = int(block.read.row_off), int(block.read.col_off)
+    cr, cc = int(block.core.row_off), int(block.core.col_off)
+    out = np.empty((model.spec.out_channels, int(block.core.height), int(block.core.width)), np.float32)
+    tiles = list(block.tiles)
+    for i in range(0, len(tiles), batch_size):
+        batch = tiles[i : i + batch_size]
+        views = [
+            x[:, int(t.read.row_off) - rr : int(t.read.row_off + t.read.height) - rr,
+              int(t.read.col_off) - rc : int(t.read.col_off + t.read.width) - rc]
+            for t in batch
+        ]
+        # one tile: a view (run_model's channels-last copy is the only one made)
+        arr = views[0][None] if len(views) == 1 else np.stack(views)
+        probs = run_model(model, arr, device=device, dtype=dtype).numpy()
+        for t, p in zip(batch, probs):
+            r0 = int(t.core.row_off - t.read.row_off)
+            c0 = int(t.core.col_off - t.read.col_off)
+            h, w = int(t.core.height), int(t.core.width)
+            out[:, int(t.core.row_off) - cr : int(t.core.row_off) - cr + h,
+                int(t.core.col_off) - cc : int(t.core.col_off) - cc + w] = p[:, r0 : r0 + h, c0 : c0 + w]
+    return out
+
+
+def class_probabilities(probs: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-class probabilities (K, h, w) and, for multiclass, the argmax labels (0 = background)."""
+    if mode == "multiclass":
+        return probs[1:], probs.argmax(axis=0)
+    return probs, None
+
+
+def class_masks(
+    probs: np.ndarray, labels: np.ndarray | None, valid: np.ndarray, thresholds: list[float]
+) -> list[np.ndarray]:
+    """Boolean mask per class; invalid (nodata) pixels are never foreground."""
+    if labels is not None:
+        return [(labels == k + 1) & valid for k in range(probs.shape[0])]
+    return [(probs[k] >= thresholds[k]) & valid for k in range(probs.shape[0])]
+
+
+# --------------------------------------------------------------------------- the task
+@dataclass
+class BlockTaskSpec:
+    """Everything a block task needs besides the scene, the block and the model bytes."""
+
+    content_hash: str
+    normalization: Any
+    thresholds: list[float]
+    batch_size: int | None
+    device: str
+    precision: str
+    keep_probability: bool
+    quicklook_size: int | None = None  # longest quicklook side, px; None: no quicklook
+
+
+@dataclass
+class BlockResult:
+    """What travels back from a worker: small by construction (one block's core)."""
+
+    index: int
+    core: tuple[int, int, int, int]  # col_off, row_off, width, height
+    probability: np.ndarray | None  # (K, h, w) uint8, probability x 255
+    polygons: list[Any]  # one geounet.vectorize.seams.BlockPolygons per class
+    valid_pixels: int
+    timings: dict[str, float] = field(default_factory=dict)
+    thumbnail: ThumbnailPart | None = None  # the core's share of the quicklook picture
+
+
+def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec: BlockTaskSpec) -> BlockResult:
+    """Read, normalize, infer, threshold and polygonize one block (runs on a worker).
+
+    Idempotent and free of side effects: it may be retried on another worker. A block whose
+    core holds no valid pixel skips the model (no polygons, probability 0).
+    Memory: about (bands + 2 * classes) * read-window pixels * 4 bytes plus the model's
+    activations for ``batch_size`` tiles.
+    """
+    t0 = time.perf_counter()
+    device = resolve_device(spec.device)
+    dtype = resolve_precision(spec.precision, device)
+    model = get_model(checkpoint, spec.content_hash, device)
+    if device.type == "cpu":  # activations come from the worker's heap: keep them for reuse
+        tile = next(iter(block.tiles)).read
+        keep_activations(model, (int(tile.height), int(tile.width)), dtype)
+    raw, valid = read_window(scene, block.read)
+    cr = int(block.core.row_off - block.read.row_off)
+    cc = int(block.core.col_off - block.read.col_off)
+    h, w = int(block.core.height), int(block.core.width)
+    core_valid = valid[cr : cr + h, cc : cc + w]
+    skipped = not core_valid.any()
+    thumb = None
+    if spec.quicklook_size is not None and not skipped:
+        thumb = block_thumbnail(display_bands(raw[:, cr : cr + h, cc : cc + w]), core_valid,
+                                row_off=int(block.core.row_off), col_off=int(block.core.col_off),
+                                factor=thumbnail_factor(scene.width, scene.height, spec.quicklook_size))
+    if skipped:
+        # Nothing valid to segment (a nodata collar, an empty or sparse region): the
+        # outputs are defined without the model -- no polygons, probability 0.
+        del raw
+        t1 = t2 = time.perf_counter()
+        probs = np.zeros((model.spec.out_channels, h, w), np.float32)
+    else:
+        x = prepare_input(raw, valid, spec.normalization)
+        del raw
+        t1 = time.perf_counter()
+        probs = infer_block(model, x, block, batch_size=resolve_batch_size(spec.batch_size, device),
+                            device=device, dtype=dtype)
+        del x
+        t2 = time.perf_counter()
+    cls_probs, labels = class_probabilities(probs, model.spec.mode)
+    masks = class_masks(cls_probs, labels, core_valid, spec.thresholds)
+    polys = [
+        polygonize_block(
+            m, cls_probs[k], row_off=int(block.core.row_off), col_off=int(block.core.col_off),
+            scene_height=scene.height, scene_width=scene.width,
+        )
+        for k, m in enumerate(masks)
+    ]
+    prob_u8 = None
+    if spec.keep_probability:
+        q = np.clip(cls_probs, 0.0, 1.0)
+        q *= 255.0
+        prob_u8 = np.rint(q, out=q).astype(np.uint8)
+        prob_u8[:, ~core_valid] = 0  # nodata pixels have probability 0, model or not
+    t3 = time.perf_counter()
+    return BlockResult(
+        index=block.index,
+        core=(int(block.core.col_off), int(block.core.row_off), w, h),
+        probability=prob_u8,
+        polygons=polys,
+        valid_pixels=int(core_valid.sum()),
+        timings={"read": t1 - t0, "infer": t2 - t1, "vectorize": t3 - t2, "skipped_blocks": float(skipped)},
+        thumbnail=thumb,
+    )

@@ -1,0 +1,146 @@
+"""Read a window of a scene with its validity mask, and prepare it for the model.
+
+The one read-and-normalize path of geounet: inference (:mod:`geounet.infer.block`) and
+training (:mod:`geounet.train.data`) both read through :func:`read_window` and prepare
+through :func:`prepare_input`, so a change to nodata handling or normalization reaches both.
+Each thread keeps its own dataset handles (GDAL handles are not thread-safe), opened with
+the driver allowlist, at most :data:`MAX_HANDLES` per thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from geounet.errors import SceneReadError
+from geounet.scene.normalize import apply_normalization
+from geounet.scene.source import SCENE_DRIVER, SceneInfo
+
+# Open dataset handles per worker thread: {thread id: {path: dataset}}, most recent last.
+_HANDLES: dict[int, dict[str, Any]] = {}
+_HANDLES_LOCK = threading.Lock()
+MAX_HANDLES = 4  # open dataset handles kept per worker thread
+
+# GDAL settings for reads: never list directories on open. (The block cache, process-wide,
+# is sized once per worker process by geounet.batch.engine.WorkerSetup: WORKER_GDAL_CACHE_BYTES.)
+GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+# Bytes of GDAL block cache per worker process: enough for the overlapping halo reads of
+# neighbouring blocks (one block row of halo is ~10 MB; DESIGN.md: a tiny cache drops reads ~3x).
+WORKER_GDAL_CACHE_BYTES = 64 * 2**20
+
+
+def _dataset(path: str) -> rasterio.io.DatasetReader:
+    """This thread's open handle for ``path`` (reopened if it was closed).
+
+    Each thread has its own handles (GDAL handles are not thread-safe). At most
+    :data:`MAX_HANDLES` stay open per thread (least recently used closed first): a batch of
+    thousands of scenes must not exhaust file descriptors, while the few scenes in flight keep
+    their handles (reopening per window reads ~3x slower).
+    """
+    tid = threading.get_ident()
+    with _HANDLES_LOCK:
+        handles = _HANDLES.setdefault(tid, {})
+    ds = handles.pop(path, None)
+    if ds is None or ds.closed:
+        with rasterio.Env(**GDAL_ENV):
+            ds = rasterio.open(path, driver=SCENE_DRIVER)
+    handles[path] = ds  # most recently used last
+    while len(handles) > MAX_HANDLES:
+        _close(handles.pop(next(iter(handles))))
+    return ds
+
+
+def _close(ds: Any) -> None:
+    try:
+        ds.close()
+    except Exception:  # noqa: BLE001 - closing a broken handle must not mask the real error
+        pass
+
+
+def close_datasets(all_threads: bool = False) -> int:
+    """Close this thread's dataset handles (after a read failed), or every thread's
+    (``all_threads``: only when no task is running, e.g. at the end of a run).
+    Returns how many were closed."""
+    with _HANDLES_LOCK:
+        tids = list(_HANDLES) if all_threads else [threading.get_ident()]
+        groups = [_HANDLES.pop(t, {}) for t in tids]
+    n = 0
+    for handles in groups:
+        for ds in handles.values():
+            _close(ds)
+            n += 1
+    return n
+
+
+def gdal_reason(exc: BaseException) -> str:
+    """The useful part of a rasterio error: rasterio says "Read failed. See previous exception
+    for details." and chains GDAL's messages beneath it, the most specific one (e.g.
+    "got 100 bytes, expected 12299") last. Returns the first and the last of them."""
+    msgs: list[str] = []
+    e: BaseException | None = exc
+    while e is not None and len(msgs) < 10:
+        text = str(e).strip()
+        if text and "See previous exception" not in text and text not in msgs:
+            msgs.append(text)
+        e = e.__cause__ or e.__context__
+    if not msgs:
+        return type(exc).__name__
+    return msgs[0] if len(msgs) == 1 else f"{msgs[0]} ({msgs[-1]})"
+
+
+def read_window(scene: SceneInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Raw pixels (bands, h, w) of ``window`` and a validity mask (h, w).
+
+    The window may extend beyond the scene: outside pixels are 0 and invalid. Only the
+    part inside the scene is read from the file (no VRT, no full-scene array).
+    """
+    h, w = int(window.height), int(window.width)
+    r0, c0 = int(window.row_off), int(window.col_off)
+    ir0, ic0 = max(r0, 0), max(c0, 0)
+    ir1, ic1 = min(r0 + h, scene.height), min(c0 + w, scene.width)
+    data = np.zeros((len(scene.bands), h, w), dtype=scene.dtype)
+    valid = np.zeros((h, w), dtype=bool)
+    if ir1 <= ir0 or ic1 <= ic0:
+        return data, valid
+    inner = Window(ic0, ir0, ic1 - ic0, ir1 - ir0)
+    sl = (slice(ir0 - r0, ir1 - r0), slice(ic0 - c0, ic1 - c0))
+    failure = None
+    try:
+        with rasterio.Env(**GDAL_ENV):
+            ds = _dataset(scene.path)
+            part = ds.read(list(scene.bands), window=inner)
+            if scene.has_mask:
+                part_valid = ds.read_masks(list(scene.bands), window=inner).any(axis=0)
+            else:
+                part_valid = np.ones(part.shape[1:], dtype=bool)
+    except (RasterioError, OSError) as exc:
+        close_datasets()
+        failure = gdal_reason(exc)
+    if failure is not None:
+        # Raised outside the except block: GDAL's chained errors cannot be unpickled, and Dask
+        # would then hand the client a bare Exception instead of this SceneReadError.
+        raise SceneReadError(
+            scene.path,
+            f"reading columns {ic0}-{ic1}, rows {ir0}-{ir1} failed: {failure}; the file is "
+            "probably truncated or corrupt (copy it again)",
+        )
+    if part.dtype.kind == "f":
+        part_valid &= ~np.isnan(part).any(axis=0)
+    data[(slice(None), *sl)] = part
+    valid[sl] = part_valid
+    return data, valid
+
+
+def prepare_input(raw: np.ndarray, valid: np.ndarray, normalization: Any) -> np.ndarray:
+    """Normalize and zero invalid pixels (0 is the model's own padding value)."""
+    raw = np.where(valid[None], raw, 0) if raw.dtype.kind == "f" else raw
+    x = apply_normalization(raw, normalization)
+    x[:, ~valid] = 0.0
+    return x
+
+

@@ -1,0 +1,1 @@
+"""Polygons: per-block polygonizing (workers), the exact seam merge and metric post-processing (client)."""

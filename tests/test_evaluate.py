@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import geopandas as gpd
@@ -19,12 +25,18 @@ from hypothesis import strategies as st
 from pyproj import CRS
 from shapely.geometry import LineString, MultiPolygon, Polygon, box
 
-from geounet.errors import ConfigError
+from geounet.atomic import is_partial, remove_partials
+from geounet.errors import ConfigError, OutputError
 from geounet.evaluate import (
+    EvaluationResult,
+    EvaluationSettings,
     MatchResult,
     PixelCounts,
     RasterGrid,
+    SceneFailure,
+    SceneResult,
     TopologyParams,
+    Totals,
     building_f1,
     evaluate_many,
     evaluate_scene,
@@ -36,6 +48,7 @@ from geounet.evaluate import (
     road_topology,
     skeletonize,
     windowed_pixel_counts,
+    write_result_json,
 )
 
 REAL = Path("../shared/data/real")  # relative to the repository root, see PROVENANCE.md
@@ -169,17 +182,18 @@ def test_truth_26986_and_predictions_4326_give_the_same_result(tmp_path: Path) -
     truth.to_file(tfile, layer="buildings", driver="GPKG")
     pfile = tmp_path / "buildings.geojson"
     pred.to_crs("EPSG:4326").to_file(pfile, driver="GeoJSON")
-    r = evaluate_scene(pfile, tfile, pixel_size_m=None, topology=None)
-    assert r["crs"] == "EPSG:26986"
-    b = r["buildings"]
-    assert (b["tp"], b["fp"], b["fn"]) == (3, 3, 3)
-    assert b["mean_iou"] == pytest.approx(projected.mean_iou, abs=1e-6)
+    objects_only = EvaluationSettings(pixel_size_m=None, topology=None)
+    r = evaluate_scene(pfile, tfile, objects_only)
+    assert r.crs.to_string() == "EPSG:26986"
+    b = r.buildings
+    assert (b.tp, b.fp, b.fn) == (3, 3, 3)
+    assert b.mean_iou == pytest.approx(projected.mean_iou, abs=1e-6)
 
     # Both sides geographic: evaluated in the local UTM zone (19N for Massachusetts).
-    both_wgs84 = evaluate_scene(pfile, truth.to_crs("EPSG:4326"), pixel_size_m=None, topology=None)
-    assert both_wgs84["crs"] == "EPSG:32619"
-    assert both_wgs84["buildings"]["tp"] == 3
-    assert both_wgs84["buildings"]["mean_iou"] == pytest.approx(projected.mean_iou, rel=1e-3)
+    both_wgs84 = evaluate_scene(pfile, truth.to_crs("EPSG:4326"), objects_only)
+    assert both_wgs84.crs.to_string() == "EPSG:32619"
+    assert both_wgs84.buildings.tp == 3
+    assert both_wgs84.buildings.mean_iou == pytest.approx(projected.mean_iou, rel=1e-3)
 
 
 # --- pixels ------------------------------------------------------------------------------
@@ -245,13 +259,14 @@ def test_road_pixel_iou_against_buffered_centerlines(tmp_path: Path) -> None:
     truth.to_file(tfile)
     full.to_file(ffile)
     half.to_file(hfile)
-    r = evaluate_scene(ffile, tfile, raster=tif, road_width_m=4.0)
-    assert r["buildings"] is None  # the truth does not label buildings: not scored
-    assert r["pixels"]["road"]["iou"] == 1.0 and r["pixels"]["road"]["tp"] == 160 * 8
-    r = evaluate_scene(hfile, tfile, raster=tif, road_width_m=4.0)
-    assert r["pixels"]["road"]["iou"] == 0.5
-    r = evaluate_scene(ffile, tfile, raster=tif, road_width_m=8.0)  # truth 8 m wide, prediction 4 m
-    assert r["pixels"]["road"]["iou"] == 0.5
+    four_m = EvaluationSettings(road_width_m=4.0)
+    r = evaluate_scene(ffile, tfile, four_m, raster=tif)
+    assert r.buildings is None  # the truth does not label buildings: not scored
+    assert r.pixels["road"].iou == 1.0 and r.pixels["road"].tp == 160 * 8
+    r = evaluate_scene(hfile, tfile, four_m, raster=tif)
+    assert r.pixels["road"].iou == 0.5
+    r = evaluate_scene(ffile, tfile, EvaluationSettings(road_width_m=8.0), raster=tif)  # truth 8 m, prediction 4 m
+    assert r.pixels["road"].iou == 0.5
 
 
 def _plus(gap: float = 0.0) -> gpd.GeoSeries:
@@ -265,17 +280,17 @@ def _plus(gap: float = 0.0) -> gpd.GeoSeries:
 
 def test_topology_is_one_for_identical_networks_and_drops_when_a_road_is_cut() -> None:
     same = road_topology(_plus(), _plus())
-    assert same["apls"] == 1.0 and same["completeness"] == 1.0 and same["correctness"] == 1.0
+    assert same.apls == 1.0 and same.completeness == 1.0 and same.correctness == 1.0
     cut = road_topology(_plus(gap=20), _plus())
-    assert cut["apls_pred_to_truth"] == pytest.approx(1.0)  # what is predicted is right...
-    assert cut["apls_truth_to_pred"] < 0.75  # ...but paths across the gap are missing
-    assert cut["apls"] < 0.85
-    assert cut["completeness"] > 0.9  # a length-based score barely notices the cut
+    assert cut.apls_pred_to_truth == pytest.approx(1.0)  # what is predicted is right...
+    assert cut.apls_truth_to_pred < 0.75  # ...but paths across the gap are missing
+    assert cut.apls < 0.85
+    assert cut.completeness > 0.9  # a length-based score barely notices the cut
     shifted = road_topology(gpd.GeoSeries(_plus().translate(1.0, 1.0), crs=UTM), _plus())
-    assert shifted["apls"] > 0.95  # a 1 m offset is within the snapping distance
+    assert shifted.apls > 0.95  # a 1 m offset is within the snapping distance
     nothing = road_topology(gpd.GeoSeries([], crs=UTM), _plus())
-    assert nothing["apls"] == 0.0 and nothing["completeness"] == 0.0
-    assert math.isnan(road_topology([], [])["apls"])
+    assert nothing.apls == 0.0 and nothing.completeness == 0.0
+    assert math.isnan(road_topology([], []).apls)
 
 
 def test_skeletonize_thins_a_bar_to_its_midline() -> None:
@@ -295,8 +310,8 @@ def test_spacenet_road_centerlines_against_themselves() -> None:
     apls_dir = need(REAL / "apls")
     geo = need(apls_dir / "AOI_2_Vegas_img0.geojson")
     r = evaluate_scene(geo, geo, raster=need(apls_dir / "RGB-PanSharpen_AOI_2_Vegas_img0.tif"))
-    assert r["crs"] == "EPSG:32611"  # WGS84 data on a WGS84 raster: measured in UTM 11N
-    assert r["roads"]["apls"] == 1.0 and r["pixels"]["road"]["iou"] == 1.0
+    assert r.crs.to_string() == "EPSG:32611"  # WGS84 data on a WGS84 raster: measured in UTM 11N
+    assert r.roads.apls == 1.0 and r.pixels["road"].iou == 1.0
 
 
 # --- reading real files ----------------------------------------------------------------
@@ -306,12 +321,12 @@ def test_real_massachusetts_buildings_against_themselves() -> None:
     gpkg = need(GDL / "22978945_15.gpkg")
     tif = need(GDL / "22978945_15.tif")
     r = evaluate_scene(gpkg, gpkg, raster=tif)
-    b = r["buildings"]
-    assert b["f1"] == 1.0 and b["fp"] == b["fn"] == 0
-    assert b["tp"] == 405  # the polygons that intersect the image (PROVENANCE.md)
-    assert r["pixels"]["building"]["iou"] == 1.0
-    without_raster = evaluate_scene(gpkg, gpkg, pixel_size_m=None)
-    assert without_raster["buildings"]["tp"] == 441
+    b = r.buildings
+    assert b.f1 == 1.0 and b.fp == b.fn == 0
+    assert b.tp == 405  # the polygons that intersect the image (PROVENANCE.md)
+    assert r.pixels["building"].iou == 1.0
+    without_raster = evaluate_scene(gpkg, gpkg, EvaluationSettings(pixel_size_m=None))
+    assert without_raster.buildings.tp == 441
 
 
 def test_misnamed_single_layer_is_read_as_buildings() -> None:
@@ -332,10 +347,10 @@ def test_baker_lake_class_field_selects_buildings_and_roads() -> None:
         read_vectors(gpkg, class_field="Niveau_2", classes={"building": "House"})
     with pytest.raises(ConfigError, match="no field 'Niveau_9'"):
         read_vectors(gpkg, class_field="Niveau_9")
-    r = evaluate_scene(gpkg, gpkg, class_field="Niveau_2",
+    r = evaluate_scene(gpkg, gpkg, EvaluationSettings(class_field="Niveau_2"),
                        raster=need(GDL / "23322E759967N_clipped_1m_2of2.tif"))
-    assert r["buildings"]["tp"] == 5 and r["buildings"]["f1"] == 1.0  # 5 buildings intersect the image
-    assert r["pixels"]["road"]["iou"] == 1.0 and r["roads"]["apls"] == 1.0
+    assert r.buildings.tp == 5 and r.buildings.f1 == 1.0  # 5 buildings intersect the image
+    assert r.pixels["road"].iou == 1.0 and r.roads.apls == 1.0
 
 
 def test_unknown_layer_and_missing_file_are_config_errors(tmp_path: Path) -> None:
@@ -382,11 +397,11 @@ def test_pair_scenes_by_stem_and_missing_predictions(tmp_path: Path) -> None:
     assert set(by_name) == {"tile1", "tile2"} and unmatched == ["tile9"]
     assert by_name["tile1"].raster == truth_dir / "tile1.tif"
     assert by_name["tile2"].pred == ()
-    result = evaluate_many(pairs, unmatched_predictions=unmatched, topology=None)
-    tile2 = next(s for s in result["scenes"] if s["scene"] == "tile2")
-    assert tile2["missing_prediction"] and tile2["buildings"]["fn"] == 1
-    total = result["total"]["buildings"]
-    assert (total["tp"], total["fp"], total["fn"]) == (2, 2, 3)
+    result = evaluate_many(pairs, EvaluationSettings(topology=None), unmatched_predictions=unmatched)
+    tile2 = next(s for s in result.scenes if s.scene == "tile2")
+    assert tile2.missing_prediction and tile2.buildings.fn == 1
+    total = result.total.buildings
+    assert (total.tp, total.fp, total.fn) == (2, 2, 3)
     assert "tile9" in format_table(result)
 
 
@@ -426,21 +441,88 @@ def test_cli_help_documents_every_option() -> None:
     assert "default: 6.0" in text and "metres" in text
 
 
+def _nothing_scored(scene: str = "s") -> SceneResult:
+    """A scene result with building counts 0/0/0 (every ratio undefined) and nothing else scored."""
+    return SceneResult(scene, CRS.from_user_input(UTM), buildings=MatchResult(0, 0, 0))
+
+
 def test_format_table_aligns_columns_and_marks_undefined_values() -> None:
-    r = {"scene": "s", "buildings": MatchResult(0, 0, 0).to_dict(), "pixels": None, "roads": None}
-    lines = format_table(r).splitlines()
+    lines = format_table(_nothing_scored()).splitlines()
     assert lines[0].startswith("scene") and set(lines[1]) <= {"-", " "}
     assert lines[2].split()[1:4] == ["0", "0", "0"] and lines[2].split()[4] == "-"
     assert len(lines[0]) == len(lines[1])
 
 
-def test_truth_folder_with_gpkg_and_geojson_copies_counts_each_object_once(tmp_path) -> None:
+def test_format_table_of_many_scenes_has_failures_a_total_and_unmatched_predictions() -> None:
+    result = EvaluationResult((_nothing_scored("a"), SceneFailure("b", "cannot be read")),
+                              Totals.combine([_nothing_scored("a")]), unmatched_predictions=("c",))
+    lines = format_table(result).splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["a", "b", "TOTAL", "predictions"]
+    assert "error: cannot be read" in lines[3]
+    assert lines[-1] == "predictions without truth (not scored): c"
+    assert result.failed == ["b"] and result.to_dict()["failed"] == ["b"]
+
+
+def test_settings_are_checked_when_made() -> None:
+    with pytest.raises(ConfigError, match="iou_threshold must be in"):
+        EvaluationSettings(iou_threshold=0)
+    with pytest.raises(ConfigError, match="road width must be > 0 m, got -1"):
+        EvaluationSettings(road_width_m=-1)
+    with pytest.raises(ConfigError, match="classes keys"):
+        EvaluationSettings(classes={"house": "House"})
+    s = EvaluationSettings(classes={"building": "Batiment"})
+    assert dict(s.classes) == {"building": "Batiment"}
+    with pytest.raises(TypeError):
+        s.classes["road"] = "Route"  # type: ignore[index]  # settings are read-only
+
+
+def test_json_is_strict_and_not_replaced_without_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    write_result_json(_nothing_scored(), out)
+    data = json.loads(out.read_text())
+    assert data["crs"] == UTM and data["buildings"]["tp"] == 0 and data["buildings"]["f1"] is None
+    with pytest.raises(ConfigError, match="--overwrite"):
+        write_result_json(_nothing_scored(), out)
+
+
+def test_a_failed_json_write_leaves_the_previous_file_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "eval.json"
+    out.write_text("previous\n")
+
+    def disk_full(src: str, dst: str) -> None:
+        assert is_partial(src) and Path(src).exists()  # the new file was written beside the old one
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OutputError, match="no space left"):
+        write_result_json(_nothing_scored(), out, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]
+    assert out.read_text() == "previous\n"
+
+
+def test_a_killed_json_write_leaves_the_previous_file_and_only_a_partial_name(tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    out.write_text("previous\n")
+    killed_before_rename = textwrap.dedent(f"""
+        import os, signal, sys
+        from pyproj import CRS
+        from geounet.evaluate import MatchResult, SceneResult, write_result_json
+        os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)
+        result = SceneResult("s", CRS.from_user_input("{UTM}"), buildings=MatchResult(0, 0, 0))
+        write_result_json(result, sys.argv[1], overwrite=True)
+    """)
+    proc = subprocess.run([sys.executable, "-c", killed_before_rename, str(out)], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = [p for p in tmp_path.iterdir() if p != out]
+    assert left and all(is_partial(p) for p in left)
+    assert out.read_text() == "previous\n"
+    assert remove_partials(tmp_path) == len(left)
+
+
+def test_truth_folder_with_gpkg_and_geojson_copies_counts_each_object_once(tmp_path: Path) -> None:
     """The synthetic layout writes <stem>_truth.gpkg *and* per-class GeoJSON copies."""
-    import geopandas as gpd
-    import shapely
-
-    from geounet.evaluate import evaluate_many, pair_scenes
-
     truth = tmp_path / "truth"
     truth.mkdir()
     boxes = [shapely.box(500000 + 20 * i, 4650000, 500010 + 20 * i, 4650010) for i in range(5)]
@@ -452,5 +534,5 @@ def test_truth_folder_with_gpkg_and_geojson_copies_counts_each_object_once(tmp_p
     b.iloc[:3].to_file(pred / "buildings.geojson")
     pairs, _ = pair_scenes(tmp_path / "pred", truth)
     res = evaluate_many(pairs)
-    text = str(res)
-    assert "'tp': 3" in text and "'fn': 2" in text, text[:500]
+    for b in (res.scenes[0].buildings, res.total.buildings):
+        assert (b.tp, b.fn) == (3, 2), b

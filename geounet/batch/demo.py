@@ -44,7 +44,7 @@ def make_scenes(folder: Path, size: int, seed: int = DEMO_SEED) -> list[Path]:
 
 def run_demo(out: Path, *, size: int = 1024, workers: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the demo into ``out``; returns the evaluation result."""
-    from geounet.evaluate import evaluate_many, format_table, pair_scenes, write_json
+    from geounet.evaluate import EvaluationSettings, evaluate_many, format_table, pair_scenes, write_result_json
 
     out = Path(out)
     scenes_dir = out / "scenes"
@@ -63,8 +63,8 @@ def run_demo(out: Path, *, size: int = 1024, workers: int | None = None, progres
             print(f"FAILED {o.error}")
     print("[3/3] evaluation against the synthetic ground truth")
     pairs, unmatched = pair_scenes(run_dir, scenes_dir, raster=scenes_dir)
-    result = evaluate_many(pairs, unmatched_predictions=unmatched)
-    write_json(result, out / "evaluation.json", overwrite=True)
+    result = evaluate_many(pairs, EvaluationSettings(), unmatched_predictions=unmatched)
+    write_result_json(result, out / "evaluation.json", overwrite=True)
     print(format_table(result))
     print("\nOutputs:")
     for o in outcomes:
@@ -73,4 +73,4 @@ def run_demo(out: Path, *, size: int = 1024, workers: int | None = None, progres
             if (folder / f).exists():
                 print(f"  {folder / f}")
     print(f"  {run_dir / 'run.json'}\n  {out / 'evaluation.json'}")
-    return json.loads(json.dumps(result, default=str))
+    return json.loads(json.dumps(result.to_dict(), default=str))

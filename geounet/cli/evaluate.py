@@ -8,7 +8,14 @@ from pathlib import Path
 import click
 
 from geounet.errors import ConfigError
-from geounet.evaluate import TopologyParams, evaluate_many, format_table, pair_scenes, write_json
+from geounet.evaluate import (
+    EvaluationSettings,
+    TopologyParams,
+    evaluate_many,
+    format_table,
+    pair_scenes,
+    write_result_json,
+)
 
 
 @click.command("evaluate")
@@ -66,26 +73,24 @@ def command(pred: Path, truth: Path, raster: Path | None, truth_layer: str | Non
     """
     if json_path is not None and json_path.exists() and not overwrite:
         raise ConfigError(f"{json_path} exists; pass --overwrite to replace it")
-    pairs, unmatched = pair_scenes(pred, truth, raster)
-    topology = None if no_topology else TopologyParams(pixel_m=topology_pixel_m, spacing_m=topology_spacing_m,
-                                                       snap_m=snap_m)
-    result = evaluate_many(
-        pairs,
-        unmatched_predictions=unmatched,
+    settings = EvaluationSettings(
+        iou_threshold=iou,
+        min_area_m2=min_area_m2,
+        road_width_m=road_width_m,
+        pixel_size_m=pixel_size_m,
+        topology=None if no_topology else TopologyParams(pixel_m=topology_pixel_m, spacing_m=topology_spacing_m,
+                                                         snap_m=snap_m),
         truth_layer=truth_layer,
         class_field=class_field,
         classes={"building": building_value, "road": road_value},
-        road_width_m=road_width_m,
-        iou_threshold=iou,
-        min_area_m2=min_area_m2,
-        pixel_size_m=pixel_size_m,
-        topology=topology,
     )
+    pairs, unmatched = pair_scenes(pred, truth, raster)
+    result = evaluate_many(pairs, settings, unmatched_predictions=unmatched)
     if json_path is not None:
-        write_json(result, json_path, overwrite=overwrite)
+        write_result_json(result, json_path, overwrite=overwrite)
     click.echo(format_table(result))
     if json_path is not None:
         click.echo(f"wrote {json_path}")
-    if result["failed"]:
-        click.echo(f"{len(result['failed'])} scene(s) could not be evaluated: {', '.join(result['failed'])}", err=True)
+    if result.failed:
+        click.echo(f"{len(result.failed)} scene(s) could not be evaluated: {', '.join(result.failed)}", err=True)
         sys.exit(1)

@@ -25,8 +25,12 @@ test-soak: venv
 demo: venv
 	$(VENV)/bin/geounet demo
 
+# The headline benchmarks (about 15 min on 2 cores); each suite's options: benchmarks/*.py --help.
 bench: venv
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_vectorize.py
+	$(PY) benchmarks/bench_pipeline.py ratio --size 4096 --model geounet/weights/default.safetensors
+	$(PY) benchmarks/bench_pipeline.py memory --sizes 4000 12000 --model geounet/weights/default.safetensors
+	$(PY) benchmarks/bench_batch.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

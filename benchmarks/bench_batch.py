@@ -45,7 +45,7 @@ def _run(scenes: list[str], model: str, workers: int) -> dict:
     from distributed import Client, LocalCluster
 
     from geounet.batch.engine import WorkerSetup, available_cores
-    from geounet.batch.pipeline import run_scenes
+    from geounet.batch.run import run_scenes
     from geounet.settings import InferenceSettings
 
     me = psutil.Process()

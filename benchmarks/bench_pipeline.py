@@ -96,7 +96,8 @@ def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_si
 
 def ratio(args: argparse.Namespace) -> None:
     from geounet.batch.engine import dask_client, plan_cluster
-    from geounet.batch.pipeline import ModelInfo, make_plan, run_scenes
+    from geounet.checkpoint import read_metadata
+    from geounet.batch.run import make_plan, run_scenes
     from geounet.scene.source import open_scene
     from geounet.settings import InferenceSettings
 
@@ -109,7 +110,7 @@ def ratio(args: argparse.Namespace) -> None:
         extra["formats"] = tuple(args.formats)
     settings = InferenceSettings(precision=args.precision, tile_size=args.tile, batch_size=args.batch,
                                  min_area_m2=4.0, **extra)
-    mi = ModelInfo.from_checkpoint(ckpt)
+    mi = read_metadata(ckpt)
     plan = make_plan(open_scene(path, in_channels=3), mi, settings)
     shape = plan_cluster("cpu")
     threads = shape.workers * shape.threads_per_worker
@@ -195,13 +196,13 @@ def halo(args: argparse.Namespace) -> None:
     from geounet.infer.model_cache import prepare_for_inference
     from geounet.scene.read import prepare_input, read_window
     from geounet.compute import resolve_precision
-    from geounet.batch.pipeline import ModelInfo
+    from geounet.checkpoint import read_metadata
     from geounet.scene.source import open_scene
 
     path = scene(args.size)
     ckpt = checkpoint(args.width)
     model = prepare_for_inference(load_checkpoint(ckpt))
-    mi = ModelInfo.from_checkpoint(ckpt)
+    mi = read_metadata(ckpt)
     info = open_scene(path, in_channels=3)
     dev = torch.device("cpu")
     dtype = resolve_precision("fp32", dev)
@@ -377,7 +378,7 @@ def _nap(seconds: float) -> int:
 
 def housekeeping(args: argparse.Namespace) -> None:
     import geounet.batch.engine as engine
-    from geounet.batch.pipeline import _threads
+    from geounet.batch.run import threads as _threads
 
     quiet = dict(engine.QUIET_DASK)
     rows = []

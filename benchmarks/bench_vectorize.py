@@ -28,7 +28,8 @@ import time
 import numpy as np
 from rasterio.features import shapes
 
-from geounet.vectorize.seams import BlockPolygons, merge_seams, polygonize_block
+from geounet.vectorize.seams import BlockPolygons, merge_seams
+from geounet.vectorize.polygonize import polygonize_block
 
 
 def synthetic_mask(size: int, buildings: int, roads: int, seed: int) -> np.ndarray:

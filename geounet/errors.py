@@ -57,3 +57,26 @@ class OutputError(GeounetError, OSError):
 
 class LockHeldError(GeounetError):
     """Another run holds the lock on the output folder."""
+
+
+# -- exit codes: the one table (the CLI, the summary and the README use these) -----------------
+EXIT_OK = 0  # every scene done or skipped
+EXIT_SOME_FAILED = 1  # some scenes failed (each recorded with its error); any other error
+EXIT_CONFIG = 2  # configuration, usage or checkpoint error: nothing was computed
+EXIT_LOCKED = 3  # another run holds the output folder's lock
+EXIT_ENVIRONMENT = 4  # the environment: disk full, read-only or missing output folder
+EXIT_ALL_FAILED = 5  # every scene failed
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The documented exit code for an exception that ends a command."""
+    if isinstance(exc, (ConfigError, CheckpointError)):
+        return EXIT_CONFIG
+    if isinstance(exc, LockHeldError):
+        return EXIT_LOCKED
+    if isinstance(exc, OutputError):
+        return EXIT_ENVIRONMENT
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return EXIT_SOME_FAILED

@@ -1,4 +1,5 @@
-"""Typed inference and output settings (the ``inference:`` section of configs).
+"""Typed settings: inference and outputs (the ``inference:`` section of configs), the
+workflow of a batch run and its Dask cluster.
 
 Every field documents its meaning and unit; ``configs/inference.yaml`` repeats them as
 comments. ``None`` means "take it from the checkpoint or the machine".
@@ -81,3 +82,35 @@ class InferenceSettings(StrictModel):
         """Hash of every setting that changes outputs (resume compares it)."""
         data = self.model_dump(mode="json")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ClusterSettings(StrictModel):
+    """Where the work runs."""
+
+    scheduler: str | None = None
+    """Address of an existing Dask scheduler (tcp://host:8786); null: an embedded LocalCluster."""
+    workers: int | None = Field(None, ge=1)
+    """Embedded cluster: worker processes; null: one per GPU, else one per 4 cores."""
+    threads_per_worker: int | None = Field(None, ge=1)
+    """Embedded cluster: task threads per worker; null: cores / workers."""
+    processes: bool = True
+    """Embedded cluster: workers are processes (true, robust to crashes) or threads (false)."""
+
+
+class WorkflowSettings(StrictModel):
+    """A job definition (see workflows/segment-scenes.yaml)."""
+
+    scenes: str | list[str]
+    """A folder, a glob, a text file of paths (one per line), or a list of paths/URLs."""
+    pattern: str = "*.tif"
+    """File pattern for folders (case-insensitive suffix match on .tif/.tiff when default)."""
+    recursive: bool = True
+    """Search sub-folders of a scene folder."""
+    model: str
+    """Checkpoint (.safetensors); 'default' for the weights shipped with geounet."""
+    out: str
+    """Output folder; each scene gets OUT/<stem>/."""
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    """Inference settings (keys as in configs/inference.yaml)."""
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    """Dask cluster settings."""

@@ -127,7 +127,7 @@ def real_data() -> Path:
     return REAL_DATA
 
 
-# A "probe" architecture for plumbing tests (STYLE.md: swap the network for a 1x1 conv where
+# A "probe" architecture for plumbing tests (as TorchGeo does: swap the network for a 1x1 conv where
 # the test is about coordinates, not the model): logit = gain * (band 1 - 0.5), so the
 # probability is ~1 exactly where band 1 is bright. Registered once per test session.
 def _register_probe() -> None:

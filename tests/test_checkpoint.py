@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import geounet.checkpoint as ckpt
+import geounet.checkpoint.hashing as ckpt_hashing
+import geounet.checkpoint.io as ckpt_io
 from geounet import create_model, load_checkpoint, read_metadata, save_checkpoint
 from geounet.checkpoint import (
     CheckpointMetadata,
@@ -440,9 +442,9 @@ def test_read_metadata_reads_no_weights(saved: Path, monkeypatch: pytest.MonkeyP
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("read_metadata touched the weights")
 
-    monkeypatch.setattr(ckpt, "build", forbidden)
-    monkeypatch.setattr(ckpt, "_tensor_from", forbidden)
-    monkeypatch.setattr(ckpt, "_hash_data", forbidden)
+    monkeypatch.setattr(ckpt_io, "build", forbidden)
+    monkeypatch.setattr(ckpt_io, "_tensor_from", forbidden)
+    monkeypatch.setattr(ckpt_hashing, "_hash_data", forbidden)
     meta = read_metadata(saved)
     assert isinstance(meta, CheckpointMetadata) and meta.spec.arch == "unet"
 
@@ -547,3 +549,105 @@ def test_hostile_header_cannot_request_a_huge_model(tmp_path) -> None:
     bad.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
     with pytest.raises(CheckpointError, match="width"):
         load_checkpoint(bad)
+
+
+# -- from bytes: the same checks, no file ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_loading_from_bytes_equals_loading_the_file(saved: Path, kind: type) -> None:
+    blob = kind(saved.read_bytes())
+    from_file = load_checkpoint(saved)
+    from_bytes = load_checkpoint(blob)
+    assert from_bytes.state_dict().keys() == from_file.state_dict().keys()
+    for name, t in from_file.state_dict().items():
+        assert torch.equal(t, from_bytes.state_dict()[name]), name
+    assert from_bytes.metadata == from_file.metadata
+    assert from_bytes.checkpoint_path is None and not from_bytes.training
+    assert read_metadata(blob) == read_metadata(saved)
+    assert checkpoint_hash(blob) == checkpoint_hash(saved)
+
+
+def _corrupt(data: bytes) -> dict[str, bytes]:
+    """Damaged versions of a good checkpoint's bytes, each refused for another reason."""
+    n = int.from_bytes(data[:8], "little")
+    flipped = bytearray(data)
+    flipped[-3] ^= 0xFF
+    return {
+        "empty": b"",
+        "pickle": pickle.dumps({"w": [1.0]}, protocol=2),
+        "html": b"<!DOCTYPE html><html>Not found</html>",
+        "header cut": data[: 8 + n // 2],
+        "data cut": data[:-100],
+        "appended": data + b"junk",
+        "hash": bytes(flipped),
+    }
+
+
+@pytest.mark.parametrize("case", ["empty", "pickle", "html", "header cut", "data cut", "appended", "hash"])
+def test_corrupt_bytes_are_refused_like_the_file(saved: Path, tmp_path: Path, case: str) -> None:
+    blob = _corrupt(saved.read_bytes())[case]
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(blob)
+    for fn in (load_checkpoint, read_metadata) if case not in ("data cut", "appended", "hash") else (load_checkpoint,):
+        with pytest.raises(CheckpointError) as from_file:
+            fn(path)
+        with pytest.raises(CheckpointError) as from_bytes:
+            fn(blob)
+        assert from_bytes.value.path == "<checkpoint bytes>"
+        assert from_bytes.value.problem == from_file.value.problem
+        assert str(from_bytes.value) == str(from_file.value).replace(str(path), "<checkpoint bytes>")
+    named = error_of(lambda: load_checkpoint(blob, name="<model from the client>"))
+    assert named.startswith("checkpoint <model from the client>: ")
+
+
+def test_get_model_from_bytes_writes_no_file(saved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker builds the model from the bytes the client sent it: no temporary file."""
+    import builtins
+    import tempfile
+
+    import geounet.infer.model_cache as model_cache
+
+    blob = saved.read_bytes()
+    digest = read_metadata(blob).hash
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spool))
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+
+    def no_files(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"a file was opened or created: {args!r}")
+
+    for name in ("NamedTemporaryFile", "TemporaryFile", "mkstemp", "SpooledTemporaryFile"):
+        monkeypatch.setattr(tempfile, name, no_files)
+    monkeypatch.setattr(model_cache, "_MODELS", {})
+    monkeypatch.setattr(builtins, "open", no_files)
+    model = model_cache.get_model(blob, digest, torch.device("cpu"))
+    monkeypatch.undo()  # builtins.open back before anything else runs
+    assert os.listdir(spool) == [] and sorted(os.listdir(saved.parent)) == ["model.safetensors", "tmp"]
+    x = sample_input()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), tiny_model()(x), rtol=1e-4, atol=1e-5)
+    assert model.metadata["hash"] == digest and model.checkpoint_path is None
+
+
+def test_write_goes_through_a_partial_name(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new file is complete under ``.partial-<pid>-<name>`` before it replaces the old one."""
+    seen: list[list[str]] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        seen.append(sorted(os.listdir(saved.parent)))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    save_checkpoint(tiny_model(seed=1), saved)
+    assert seen[0] == sorted([f".partial-{os.getpid()}-model.safetensors", "model.safetensors"])
+    assert sorted(os.listdir(saved.parent)) == ["model.safetensors"]
+    assert read_metadata(saved).hash == content_hash(tiny_model(seed=1).state_dict())
+
+
+def test_directory_as_destination_is_an_output_error(tmp_path: Path) -> None:
+    (tmp_path / "m.safetensors").mkdir()
+    with pytest.raises(OutputError, match="is a directory; give a file name"):
+        save_checkpoint(tiny_model(), tmp_path / "m.safetensors")

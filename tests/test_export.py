@@ -12,7 +12,7 @@ import pytest
 import shapely
 from shapely.geometry import Polygon, box
 
-from geounet.export.writers import GEOJSON_DECIMALS, write_geojson
+from geounet.export.vectors import GEOJSON_DECIMALS, write_geojson
 
 
 def _layer(crs: str, x0: float, y0: float, step: float) -> gpd.GeoDataFrame:
@@ -92,7 +92,7 @@ def test_empty_layer_is_a_valid_empty_collection(tmp_path: Path) -> None:
 
 def test_steps_of_few_features_write_the_same_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Writing in steps (bounded features and vertices) gives the same bytes as one step."""
-    import geounet.export.writers as ex
+    import geounet.export.vectors as ex
 
     gdf = _layer("EPSG:32733", 300_000.0, 7_400_000.0, 10.0)
     whole = tmp_path / "a" / "buildings.geojson"
@@ -109,7 +109,7 @@ def test_steps_of_few_features_write_the_same_file(tmp_path: Path, monkeypatch: 
 
 def test_antimeridian_polygon_in_a_later_step_sends_the_whole_layer_to_gdal(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import geounet.export.writers as ex
+    import geounet.export.vectors as ex
 
     monkeypatch.setattr(ex, "GEOJSON_CHUNK", 1)  # steps before it are written first
     near = [Polygon([(179.9, 10.0 + i / 100), (179.91, 10.0 + i / 100), (179.91, 10.005 + i / 100),

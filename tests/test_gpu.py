@@ -24,7 +24,7 @@ def test_cuda_tiled_equals_whole_scene(tmp_path: Path, precision: str) -> None:
     from geounet.infer.block import infer_block, run_model
     from geounet.scene.read import prepare_input, read_window
     from geounet.compute import resolve_precision
-    from geounet.batch.pipeline import ModelInfo
+    from geounet.checkpoint import read_metadata
     from geounet.scene.source import open_scene
     from tests.conftest import make_checkpoint, smooth_image, write_tif
 
@@ -32,7 +32,7 @@ def test_cuda_tiled_equals_whole_scene(tmp_path: Path, precision: str) -> None:
     ckpt = make_checkpoint(tmp_path / "m.safetensors", width=8, depth=3)
     dev = torch.device("cuda")
     model = load_checkpoint(ckpt, device="cuda").to(memory_format=torch.channels_last)
-    mi = ModelInfo.from_checkpoint(ckpt)
+    mi = read_metadata(ckpt)
     info = open_scene(scene, in_channels=3)
     dtype = resolve_precision(precision, dev)
     plan = plan_tiles(info.width, info.height, tile_size=160,
@@ -55,7 +55,7 @@ def test_cuda_predict_end_to_end(tmp_path: Path) -> None:
 
     from distributed import Client, LocalCluster
 
-    from geounet.batch.pipeline import run_scenes
+    from geounet.batch.run import run_scenes
     from geounet.settings import InferenceSettings
     from tests.conftest import make_checkpoint, smooth_image, write_tif
 

@@ -94,7 +94,7 @@ def test_a_run_gives_the_workers_freed_heap_back(tmp_path) -> None:
     from distributed import Client, LocalCluster
 
     from geounet.batch.engine import WorkerSetup
-    from geounet.batch.pipeline import run_scenes
+    from geounet.batch.run import run_scenes
     from geounet.settings import InferenceSettings
     from geounet.weights import default_weights
     from tests.conftest import smooth_image, write_tif

@@ -14,7 +14,8 @@ from shapely.geometry import Point, Polygon, box, shape
 
 from geounet.errors import ConfigError
 from geounet.vectorize.postprocess import WorldPolygons, areas_m2, pixel_size_m, postprocess, to_world
-from geounet.vectorize.seams import merge_seams, polygonize_block
+from geounet.vectorize.seams import merge_seams
+from geounet.vectorize.polygonize import polygonize_block
 
 US_FOOT = 1200 / 3937  # metres, exactly
 UTM = "EPSG:32633"
@@ -127,7 +128,7 @@ def test_score_area_and_min_area_filter() -> None:
     np.testing.assert_allclose(out.area_m2, [1.0, 25.0])
     np.testing.assert_allclose(out.score, [0.8, (99 * 0.8 + 0.3) / 100], rtol=1e-6)
     assert out.pixel_count.tolist() == [4, 100]
-    geoms, area, score, count = postprocess(m.geoms, m.pixel_count, m.prob_sum, affine=NORTH_UP_HALF_METRE,
+    geoms, area, score, count, _pixels = postprocess(m.geoms, m.pixel_count, m.prob_sum, affine=NORTH_UP_HALF_METRE,
                                             crs=UTM, min_area_m2=2.0)
     assert len(geoms) == 1 and area.tolist() == [25.0] and count.tolist() == [100]
     assert geoms[0].bounds == pytest.approx((500002.5, 4649990.0, 500007.5, 4649995.0))

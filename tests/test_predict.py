@@ -15,7 +15,7 @@ from affine import Affine
 from pyproj import Transformer
 from rasterio.features import shapes
 
-from geounet.batch.pipeline import run_scenes
+from geounet.batch.run import run_scenes
 from geounet.settings import InferenceSettings
 from tests.conftest import make_checkpoint, smooth_image, write_tif
 
@@ -121,7 +121,7 @@ def test_tiled_polygons_equal_whole_mask_polygons(tmp_path: Path, dask_local) ->
     from geounet.checkpoint import load_checkpoint
     from geounet.scene.read import prepare_input, read_window
     from geounet.infer.block import run_model
-    from geounet.batch.pipeline import ModelInfo
+    from geounet.checkpoint import read_metadata
     from geounet.scene.source import open_scene
     from rasterio.windows import Window
 
@@ -131,7 +131,7 @@ def test_tiled_polygons_equal_whole_mask_polygons(tmp_path: Path, dask_local) ->
     model = load_checkpoint(ckpt)
     info = open_scene(scene, in_channels=3)
     raw, valid = read_window(info, Window(0, 0, info.width, info.height))
-    x = prepare_input(raw, valid, ModelInfo.from_checkpoint(ckpt).normalization)
+    x = prepare_input(raw, valid, read_metadata(ckpt).normalization)
     whole = run_model(model, x, device=torch.device("cpu"), dtype=torch.float32).numpy()[0][0]
     thr = float(np.quantile(whole, 0.5))
     mask = whole >= thr
@@ -229,3 +229,54 @@ def test_worker_threads_keep_a_bounded_number_of_open_datasets(tmp_path: Path) -
     assert len(os.listdir("/proc/self/fd")) - before <= infer.MAX_HANDLES
     infer.close_datasets()
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_predict_runs_a_shipped_model_by_name(tmp_path: Path) -> None:
+    """``geounet predict SCENE -m default -o OUT``: shipped model names resolve for predict
+    as they do for run and info (geounet.weights.resolve_model_name, the one place)."""
+    from click.testing import CliRunner
+
+    from geounet.cli.main import cli
+    from geounet.weights import default_weights, resolve_model_name, shipped_models
+
+    assert resolve_model_name("default") == str(default_weights())
+    assert "default" in shipped_models()
+    scene = write_tif(tmp_path / "scene.tif", smooth_image((3, 96, 128), seed=3),
+                      crs="EPSG:32633", transform=Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["predict", str(scene), "-m", "default", "-o", str(out),
+                                   "--no-progress", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / "scene" / "scene.json").read_text())
+    assert record["status"] == "success" and record["model"] == str(default_weights())
+    assert (out / "scene" / "buildings.geojson").is_file()
+
+
+def test_client_reads_the_checkpoint_once_per_run(tmp_path: Path, dask_local) -> None:
+    """The client opens the checkpoint file once per run (facts, full check and the copy sent
+    to the workers all come from those bytes); workers build the model from the bytes."""
+    import sys
+
+    scenes = [write_tif(tmp_path / f"s{i}.tif", smooth_image((3, 80, 90), seed=i),
+                        crs="EPSG:32633", transform=Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0))
+              for i in range(2)]
+    ckpt = make_checkpoint(tmp_path / "model.safetensors", arch="unet", width=4, depth=2)
+    target = str(Path(ckpt).resolve())
+    opened: list[str] = []
+    counting = [False]
+
+    def hook(event: str, args: tuple) -> None:
+        if counting[0] and event == "open" and isinstance(args[0], (str, bytes, Path)):
+            path = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+            if path and Path(path).resolve() == Path(target):
+                opened.append(event)
+
+    sys.addaudithook(hook)  # audit hooks cannot be removed: this one counts only while on
+    counting[0] = True
+    try:
+        res = run_scenes([str(s) for s in scenes], ckpt, tmp_path / "out",
+                         InferenceSettings(tile_size=64, tiles_per_block=1), client=dask_local, progress=False)
+    finally:
+        counting[0] = False
+    assert [r.status for r in res] == ["success", "success"], [r.error for r in res]
+    assert len(opened) == 1

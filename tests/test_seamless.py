@@ -20,7 +20,7 @@ from geounet.checkpoint import load_checkpoint
 from geounet.infer.block import infer_block, run_model
 from geounet.scene.read import prepare_input, read_window
 from geounet.compute import resolve_precision
-from geounet.batch.pipeline import ModelInfo
+from geounet.checkpoint import read_metadata
 from geounet.scene.source import open_scene
 from tests.conftest import make_checkpoint, smooth_image, write_tif
 
@@ -29,7 +29,7 @@ def _tiled_and_whole(scene: Path, ckpt: Path, *, tile: int, halo: int | None, k:
                      precision: str) -> tuple[np.ndarray, np.ndarray]:
     model = load_checkpoint(ckpt)
     info = open_scene(scene, in_channels=model.spec.in_channels)
-    mi = ModelInfo.from_checkpoint(ckpt)
+    mi = read_metadata(ckpt)
     device = torch.device("cpu")
     dtype = resolve_precision(precision, device)
     if halo is None:

@@ -20,7 +20,8 @@ from scipy import ndimage
 from shapely.geometry import box, shape
 
 from geounet.vectorize import seams as vectorize
-from geounet.vectorize.seams import BlockPolygons, Polygons, merge_seams, polygonize_block
+from geounet.vectorize.seams import BlockPolygons, Polygons, merge_seams
+from geounet.vectorize.polygonize import polygonize_block
 
 
 def grid(text: str) -> np.ndarray:
@@ -311,7 +312,8 @@ def test_seam_pairs_work_on_runs_not_pixels() -> None:
     nothing (per-pixel keys and their sort took ~75 MB here, ~360 MB at 40000^2 px)."""
     import tracemalloc
 
-    from geounet.vectorize.seams import _seam_pairs, polygonize_block
+    from geounet.vectorize.seams import _seam_pairs
+    from geounet.vectorize.polygonize import polygonize_block
 
     size, step = 8000, 200
     mask = np.ones((step, step), dtype=bool)

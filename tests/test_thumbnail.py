@@ -132,19 +132,22 @@ def test_outline_pixels_are_those_rasterize_touches(seed: int, factor: int, chun
     assert ndimage.label(one, structure=np.ones((3, 3)))[1] == 1
 
 
-def test_outline_from_the_scene_crs_lands_on_the_same_pixels() -> None:
-    """Polygons in a UTM CRS mapped back with the inverse geotransform draw the outline the
-    same polygons in pixel coordinates draw (vertices on pixel corners stay on them)."""
+def test_quicklook_outlines_come_from_the_post_processed_pixel_polygons() -> None:
+    """The quicklook draws the polygons post-processing kept, in scene pixels (no CRS ->
+    pixel round trip): they are exactly the written polygons before the geotransform, after
+    hole filling and simplification, and small ones dropped from both alike."""
     import shapely
     from affine import Affine
 
-    from geounet.export.quicklook import outline_mask
+    from geounet.vectorize.postprocess import postprocess, to_world
 
     transform = Affine(0.3, 0.0, 431_234.7, 0.0, -0.3, 6_121_987.1)  # 0.3 m, UTM south
-    px = [shapely.box(3, 5, 17, 29), shapely.box(20, 0, 33, 7)]
-    world = shapely.transform(np.asarray(px, dtype=object),
-                              lambda xy: np.column_stack(transform * (xy[:, 0], xy[:, 1])))
-    for factor in (1, 3):
-        shape = (-(-40 // factor), -(-40 // factor))
-        assert np.array_equal(outline_mask(world, shape, factor=factor, to_pixel=~transform),
-                              outline_mask(px, shape, factor=factor))
+    hole = shapely.Polygon([(3, 5), (17, 5), (17, 29), (3, 29)], [[(5, 7), (6, 7), (6, 8), (5, 8)]])
+    px = np.asarray([hole, shapely.box(20, 0, 33, 7), shapely.box(40, 40, 41, 41)], dtype=object)
+    counts = np.asarray([int(shapely.area(g)) for g in px])
+    out = postprocess(px, counts, counts * 0.9, affine=transform, crs="EPSG:32733",
+                      fill_holes_m2=0.5, min_area_m2=1.0, simplify_m=0.3)
+    assert len(out.pixel_geoms) == len(out.geoms) == 2  # the 0.09 m^2 square is dropped from both
+    assert all(len(g.interiors) == 0 for g in out.pixel_geoms)  # the 0.09 m^2 hole is filled in both
+    back = to_world(out.pixel_geoms, transform)
+    assert shapely.equals_exact(back, out.geoms, tolerance=1e-9).all()

@@ -20,9 +20,10 @@ from geounet.errors import CheckpointError, ConfigError
 from geounet.train import load_training_settings, train
 from geounet.train.config import OptimSettings
 from geounet.train.data import TrainScene, estimate_normalization, load_window, open_scenes
-from geounet.train.loop import _split, lr_at, optimizer_state, restore_optimizer, state_paths
+from geounet.train.loop import split_areas
+from geounet.train.optim import lr_at
 from geounet.train.sampling import WindowRef
-
+from geounet.train.state import optimizer_state, restore_optimizer, state_paths
 from tests.conftest import write_tif
 
 T = Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0)
@@ -118,7 +119,7 @@ def test_checkpoint_records_normalization_and_provenance(two_epochs):
     assert meta.bands == [1, 2, 3]
     # the statistics equal those computed from the sampled training windows
     scenes = open_scenes(settings)
-    train_rects, _ = _split(scenes, settings)
+    train_rects, _ = split_areas(scenes, settings)
     expected = estimate_normalization(scenes, train_rects, [1, 2, 3], settings.normalization, 32, seed=3)
     assert meta.normalization.kind == "meanstd"
     np.testing.assert_allclose(meta.normalization.mean, expected.mean)

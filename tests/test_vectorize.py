@@ -10,7 +10,8 @@ import shapely
 from rasterio.features import shapes
 from shapely.geometry import box, shape
 
-from geounet.vectorize.seams import BlockPolygons, merge_seams, polygonize_block
+from geounet.vectorize.seams import BlockPolygons, merge_seams
+from geounet.vectorize.polygonize import polygonize_block
 
 
 def grid(text: str) -> np.ndarray:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from geounet.settings import InferenceSettings
-from geounet.batch.workflow import ClusterSettings, WorkflowSettings, run_workflow
+from geounet.batch.workflow import run_workflow
+from geounet.settings import ClusterSettings, WorkflowSettings
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import signal
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -193,14 +194,21 @@ def plan_cluster(device: str = "auto", workers: int | None = None, cores: int | 
     return ClusterShape(workers=n, threads_per_worker=threads, torch_threads=torch_threads, gpus=0)
 
 
-def dashboard_link(client: Client) -> str | None:
-    """The scheduler's dashboard URL, or None when it serves none (``--no-dashboard``).
+def dashboard_link(client: Client, *, timeout_s: float = 2.0) -> str | None:
+    """The dashboard's address as the scheduler reports it, or None when it serves none.
 
-    Without bokeh the address still answers, with a page asking to install it."""
+    A scheduler started with ``--no-dashboard`` still lists its HTTP service (health and
+    metrics) under the dashboard's name, so the address is only returned once its status
+    page answers (one HTTP request of at most ``timeout_s`` seconds)."""
     info = client.scheduler_info()
     if "dashboard" not in (info.get("services") or {}):
         return None
-    return client.dashboard_link
+    link = client.dashboard_link
+    try:
+        with urllib.request.urlopen(link, timeout=timeout_s) as response:  # noqa: S310 - the scheduler's own http(s) address
+            return link if response.status == 200 else None
+    except (OSError, ValueError):  # refused, 404 (HTTPError is an OSError), timeout, bad URL
+        return None
 
 
 class LazyClient:

@@ -9,7 +9,7 @@ A run, in order:
 3. checks that the output folder takes files: a read-only folder, a path that is no
    folder or a full disk fails here, before any computing, with exit code 4;
 4. removes ``.partial-*`` leftovers of interrupted writes, then drives
-   :func:`geounet.batch.pipeline.run_scenes` on a Dask cluster that starts only if some scene
+   :func:`geounet.batch.run.run_scenes` on a Dask cluster that starts only if some scene
    needs work;
 5. records everything in ``OUT/run.json`` (rewritten after each scene) and
    ``OUT/geounet.log``.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import glob as globlib
-import importlib.util
 import logging
 import os
 import signal
@@ -34,66 +33,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
-from geounet.config import StrictModel, load_config
-from geounet.errors import GeounetError, LockHeldError, OutputError
+from geounet.config import load_config
+from geounet.errors import GeounetError, LockHeldError, OutputError, SceneError
 from geounet.atomic import remove_partials, write_json
-from geounet.batch.pipeline import SceneOutcome, check_writable, library_versions, run_scenes
-from geounet.scene.source import is_remote
-from geounet.settings import InferenceSettings
+from geounet.batch.finalize import library_versions
+from geounet.batch.outcomes import SceneOutcome
+from geounet.batch.run import run_scenes
+from geounet.export.layout import LOCK_NAME, LOG_NAME, RUN_JSON, check_writable, is_complete
+from geounet.scene.source import is_remote, open_scene, unique_stems
+from geounet.batch.engine import dask_client, dashboard_link
+from geounet.checkpoint import read_metadata
+from geounet.weights import resolve_model_name
+from geounet.settings import WorkflowSettings
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".geounet.lock"
-RUN_JSON = "run.json"
-LOG_NAME = "geounet.log"
 SCENE_SUFFIXES = (".tif", ".tiff")
-
-
-class ClusterSettings(StrictModel):
-    """Where the work runs."""
-
-    scheduler: str | None = None
-    """Address of an existing Dask scheduler (tcp://host:8786); null: an embedded LocalCluster."""
-    workers: int | None = Field(None, ge=1)
-    """Embedded cluster: worker processes; null: one per GPU, else one per 4 cores."""
-    threads_per_worker: int | None = Field(None, ge=1)
-    """Embedded cluster: task threads per worker; null: cores / workers."""
-    processes: bool = True
-    """Embedded cluster: workers are processes (true, robust to crashes) or threads (false)."""
-
-
-class WorkflowSettings(StrictModel):
-    """A job definition (see workflows/segment-scenes.yaml)."""
-
-    scenes: str | list[str]
-    """A folder, a glob, a text file of paths (one per line), or a list of paths/URLs."""
-    pattern: str = "*.tif"
-    """File pattern for folders (case-insensitive suffix match on .tif/.tiff when default)."""
-    recursive: bool = True
-    """Search sub-folders of a scene folder."""
-    model: str
-    """Checkpoint (.safetensors); 'default' for the weights shipped with geounet."""
-    out: str
-    """Output folder; each scene gets OUT/<stem>/."""
-    inference: InferenceSettings = Field(default_factory=InferenceSettings)
-    """Inference settings (keys as in configs/inference.yaml)."""
-    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
-    """Dask cluster settings."""
 
 
 # --------------------------------------------------------------------------- paths
 def resolve_model(model: str, base: Path | None = None) -> str:
-    """'default' -> the shipped weights; relative paths are taken from ``base``."""
-    if model == "default":
-        from geounet.weights import default_weights
-
-        return str(default_weights())
-    p = Path(model)
-    if not p.is_absolute() and base is not None and not p.exists() and (base / p).exists():
-        p = base / p
-    return os.path.abspath(p)
+    """A shipped model's name (``default``) -> its weights; relative paths are taken from ``base``."""
+    return resolve_model_name(model, base)
 
 
 def resolve_out(out: str, base: Path | None = None) -> Path:
@@ -339,8 +300,6 @@ def run_workflow(
             became full during the run (the run stops; finished scenes stay intact).
         LockHeldError: another run holds the output folder.
     """
-    from geounet.checkpoint import read_metadata
-
     out = resolve_out(wf.out, base)
     model = resolve_model(wf.model, base)
     read_metadata(model)  # a bad model fails before anything else
@@ -362,8 +321,6 @@ def _run_locked(wf: WorkflowSettings, scenes: list[str], model: str, out: Path, 
                 started: datetime, t0: float) -> tuple[list[SceneOutcome], dict[str, Any]]:
     """The run proper, holding the output lock, logging to OUT/geounet.log, with ``stop``
     set by SIGTERM / Ctrl-C."""
-    from geounet.batch.engine import dask_client, dashboard_link
-
     removed = clean_partials(out)
     if removed:
         log.info("removed %d temporary file(s) left by an interrupted run", removed)
@@ -399,12 +356,7 @@ def _run_locked(wf: WorkflowSettings, scenes: list[str], model: str, out: Path, 
 
     def on_connect(c: Any) -> None:
         link = dashboard_link(c)
-        if link is None:
-            msg = "Dask dashboard: not served by this scheduler"
-        else:
-            msg = f"Dask dashboard: {link}"
-            if importlib.util.find_spec("bokeh") is None:
-                msg += " (its plots need bokeh>=3.1, which is not installed)"
+        msg = f"Dask dashboard: {link}" if link else "Dask dashboard: not served by this scheduler"
         log.info("%s", msg)
         if announce is not None:
             announce(msg)
@@ -445,18 +397,17 @@ def _run_locked(wf: WorkflowSettings, scenes: list[str], model: str, out: Path, 
 
 def _dry_run(scenes: list[str], model: str, out: Path, wf: WorkflowSettings, force: bool) -> list[SceneOutcome]:
     """What a run would do, per scene: run, skip (complete) or refuse. Reads headers only."""
-    from geounet.errors import SceneError
-    from geounet.batch.pipeline import ModelInfo, is_complete
-    from geounet.scene.source import open_scene, unique_stems
-
-    mi = ModelInfo.from_checkpoint(model)
+    meta = read_metadata(model)
     res = []
     for path, stem in zip(scenes, unique_stems(scenes)):
         try:
-            info = open_scene(path, in_channels=mi.in_channels, bands=wf.inference.bands or mi.bands,
+            info = open_scene(path, in_channels=meta.spec.in_channels,
+                              bands=wf.inference.bands or (list(meta.bands) if meta.bands else None),
                               max_pixels=wf.inference.max_pixels, use_nodata=wf.inference.use_nodata,
                               stem=stem)
-            done = not force and is_complete(out / stem, info, mi, wf.inference.fingerprint())
+            done = not force and is_complete(out / stem, input_fingerprint=info.fingerprint,
+                                             model_hash=meta.content_hash,
+                                             config_hash=wf.inference.fingerprint())
             res.append(SceneOutcome(scene=path, stem=stem, status="skipped" if done else "success",
                                     out_dir=str(out / stem), pixels=info.pixels))
         except SceneError as exc:

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from geounet.checkpoint import model_card
+from geounet.checkpoint.card import model_card, provenance_summary
+from geounet.weights import resolve_model_name
 
 
 def format_count(n: int) -> str:
@@ -38,7 +39,11 @@ def _mapping(d: dict[str, Any]) -> str:
 
 
 def render_card(card: dict[str, Any]) -> str:
-    """The text form of :func:`geounet.checkpoint.model_card`, one labelled line per fact."""
+    """The text form of :func:`geounet.checkpoint.model_card`, one labelled line per fact.
+
+    The training provenance is shown as the short lines of
+    :func:`~geounet.checkpoint.card.provenance_summary`, indented under ``provenance``.
+    """
     spec = card["spec"]
     options = f", options {_mapping(spec['options'])}" if spec.get("options") else ""
     mode_note = {
@@ -59,34 +64,38 @@ def render_card(card: dict[str, Any]) -> str:
         ("thresholds", ", ".join(f"{k}={v:g}" for k, v in card["thresholds"].items())),
         ("receptive field", f"radius {card['receptive_field_radius']} px"),
         ("tile / halo", f"{card['tile_size']} px / {card['halo']} px (suggested)"),
-        ("provenance", _mapping(card["provenance"])),
     ]
+    summary = provenance_summary(card["provenance"])
+    rows.append(("provenance", "" if summary else "(none)"))
+    rows += [(f"  {label}" if label else "", text) for label, text in summary]
     if card.get("extra"):
         rows.append(("extra", _mapping(card["extra"])))
     rows.append(("format", f"{card['format']} v{card['format_version']}, geounet {card['geounet_version']}"))
     width = max(len(label) for label, _ in rows)
-    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+    return "\n".join(f"{label:<{width}}  {value}".rstrip() for label, value in rows)
 
 
 @click.command("info")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint")
 @click.option(
     "--json", "as_json", is_flag=True,
     help="Print the card as one JSON object (the checkpoint's metadata plus path, parameters "
     "and out_channels) instead of text, for scripts.",
 )
 def command(checkpoint: str, as_json: bool) -> None:
-    """Show the model card of CHECKPOINT (a .safetensors file written by geounet).
+    """Show the model card of CHECKPOINT (a .safetensors file written by geounet, or the
+    name of a shipped model such as 'default').
 
     Prints the architecture, parameter count, input bands and their normalization, classes
     and output mode, receptive field, suggested tile size and halo, per-class thresholds,
-    training provenance and the content hash. The file is fully verified on the way (header,
+    a summary of the training provenance (date, epochs, validation metrics, sources; long
+    values cut with "…") and the content hash. --json gives the full provenance. The file is fully verified on the way (header,
     metadata, tensor shapes, content hash, finite weights); pickled .pt/.pth files are
     refused, never loaded.
 
     Exit codes: 0 success, 2 the checkpoint is missing, unsafe or invalid.
     """
-    card = model_card(checkpoint)
+    card = model_card(resolve_model_name(checkpoint))
     if as_json:
         click.echo(json.dumps(card, indent=2, sort_keys=True))
     else:

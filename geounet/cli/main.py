@@ -1,9 +1,7 @@
 """Entry point of the ``geounet`` command.
 
 Each subcommand lives in its own module and only parses options and calls the library.
-Exit codes: 0 success, 1 some scenes failed, 2 configuration or usage error,
-3 output folder locked by another run, 4 environment error (disk full, read-only output),
-5 every scene failed, 130 interrupted.
+Exit codes: see :mod:`geounet.errors` (the one table).
 """
 
 from __future__ import annotations
@@ -14,32 +12,11 @@ import sys
 
 import click
 
-from geounet.errors import CheckpointError, ConfigError, GeounetError, LockHeldError, OutputError
-
-EXIT_OK = 0
-EXIT_SOME_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_LOCKED = 3
-EXIT_ENVIRONMENT = 4
-EXIT_ALL_FAILED = 5
-EXIT_INTERRUPTED = 130
+from geounet.errors import EXIT_INTERRUPTED, GeounetError, exit_code_for
 
 # Subcommand modules, each exposing ``command`` (a click.Command). A subcommand is listed
 # here only once it works.
 SUBCOMMANDS: tuple[str, ...] = ("info", "synth", "train", "predict", "run", "evaluate", "demo")
-
-
-def exit_code_for(exc: BaseException) -> int:
-    """Map an exception to the documented exit code."""
-    if isinstance(exc, (ConfigError, CheckpointError)):
-        return EXIT_CONFIG
-    if isinstance(exc, LockHeldError):
-        return EXIT_LOCKED
-    if isinstance(exc, OutputError):
-        return EXIT_ENVIRONMENT
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
-    return EXIT_SOME_FAILED
 
 
 def setup_logging(verbosity: int) -> None:

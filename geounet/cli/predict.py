@@ -11,14 +11,15 @@ from geounet.cli.options import inference_options, inference_overrides
 from geounet.cli.summary import exit_code_for_outcomes, print_summary
 from geounet.config import load_config
 from geounet.batch.engine import dask_client
-from geounet.batch.pipeline import run_scenes
+from geounet.batch.run import run_scenes
 from geounet.settings import InferenceSettings
+from geounet.weights import resolve_model_name
 
 
 @click.command("predict")
 @click.argument("scenes", nargs=-1, required=True)
-@click.option("-m", "--model", "model", required=True, type=click.Path(dir_okay=False),
-              help="Checkpoint (.safetensors) to run.")
+@click.option("-m", "--model", "model", required=True,
+              help="Checkpoint (.safetensors) to run, or the name of a shipped model ('default').")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
               help="Output folder; each scene gets OUT/<scene-stem>/.")
 @click.option("-c", "--config", type=click.Path(dir_okay=False),
@@ -42,7 +43,7 @@ def command(scenes: tuple[str, ...], model: str, out: str, config: str | None, w
     # lazy: the cluster starts on first use, after run_scenes has checked the model in full,
     # so a bad or unsafe checkpoint exits 2 without starting any worker
     with dask_client(scheduler, device=settings.device, workers=workers, lazy=True) as client:
-        outcomes = run_scenes(list(scenes), model, Path(out), settings, client=client, force=force,
+        outcomes = run_scenes(list(scenes), resolve_model_name(model), Path(out), settings, client=client, force=force,
                               progress=show)
     print_summary(outcomes)
     sys.exit(exit_code_for_outcomes(outcomes))

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
+from geounet.batch.workflow import load_workflow, run_workflow
 from geounet.cli.options import inference_options, inference_overrides
 from geounet.cli.summary import exit_code_for_outcomes, print_summary
+from geounet.errors import EXIT_INTERRUPTED
 from geounet.scene.source import is_remote
-from geounet.batch.workflow import load_workflow, run_workflow
 
 DRY_RUN_LABELS = {"success": "would run", "skipped": "complete, would skip", "failed": "REFUSED"}
 
@@ -63,8 +64,6 @@ def command(workflow: str, scenes: str | None, out: str | None, model: str | Non
         sys.exit(0)
     print_summary(outcomes)
     if record.get("interrupted"):
-        from geounet.cli.main import EXIT_INTERRUPTED
-
         unfinished = sum(o.status != "success" and o.status != "skipped" for o in outcomes)
         if unfinished or len(outcomes) < record.get("total", 0):
             click.echo("interrupted: unfinished scenes were removed; run again to continue", err=True)

@@ -6,13 +6,12 @@ from collections.abc import Sequence
 
 import click
 
-from geounet.batch.pipeline import SceneOutcome
+from geounet.batch.outcomes import SceneOutcome
+from geounet.errors import EXIT_ALL_FAILED, EXIT_OK, EXIT_SOME_FAILED
 
 
 def exit_code_for_outcomes(outcomes: Sequence[SceneOutcome]) -> int:
     """0 when nothing failed, 5 when every scene failed, 1 when some did."""
-    from geounet.cli.main import EXIT_ALL_FAILED, EXIT_OK, EXIT_SOME_FAILED
-
     failed = sum(o.status == "failed" for o in outcomes)
     if not failed:
         return EXIT_OK

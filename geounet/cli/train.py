@@ -47,7 +47,9 @@ def command(config: str, epochs: int | None, out: str | None, resume: str | None
     with its training state (.state.json, .state.safetensors) for --resume, OUT/log.csv and
     OUT/curves.png. Prints the best epoch's metrics at the end.
 
-    Exit codes: 0 trained, 2 configuration error (file, key and value named), 1 other failure.
+    Exit codes: 0 trained, 2 configuration error (file, key and value named), 4 an output
+    cannot be written (disk full, read-only folder; the file is named and earlier files, such
+    as the best checkpoint so far, are left intact), 1 other failure.
     """
     overrides = {
         "optim.epochs": epochs, "output.dir": out, "compute.device": device, "compute.precision": precision,

@@ -13,9 +13,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
+from PIL import Image
+
+from geounet.atomic import atomic_output
 
 
 def thumbnail_factor(width: int, height: int, size: int) -> int:
@@ -125,12 +130,11 @@ OUTLINE_CHUNK_VERTICES = 200_000
 
 
 def outline_mask(geoms: Sequence[Any], shape: tuple[int, int], *, factor: int,
-                 tolerance_px: float = 0.0, to_pixel: Any = None) -> np.ndarray:
+                 tolerance_px: float = 0.0) -> np.ndarray:
     """Quicklook pixels crossed by the outlines (exterior and hole rings) of ``geoms``.
 
-    ``geoms`` are polygons in scene pixel coordinates (x right, y down), or in the scene's
-    CRS when ``to_pixel`` (an ``affine.Affine``, e.g. ``~dataset.transform``) maps them to
-    pixels; quicklook pixel (r, c) covers scene pixels ``[c * factor, (c + 1) * factor)``
+    ``geoms`` are polygons in scene pixel coordinates (x right, y down), as post-processing
+    keeps them beside the world ones (no CRS -> pixel round trip); quicklook pixel (r, c) covers scene pixels ``[c * factor, (c + 1) * factor)``
     and likewise for rows.
     Outlines are first simplified by ``tolerance_px`` quicklook pixels (detail finer than a
     quicklook pixel cannot show), then every ring segment is sampled at least twice per
@@ -141,10 +145,6 @@ def outline_mask(geoms: Sequence[Any], shape: tuple[int, int], *, factor: int,
     Returns:
         ``shape`` bool array, True on outline pixels.
     """
-    import shapely
-
-    from geounet.vectorize.postprocess import to_world
-
     out = np.zeros(shape, dtype=bool)
     geoms = np.asarray(geoms, dtype=object)
     if len(geoms) == 0:
@@ -158,18 +158,12 @@ def outline_mask(geoms: Sequence[Any], shape: tuple[int, int], *, factor: int,
         if len(chunk) == 0:
             continue
         chunk = chunk[~shapely.is_empty(chunk)]
-        if to_pixel is not None:
-            chunk = to_world(chunk, to_pixel)  # the inverse geotransform: CRS -> pixels
         lines = shapely.get_parts(shapely.boundary(chunk))
         if tolerance_px > 0:
             lines = shapely.simplify(lines, tolerance_px * factor, preserve_topology=False)
         xy, index = shapely.get_coordinates(lines, return_index=True)
         if len(xy) == 0:
             continue
-        if to_pixel is not None:
-            # a CRS -> pixel round trip leaves ~1e-9 px of error: rounding puts vertices
-            # that lie on pixel corners back on them (floor() would otherwise move them)
-            np.round(xy, 6, out=xy)
         xy *= scale
         same = index[1:] == index[:-1]  # consecutive vertices of one line: a segment
         p0, step = xy[:-1][same], np.diff(xy, axis=0)[same]
@@ -182,3 +176,54 @@ def outline_mask(geoms: Sequence[Any], shape: tuple[int, int], *, factor: int,
         r = np.clip(np.floor(pts[:, 1]).astype(np.int64), 0, rows - 1)
         out[r, c] = True
     return out
+
+
+# Outlines on a downsampled quicklook are simplified to this tolerance, in quicklook pixels.
+QUICKLOOK_TOLERANCE_PX = 0.25
+# zlib level of quicklook.png: level 1 encodes a 1024^2 px picture in 0.09 s instead of 0.27 s
+# (level 6) for a file 2 % larger.
+PNG_LEVEL = 1
+# Outline colours for the quicklook, by class index (RGB).
+CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (255, 48, 48), (255, 214, 0), (0, 200, 255), (170, 80, 255), (60, 255, 90), (255, 130, 0),
+)
+# Pixels sampled (evenly spaced) for the quicklook's 2-98 % contrast stretch.
+STRETCH_SAMPLE = 250_000
+
+
+def _stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Each band stretched linearly from its 2nd to its 98th percentile over the valid
+    cells (estimated from an even sample of at most :data:`STRETCH_SAMPLE` of them)."""
+    out = np.zeros(rgb.shape, np.uint8)
+    for i, band in enumerate(rgb.astype(np.float32)):
+        vals = band[valid] if valid.any() else band.ravel()
+        vals = vals[:: max(1, vals.size // STRETCH_SAMPLE)]
+        lo, hi = (np.percentile(vals, (2, 98)) if vals.size else (0.0, 1.0))
+        if hi <= lo:
+            hi = lo + 1.0
+        band -= lo
+        band *= 255.0 / (hi - lo)
+        np.clip(band, 0, 255, out=band)
+        out[i] = band
+    return out
+
+
+def write_quicklook(canvas: ThumbnailCanvas, layers: Sequence[Sequence[Any]], final: Path) -> Path:
+    """Downsampled RGB (or grey) view with each class's outlines in :data:`CLASS_COLOURS`.
+
+    ``canvas`` holds the scene's cell averages, gathered from the blocks the workers read
+    (the scene is not read again); ``layers[k]`` holds class k's polygons, in scene pixel
+    coordinates. Cells without a valid pixel are black.
+    """
+    mean, valid = canvas.image()
+    img = _stretch(mean, valid)
+    img[:, ~valid] = 0
+    tolerance = QUICKLOOK_TOLERANCE_PX if canvas.factor > 1 else 0.0
+    for k, geoms in enumerate(layers):
+        edge = outline_mask(geoms, valid.shape, factor=canvas.factor, tolerance_px=tolerance)
+        colour = CLASS_COLOURS[k % len(CLASS_COLOURS)]
+        for c in range(3):
+            img[c][edge] = colour[c]
+    with atomic_output(final) as tmp:
+        Image.fromarray(np.moveaxis(img, 0, -1)).save(tmp, format="PNG", compress_level=PNG_LEVEL)
+    return final

@@ -22,7 +22,7 @@ from geounet.models.base import SegmentationModel, activate
 from geounet.scene.plan import Block
 from geounet.scene.read import prepare_input, read_window
 from geounet.scene.source import SceneInfo
-from geounet.vectorize.seams import polygonize_block
+from geounet.vectorize.polygonize import polygonize_block
 
 def run_model(
     model: SegmentationModel,

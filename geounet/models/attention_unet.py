@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from geounet.models.base import ModelSpec, SegmentationModel
-from geounet.models.layers import AttentionGate, Encoder, Footprint, UpBlock, footprint_radius, trace
+from geounet.models.layers import AttentionGate, Encoder, UpBlock
+from geounet.models.receptive_field import Footprint, footprint_radius, trace
 from geounet.models.registry import register
 
 

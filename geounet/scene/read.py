@@ -30,7 +30,7 @@ MAX_HANDLES = 4  # open dataset handles kept per worker thread
 # is sized once per worker process by geounet.batch.engine.WorkerSetup: WORKER_GDAL_CACHE_BYTES.)
 GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 # Bytes of GDAL block cache per worker process: enough for the overlapping halo reads of
-# neighbouring blocks (one block row of halo is ~10 MB; DESIGN.md: a tiny cache drops reads ~3x).
+# neighbouring blocks (one block row of halo is ~10 MB; a tiny cache was measured to slow reads ~3x).
 WORKER_GDAL_CACHE_BYTES = 64 * 2**20
 
 

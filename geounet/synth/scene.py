@@ -22,6 +22,7 @@ from rasterio.enums import ColorInterp
 from rasterio.windows import Window as RasterWindow
 from tqdm import tqdm
 
+from geounet.atomic import atomic_output
 from geounet.errors import ConfigError, OutputError
 from geounet.synth.georef import SceneGrid, make_grid, pixel_to_crs
 from geounet.synth.layout import BUILDING_KINDS, ROAD_KINDS, Layout, build_layout
@@ -244,10 +245,6 @@ def windows(width: int, height: int, block_size: int) -> Iterator[Window]:
             yield Window(col, row, min(block_size, width - col), min(block_size, height - row))
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
-
-
 def to_dtype(img: np.ndarray, bands: int, dtype: str, nodata: float | None) -> np.ndarray:
     """Float reflectance (3 or 4 channels) -> the stored bands and dtype; avoids the nodata value."""
     if bands == 1:
@@ -281,9 +278,9 @@ def _write_image(path: Path, grid: SceneGrid, layout: Layout, *, seed: int, band
     )
     keys = NoiseKeys.from_seed(seed)
     x0, y0, x1, y1 = layout.valid
-    tmp = _tmp(path)
     wins = list(windows(grid.width, grid.height, block_size))
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_output(path) as tmp, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), \
+            rasterio.open(tmp, "w", **profile) as dst:
         dst.colorinterp = COLOR_INTERP[bands]
         for i, band in enumerate(BAND_NAMES[bands], start=1):
             dst.set_band_description(i, band)
@@ -301,7 +298,6 @@ def _write_image(path: Path, grid: SceneGrid, layout: Layout, *, seed: int, band
                 outside = ((rows < y0) | (rows >= y1))[:, None] | ((cols < x0) | (cols >= x1))[None, :]
                 data[:, outside] = nodata
             dst.write(data, window=RasterWindow(win.col, win.row, win.width, win.height))
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -342,16 +338,13 @@ def _write_truth(paths: dict[str, Path], grid: SceneGrid, layout: Layout) -> dic
 
     frames = truth_frames(grid, layout)
     types = {"buildings": "Polygon", "roads": "Polygon", "road_centerlines": "LineString"}
-    gpkg = _tmp(paths["truth"])
-    gpkg.unlink(missing_ok=True)
-    for layer, frame in frames.items():
-        pyogrio.write_dataframe(frame, gpkg, layer=layer, driver="GPKG", geometry_type=types[layer])
-    for key, layer in (("buildings_geojson", "buildings"), ("roads_geojson", "roads")):
-        tmp = _tmp(paths[key])
-        tmp.unlink(missing_ok=True)
-        pyogrio.write_dataframe(frames[layer], tmp, driver="GeoJSON", geometry_type=types[layer])
-        os.replace(tmp, paths[key])
-    os.replace(gpkg, paths["truth"])
+    # the GeoPackage (the truth's main file) is moved into place last
+    with atomic_output(paths["truth"]) as gpkg:
+        for layer, frame in frames.items():
+            pyogrio.write_dataframe(frame, gpkg, layer=layer, driver="GPKG", geometry_type=types[layer])
+        for key, layer in (("buildings_geojson", "buildings"), ("roads_geojson", "roads")):
+            with atomic_output(paths[key]) as tmp:
+                pyogrio.write_dataframe(frames[layer], tmp, driver="GeoJSON", geometry_type=types[layer])
     return {"n_buildings": len(frames["buildings"]), "n_roads": len(frames["roads"]),
             "n_centerlines": len(frames["road_centerlines"])}
 

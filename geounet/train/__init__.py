@@ -9,8 +9,13 @@
 Modules, in the order data flows through them: :mod:`~geounet.train.config` (settings),
 :mod:`~geounet.train.labels` (vector labels -> window rasters),
 :mod:`~geounet.train.sampling` (split and windows), :mod:`~geounet.train.data` (scenes and
-batches), :mod:`~geounet.train.augment`, :mod:`~geounet.train.loop` (epochs, validation,
-checkpoints, logs).
+batches, read through :mod:`geounet.scene.read` as inference reads),
+:mod:`~geounet.train.augment`, :mod:`~geounet.train.losses` and :mod:`~geounet.train.optim`
+(loss, optimizer groups, learning-rate schedule), :mod:`~geounet.train.validation` (scores
+through inference's forward, masks and polygons and the evaluate package),
+:mod:`~geounet.train.state` (progress and the optimizer-state sidecar for resume),
+:mod:`~geounet.train.report` (log.csv, curves.png, provenance) and
+:mod:`~geounet.train.loop` (the run as named steps).
 """
 
 from __future__ import annotations

@@ -1,21 +1,24 @@
 """Training scenes: open rasters, read labels, read windows, build batches.
 
 A :class:`TrainScene` holds what was learned about one raster (size, CRS, transform, dtype,
-nodata) and its classes' label geometries; pixels are only ever read window by window
-through a per-thread dataset handle (GDAL handles are not thread-safe, and reopening a
-file for every window is about 3x slower). Synthetic scenes named by the config are
-generated first with :func:`geounet.synth.synthesize_scene` and reused when present.
+nodata) and its classes' label geometries. Pixels are read window by window through
+inference's reader, :func:`geounet.scene.read.read_window`, and normalized by
+:func:`geounet.scene.read.prepare_input`: one dataset cache (per thread, least recently
+used closed first), one validity rule (masked in every band, or NaN in any, is invalid) and
+one normalization for training and inference, so a model sees the same numbers in both.
+Synthetic scenes named by the config are generated first with
+:func:`geounet.synth.synthesize_scene` and reused when present.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import rasterio
@@ -23,20 +26,27 @@ import shapely
 from affine import Affine
 from pyproj import CRS
 from rasterio.errors import RasterioError
+from tqdm import tqdm
 
+from geounet.atomic import write_text
 from geounet.errors import ConfigError, SceneReadError
-from geounet.scene.normalize import MeanStd, Percentile, apply_normalization, compute_normalization
-from geounet.scene.source import SCENE_DRIVER
+from geounet.scene.normalize import MeanStd, Percentile, compute_normalization
+from geounet.scene.read import prepare_input, read_window
+from geounet.scene.source import SCENE_DRIVER, SceneInfo
+from geounet.synth import synthesize_scene
 from geounet.train.augment import augment
 from geounet.train.config import AugmentSettings, NormalizationSettings, SyntheticData, TrainingSettings
 from geounet.train.labels import (
-    ClassGeometries, id_stack, rasterize_window, read_class_geometries, split_stack, window_box,
+    ClassGeometries,
+    id_stack,
+    rasterize_window,
+    read_class_geometries,
+    split_stack,
+    window_box,
 )
 from geounet.train.sampling import Rect, WindowRef, random_windows
 
 log = logging.getLogger(__name__)
-
-_LOCAL = threading.local()
 
 
 @dataclass
@@ -52,7 +62,8 @@ class TrainScene:
     dtype: str
     crs: CRS
     transform: Affine
-    has_mask: bool
+    has_mask: bool  # nodata, an alpha band or a mask marks invalid pixels in some band
+    nodata: float | None = None
     classes: list[ClassGeometries] = field(default_factory=list)
     label_files: dict[str, list[str]] = field(default_factory=dict)
 
@@ -66,33 +77,35 @@ class TrainScene:
         """Affine transform of a window (pixel -> CRS coordinates)."""
         return self.transform @ Affine.translation(ref.col, ref.row)
 
-    def _dataset(self) -> rasterio.io.DatasetReader:
-        handles: dict[str, Any] = getattr(_LOCAL, "handles", None) or {}
-        _LOCAL.handles = handles
-        key = str(self.path)
-        ds = handles.get(key)
-        if ds is None or ds.closed:
-            ds = rasterio.open(self.path, driver=SCENE_DRIVER)
-            handles[key] = ds
-        return ds
+    @cached_property
+    def _info(self) -> SceneInfo:
+        return SceneInfo(
+            path=str(self.path), stem=self.path.stem, width=self.width, height=self.height, count=self.count,
+            dtype=self.dtype, crs_wkt=self.crs.to_wkt(), epsg=self.crs.to_epsg(), transform=tuple(self.transform)[:6],
+            bands=tuple(range(1, self.count + 1)), nodata=self.nodata, has_mask=self.has_mask, fingerprint="",
+        )
+
+    def scene_info(self, bands: Sequence[int], use_nodata: bool = True) -> SceneInfo:
+        """This scene as inference's reader takes it, reading ``bands`` (1-based).
+
+        ``use_nodata`` false (``data.use_nodata``) ignores the scene's nodata, alpha and
+        mask: every pixel is valid unless it is NaN. The fingerprint is left empty (training
+        records its own in the provenance).
+        """
+        return dataclasses.replace(self._info, bands=tuple(int(b) for b in bands),
+                                   has_mask=use_nodata and self.has_mask)
 
     def read(self, ref: WindowRef, bands: Sequence[int], use_nodata: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Raw pixels ``(bands, h, w)`` of a window inside the scene and its valid mask ``(h, w)``.
 
-        A pixel is invalid when it is nodata/masked in all of its bands, or NaN in any.
+        Reads through :func:`geounet.scene.read.read_window` (inference's reader and
+        validity rule: a pixel is invalid when it is nodata/masked in all of its bands, or
+        NaN in any).
+
+        Raises:
+            SceneReadError: the pixels cannot be read (truncated or corrupt file).
         """
-        try:
-            ds = self._dataset()
-            data = ds.read(list(bands), window=ref.window)
-            if use_nodata and self.has_mask:
-                valid = ds.read_masks(list(bands), window=ref.window).any(axis=0)
-            else:
-                valid = np.ones(data.shape[1:], dtype=bool)
-        except (RasterioError, OSError) as exc:
-            raise SceneReadError(self.path, f"reading window {ref.window} failed: {exc}") from None
-        if data.dtype.kind == "f":
-            valid &= ~np.isnan(data).any(axis=0)
-        return data, valid
+        return read_window(self.scene_info(bands, use_nodata), ref.window)
 
     def labels(self, ref: WindowRef, *, separate: bool | None = None) -> np.ndarray:
         """Label stack ``(classes, h, w)`` uint8 of a window, burned from the vectors."""
@@ -124,14 +137,16 @@ class TrainScene:
         return out
 
 
-def close_datasets() -> None:
-    """Close this thread's dataset handles."""
-    for ds in (getattr(_LOCAL, "handles", None) or {}).values():
-        try:
-            ds.close()
-        except Exception:  # noqa: BLE001 - closing must not mask the real error
-            pass
-    _LOCAL.handles = {}
+def class_presence(scenes: Sequence[TrainScene], refs: Sequence[WindowRef], min_pixels: int) -> np.ndarray:
+    """``(len(refs), classes)`` bool over windows of several scenes (:meth:`TrainScene.presence`
+    per scene); what :class:`~geounet.train.sampling.WindowSampler` balances classes with."""
+    out = np.zeros((len(refs), len(scenes[0].classes) if scenes else 0), dtype=bool)
+    by_scene: dict[int, list[int]] = {}
+    for i, r in enumerate(refs):
+        by_scene.setdefault(r.scene, []).append(i)
+    for s, idx in by_scene.items():
+        out[idx] = scenes[s].presence([refs[i] for i in idx], min_pixels)
+    return out
 
 
 # -- synthetic scenes ------------------------------------------------------------------------
@@ -143,8 +158,6 @@ def synthetic_sources(cfg: SyntheticData, progress: bool = False) -> list[tuple[
     A scene is reused when its files exist and ``synthetic.json`` in the folder records the
     same options for it (generation is deterministic for a seed and options).
     """
-    from geounet.synth import synthesize_scene
-
     out = Path(cfg.dir)
     out.mkdir(parents=True, exist_ok=True)
     stamp_path = out / "synthetic.json"
@@ -155,11 +168,7 @@ def synthetic_sources(cfg: SyntheticData, progress: bool = False) -> list[tuple[
     result = []
     jobs = [("train", cfg.train), ("val", cfg.val)]
     todo = [(role, i, part) for role, part in jobs for i in range(part.n)]
-    it = todo
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(todo, desc="synthetic scenes", unit="scene", leave=False)
+    it = tqdm(todo, desc="synthetic scenes", unit="scene", leave=False) if progress else todo
     for role, i, part in it:
         name = f"{cfg.prefix}_{role}_{i:04d}"
         opts = {"width": cfg.size, "height": cfg.size, "seed": part.seed + i, **cfg.options}
@@ -168,7 +177,7 @@ def synthetic_sources(cfg: SyntheticData, progress: bool = False) -> list[tuple[
         if not (image.exists() and truth.exists() and stamps.get(name) == key):
             synthesize_scene(out, name=name, overwrite=True, **opts)
             stamps[name] = key
-            stamp_path.write_text(json.dumps(stamps, indent=1, sort_keys=True))
+            write_text(stamp_path, json.dumps(stamps, indent=1, sort_keys=True))
         result.append((image, truth, role))
     return result
 
@@ -193,7 +202,7 @@ def open_scene(index: int, path: Path, role: str, label_files: dict[str, list[st
             flags = [set(f) for f in ds.mask_flag_enums]
             has_mask = any(f != {rasterio.enums.MaskFlags.all_valid} for f in flags)
             scene = TrainScene(index, path, role, ds.width, ds.height, ds.count, ds.dtypes[0],
-                               CRS.from_wkt(ds.crs.to_wkt()), ds.transform, has_mask)
+                               CRS.from_wkt(ds.crs.to_wkt()), ds.transform, has_mask, ds.nodata)
     except RasterioError as exc:
         raise SceneReadError(path, f"cannot be opened as a GeoTIFF: {exc}") from None
     want = bands or list(range(1, scene.count + 1))
@@ -278,15 +287,6 @@ def estimate_normalization(scenes: Sequence[TrainScene], rects: Sequence[Rect], 
 # -- windows -> arrays -----------------------------------------------------------------------
 
 
-def prepare(raw: np.ndarray, valid: np.ndarray, norm: MeanStd | Percentile) -> np.ndarray:
-    """Normalized float32 image with invalid pixels set to 0 (the model's padding value, as in inference)."""
-    if raw.dtype.kind == "f":
-        raw = np.where(valid[None], raw, 0)
-    x = apply_normalization(raw, norm)
-    x[:, ~valid] = 0.0
-    return x
-
-
 def pixel_weights(valid: np.ndarray, gaps: np.ndarray, separation_weight: float = 1.0) -> np.ndarray:
     """Loss weights ``(h, w)`` float32: 0 on invalid pixels, ``separation_weight`` on gap pixels, else 1."""
     w = valid.astype(np.float32)
@@ -301,7 +301,7 @@ def load_window(scene: TrainScene, ref: WindowRef, bands: Sequence[int], norm: M
     """One training sample: normalized image ``(bands, h, w)``, label stack ``(classes, h, w)``
     and loss weights ``(h, w)`` (0 where invalid, see :func:`pixel_weights`), augmented if ``aug``."""
     raw, valid = scene.read(ref, bands, use_nodata)
-    x = prepare(raw, valid, norm)
+    x = prepare_input(raw, valid, norm)
     ids = id_stack(scene.classes, scene.transform_of(ref), (ref.height, ref.width))
     if aug is not None and rng is not None:
         x, ids, valid = augment(x, ids, valid, rng, aug)

@@ -35,6 +35,7 @@ class WorldPolygons(NamedTuple):
     area_m2: np.ndarray  #: float64, area of each output geometry in square metres
     score: np.ndarray  #: float64, mean probability of the polygon's pixels (before simplifying)
     pixel_count: np.ndarray  #: int64, pixels of the polygon before any processing
+    pixel_geoms: np.ndarray  #: the same polygons in scene pixel coordinates (x right, y down)
 
 
 # --------------------------------------------------------------------------- coercion
@@ -243,7 +244,8 @@ def postprocess(
         )
     if len(geoms) == 0:
         empty = np.zeros(0, dtype=np.float64)
-        return WorldPolygons(np.empty(0, dtype=object), empty, empty.copy(), np.zeros(0, np.int64))
+        return WorldPolygons(np.empty(0, dtype=object), empty, empty.copy(), np.zeros(0, np.int64),
+                             np.empty(0, dtype=object))
 
     with np.errstate(divide="ignore", invalid="ignore"):
         score = np.where(count > 0, sums / np.maximum(count, 1), np.nan)
@@ -271,4 +273,19 @@ def postprocess(
     keep = ~shapely.is_missing(world) & ~shapely.is_empty(world) & (area >= min_area_m2)
     if min_area_m2 == 0:
         keep &= area > 0
-    return WorldPolygons(world[keep], area[keep], score[keep], count[keep])
+    return WorldPolygons(world[keep], area[keep], score[keep], count[keep], geoms[keep])
+
+
+def single_parts(geoms: Any, area: Any, score: Any, crs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split any MultiPolygon (simplification can produce one) so layers hold Polygons only;
+    parts keep their polygon's score and get their own area (m², as :func:`areas_m2`)."""
+    geoms = np.asarray(geoms, dtype=object)
+    multi = shapely.get_type_id(geoms) != 3 if len(geoms) else np.zeros(0, bool)
+    if not multi.any():
+        return geoms, np.asarray(area), np.asarray(score)
+    parts, idx = shapely.get_parts(geoms, return_index=True)
+    parts_area = np.asarray(area)[idx].astype(np.float64)
+    from_multi = multi[idx]
+    if from_multi.any():
+        parts_area[from_multi] = areas_m2(parts[from_multi], _as_crs(crs))
+    return parts, parts_area, np.asarray(score)[idx]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from geounet.models import create_model
-from geounet.models.layers import Footprint, trace
+from geounet.models.receptive_field import Footprint, trace
 
 ARCHS = ["unet", "attention_unet", "resunet", "unet_plus_plus"]
 

@@ -19,7 +19,7 @@ from rasterio.windows import Window
 
 from geounet.errors import SceneReadError
 from geounet.scene.read import read_window
-from geounet.batch.pipeline import run_scenes
+from geounet.batch.run import run_scenes
 from geounet.scene.source import open_scene
 from geounet.settings import InferenceSettings
 from tests.conftest import make_checkpoint, write_tif

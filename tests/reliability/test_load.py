@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from geounet.batch.pipeline import run_scenes
+from geounet.batch.run import run_scenes
 from geounet.settings import InferenceSettings
 from tests.conftest import make_checkpoint, write_tif
 

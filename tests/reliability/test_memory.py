@@ -17,7 +17,8 @@ import psutil
 import pytest
 
 from geounet.errors import SceneError
-from geounet.batch.pipeline import ModelInfo, make_plan, run_scenes
+from geounet.checkpoint import read_metadata
+from geounet.batch.run import make_plan, run_scenes
 from geounet.scene.source import open_scene
 from geounet.settings import InferenceSettings
 from tests.conftest import REPO, make_checkpoint
@@ -36,7 +37,7 @@ def test_bomb_is_small_on_disk_and_refused_by_a_lower_budget(tmp_path: Path) -> 
     # With the budget raised it is accepted, and its plan reads bounded windows only.
     info = open_scene(bomb, in_channels=3, max_pixels=2 * 10**9)
     ckpt = make_checkpoint(tmp_path / "unet.safetensors", width=2, depth=2)
-    plan = make_plan(info, ModelInfo.from_checkpoint(ckpt), InferenceSettings(tile_size=1024))
+    plan = make_plan(info, read_metadata(ckpt), InferenceSettings(tile_size=1024))
     biggest = max(int(b.read.width) * int(b.read.height) for b in plan.blocks)
     assert biggest <= (2 * 1024) ** 2 and len(plan.blocks) > 300
 

@@ -17,7 +17,7 @@ import shapely
 from affine import Affine
 from pyproj import Transformer
 
-from geounet.batch.pipeline import run_scenes
+from geounet.batch.run import run_scenes
 from geounet.settings import InferenceSettings
 from tests.conftest import make_checkpoint, write_tif
 from tests.reliability._faults import SCENE_OUTPUTS, assert_complete, bright_rect_scene, no_partials

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geounet.batch.workflow import WorkflowSettings, discover_scenes, load_workflow
+from geounet.batch.workflow import discover_scenes, load_workflow
+from geounet.settings import WorkflowSettings
 from tests.conftest import REPO, write_tif
 from tests.workflow._helpers import GEOUNET, Job, Reference, digest, run
 

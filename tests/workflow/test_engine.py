@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-import geounet.batch.pipeline
+import geounet.batch.run
+import geounet.batch.scheduler
 from geounet.batch.engine import LazyClient, plan_cluster
-from geounet.batch.workflow import WorkflowSettings, load_workflow, run_workflow
+from geounet.batch.workflow import load_workflow, run_workflow
+from geounet.settings import WorkflowSettings
 from tests.workflow._helpers import (
     DASK,
     SCENE_FILES,
@@ -251,7 +253,7 @@ def test_scene_that_kills_its_worker_fails_alone(cluster, job: Job, reference: R
     the scene fails with a message saying a worker died. The other scenes complete."""
     client = cluster
     client.wait_for_workers(2, timeout=120)
-    real = geounet.batch.pipeline.process_block
+    real = geounet.batch.scheduler.process_block
     here = os.getpid()
 
     def crashing(scene, block, checkpoint, spec):  # type: ignore[no-untyped-def]
@@ -259,12 +261,12 @@ def test_scene_that_kills_its_worker_fails_alone(cluster, job: Job, reference: R
             os.kill(os.getpid(), signal.SIGKILL)
         return real(scene, block, checkpoint, spec)
 
-    monkeypatch.setattr(geounet.batch.pipeline, "process_block", crashing)
+    monkeypatch.setattr(geounet.batch.scheduler, "process_block", crashing)
     wf = _settings(job, tmp_path / "out")
     scenes = [str(job.scenes / f) for f in SCENE_FILES]
     # one block in flight at a time: the other scenes' blocks never sit on a worker that
     # the crashing task kills (they would be counted as suspects too)
-    outcomes = geounet.batch.pipeline.run_scenes(scenes, job.model, tmp_path / "out", wf.inference, client=client,
+    outcomes = geounet.batch.run.run_scenes(scenes, job.model, tmp_path / "out", wf.inference, client=client,
                                            progress=False, max_in_flight=1)
     by = {o.stem: o for o in outcomes}
     assert set(by) == set(STEMS), [(o.stem, o.status, o.error) for o in outcomes]
@@ -311,6 +313,7 @@ def test_same_job_on_an_external_cluster_gives_the_same_outputs(job: Job, refere
         assert rc == 0, stderr[-3000:] + "".join(p.read_text()[-2000:] for p in logs.iterdir())
         log_text = (out / "geounet.log").read_text()
         assert f"connected to Dask scheduler {address} with 2 worker(s)" in log_text
+        assert "Dask dashboard: not served by this scheduler" in log_text  # started --no-dashboard
         assert "starting embedded" not in log_text
         assert_same_outputs(out, reference.out)
         assert_clean(out)

@@ -1,62 +1,31 @@
-"""Writers for a scene's outputs; every file appears atomically or not at all.
+"""Polygon layers to files: GeoJSON (RFC 7946) per class and one GeoPackage, atomically.
 
-Each writer writes to a temporary name in the destination folder
-(``.partial-<pid>-<name>``) and moves it into place with :func:`os.replace`, so an
-interrupted run never leaves a complete-looking file. ``scene.json`` is written last by
-the pipeline and is the proof that a scene is complete.
-
-Outputs (one registry, :data:`VECTOR_WRITERS`, for the polygon formats):
+One registry, :data:`VECTOR_WRITERS`, for the polygon formats:
 
 * ``<class>.geojson`` -- RFC 7946: WGS84 lon/lat, counter-clockwise exteriors, cut at the
   antimeridian (pyproj + GEOS, or GDAL's ``RFC7946=YES`` for layers crossing ±180°);
-* ``polygons.gpkg`` -- the same polygons in the scene's CRS, one layer per class;
-* ``probability.tif`` -- Cloud-Optimized GeoTIFF, one uint8 band per class (p x 255);
-* ``quicklook.png`` -- downsampled scene with each class's outlines in its colour.
+* ``polygons.gpkg`` -- the same polygons in the scene's CRS, one layer per class.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import pyogrio
-import rasterio
-import rasterio.shutil
 import shapely
-from affine import Affine
-from rasterio._err import CPLE_BaseError
-from rasterio.windows import Window
 
-from geounet.atomic import atomic_output, partial_name
+from geounet.atomic import atomic_output
 from geounet.errors import OutputError
+from geounet.export.layout import GPKG_NAME, geojson_name, plural
 from geounet.heap import trim_heap
-from geounet.export.quicklook import ThumbnailCanvas, outline_mask
-
-# What GDAL raises through rasterio when a raster cannot be written (disk full, read-only):
-# CPLE_* errors (e.g. a failed flush at close) are not RasterioError subclasses.
-RASTER_WRITE_ERRORS = (rasterio.errors.RasterioError, CPLE_BaseError, OSError)
-# Outlines on a downsampled quicklook are simplified to this tolerance, in quicklook pixels.
-QUICKLOOK_TOLERANCE_PX = 0.25
-# DEFLATE level of probability.tif. A 4096^2 px, 2-band probability COG on this project's
-# machine: level 1 without predictor 0.31 s wall / 0.52 CPU-s, 11.7 MB; GDAL's default
-# (level 6) with the horizontal predictor 0.83 s / 1.54 CPU-s, 11.4 MB.
-COG_DEFLATE_LEVEL = 1
-# zlib level of quicklook.png: level 1 encodes a 1024^2 px picture in 0.09 s instead of 0.27 s
-# (level 6) for a file 2 % larger.
-PNG_LEVEL = 1
-# Outline colours for the quicklook, by class index (RGB).
-CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
-    (255, 48, 48), (255, 214, 0), (0, 200, 255), (170, 80, 255), (60, 255, 90), (255, 130, 0),
-)
 
 
-# --------------------------------------------------------------------------- vectors
 def _io_error(path: Path, exc: Exception) -> OutputError:
     return OutputError(f"cannot write {path}: {exc}")
 
@@ -210,131 +179,16 @@ VectorWriter = Callable[[dict[str, gpd.GeoDataFrame], Path], list[Path]]
 def _geojson_writer(layers: dict[str, gpd.GeoDataFrame], folder: Path) -> list[Path]:
     out = []
     for name, gdf in layers.items():
-        path = folder / f"{plural(name)}.geojson"
+        path = folder / geojson_name(name)
         write_geojson(gdf, path)
         out.append(path)
     return out
 
 
 def _gpkg_writer(layers: dict[str, gpd.GeoDataFrame], folder: Path) -> list[Path]:
-    path = folder / "polygons.gpkg"
+    path = folder / GPKG_NAME
     write_gpkg({plural(k): v for k, v in layers.items()}, path)
     return [path]
 
 
 VECTOR_WRITERS: dict[str, VectorWriter] = {"geojson": _geojson_writer, "gpkg": _gpkg_writer}
-
-
-def plural(class_name: str) -> str:
-    """File/layer name for a class: ``building`` -> ``buildings``; ``roads`` stays."""
-    return class_name if class_name.endswith("s") else f"{class_name}s"
-
-
-# --------------------------------------------------------------------------- rasters
-class ProbabilityWriter:
-    """Streams uint8 probability blocks into a tiled GeoTIFF, then converts it to a COG.
-
-    Memory: one block at a time (plus GDAL's cache); the COG conversion streams too.
-    """
-
-    def __init__(self, final: Path, *, width: int, height: int, crs_wkt: str,
-                 transform: Affine, class_names: Sequence[str]) -> None:
-        self.final = Path(final)
-        self.stage = partial_name(self.final.with_name(f"stage-{self.final.name}"))
-        self.class_names = list(class_names)
-        try:
-            self.ds = rasterio.open(
-                self.stage, "w", driver="GTiff", width=width, height=height,
-                count=len(class_names), dtype="uint8", crs=crs_wkt, transform=transform,
-                # uncompressed staging: blocks are written by the client while workers
-                # compute, so no CPU goes to compressing twice; the COG copy compresses once
-                tiled=True, blockxsize=512, blockysize=512, compress="none",
-                BIGTIFF="IF_SAFER", SPARSE_OK=True,
-            )
-        except RASTER_WRITE_ERRORS as exc:
-            raise OutputError(f"cannot write {self.final}: {exc}") from exc
-
-    def write(self, core: tuple[int, int, int, int], data: np.ndarray) -> None:
-        col, row, w, h = core
-        try:
-            self.ds.write(data, window=Window(col, row, w, h))
-        except RASTER_WRITE_ERRORS as exc:
-            raise OutputError(f"cannot write {self.final}: {exc}") from exc
-
-    def finish(self) -> Path:
-        """Close the staging file, convert it to a COG and move it into place."""
-        try:
-            for i, name in enumerate(self.class_names, start=1):
-                self.ds.set_band_description(i, f"{name} probability x 255")
-            self.ds.close()  # flushes cached blocks: a full disk shows here
-        except RASTER_WRITE_ERRORS as exc:
-            self.abort()
-            raise OutputError(f"cannot write {self.final}: {exc}") from exc
-        try:
-            with atomic_output(self.final) as tmp:
-                try:
-                    rasterio.shutil.copy(
-                        self.stage, tmp, driver="COG", COMPRESS="DEFLATE", LEVEL=COG_DEFLATE_LEVEL,
-                        NUM_THREADS="ALL_CPUS",
-                        BLOCKSIZE=512, OVERVIEWS="IGNORE_EXISTING", RESAMPLING="AVERAGE",
-                        BIGTIFF="IF_SAFER",
-                    )
-                except RASTER_WRITE_ERRORS as exc:
-                    raise OutputError(f"cannot write {self.final}: {exc}") from exc
-        finally:
-            with contextlib.suppress(OSError):
-                self.stage.unlink()
-        return self.final
-
-    def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self.ds.close()
-        with contextlib.suppress(OSError):
-            self.stage.unlink()
-
-
-# --------------------------------------------------------------------------- quicklook
-# Pixels sampled (evenly spaced) for the quicklook's 2-98 % contrast stretch.
-STRETCH_SAMPLE = 250_000
-
-
-def _stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Each band stretched linearly from its 2nd to its 98th percentile over the valid
-    cells (estimated from an even sample of at most :data:`STRETCH_SAMPLE` of them)."""
-    out = np.zeros(rgb.shape, np.uint8)
-    for i, band in enumerate(rgb.astype(np.float32)):
-        vals = band[valid] if valid.any() else band.ravel()
-        vals = vals[:: max(1, vals.size // STRETCH_SAMPLE)]
-        lo, hi = (np.percentile(vals, (2, 98)) if vals.size else (0.0, 1.0))
-        if hi <= lo:
-            hi = lo + 1.0
-        band -= lo
-        band *= 255.0 / (hi - lo)
-        np.clip(band, 0, 255, out=band)
-        out[i] = band
-    return out
-
-
-def write_quicklook(canvas: ThumbnailCanvas, layers: Sequence[Sequence[Any]], final: Path, *,
-                    to_pixel: Affine | None = None) -> Path:
-    """Downsampled RGB (or grey) view with each class's outlines in :data:`CLASS_COLOURS`.
-
-    ``canvas`` holds the scene's cell averages, gathered from the blocks the workers read
-    (the scene is not read again); ``layers[k]`` holds class k's polygons, in scene pixel
-    coordinates, or in the scene's CRS when ``to_pixel`` (the inverse of the scene's
-    geotransform) maps them to pixels. Cells without a valid pixel are black.
-    """
-    from PIL import Image
-
-    mean, valid = canvas.image()
-    img = _stretch(mean, valid)
-    img[:, ~valid] = 0
-    tolerance = QUICKLOOK_TOLERANCE_PX if canvas.factor > 1 else 0.0
-    for k, geoms in enumerate(layers):
-        edge = outline_mask(geoms, valid.shape, factor=canvas.factor, tolerance_px=tolerance, to_pixel=to_pixel)
-        colour = CLASS_COLOURS[k % len(CLASS_COLOURS)]
-        for c in range(3):
-            img[c][edge] = colour[c]
-    with atomic_output(final) as tmp:
-        Image.fromarray(np.moveaxis(img, 0, -1)).save(tmp, format="PNG", compress_level=PNG_LEVEL)
-    return final

@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # CPU torch pin for machines without a GPU; GPU users install their CUDA torch first (README).
 CONSTRAINTS ?= constraints-cpu.txt
 
-.PHONY: venv test test-soak demo bench clean
+.PHONY: venv lint format test test-soak demo bench clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,17 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 
 venv: $(VENV)/.installed
 
-test: venv
+# ruff (lint + format check) and mypy, configured in pyproject.toml
+lint: venv
+	$(VENV)/bin/ruff check geounet tests benchmarks
+	$(VENV)/bin/ruff format --check geounet tests benchmarks
+	$(VENV)/bin/mypy
+
+format: venv
+	$(VENV)/bin/ruff check --fix geounet tests benchmarks
+	$(VENV)/bin/ruff format geounet tests benchmarks
+
+test: lint
 	$(PY) -m pytest -q
 
 test-soak: venv

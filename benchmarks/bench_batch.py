@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import CACHE, machine, save  # noqa: E402
+from benchmarks.common import CACHE, machine, save
 
 
 def _scenes(n_small: int, small: int, n_large: int, large: int) -> list[str]:
@@ -51,8 +51,9 @@ def _run(scenes: list[str], model: str, workers: int) -> dict:
     me = psutil.Process()
     fds_before = me.num_fds()
     cores = available_cores()
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=max(1, cores // workers), processes=True,
-                           dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=max(1, cores // workers), processes=True, dashboard_address=None
+    )
     client = Client(cluster)
     client.register_plugin(WorkerSetup(1))
     pids = list(client.run(lambda: __import__("os").getpid()).values())
@@ -75,8 +76,15 @@ def _run(scenes: list[str], model: str, workers: int) -> dict:
     t.start()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = run_scenes(scenes, model, Path(tmp), InferenceSettings(min_area_m2=4.0), client=client,
-                         progress=False, on_outcome=lambda o: done.__setitem__(0, done[0] + 1))
+        res = run_scenes(
+            scenes,
+            model,
+            Path(tmp),
+            InferenceSettings(min_area_m2=4.0),
+            client=client,
+            progress=False,
+            on_outcome=lambda o: done.__setitem__(0, done[0] + 1),
+        )
         wall = time.perf_counter() - t0
     stop.set()
     t.join()
@@ -85,7 +93,7 @@ def _run(scenes: list[str], model: str, workers: int) -> dict:
     cluster.close()
     fds_after = me.num_fds()
     per_worker = []
-    for pid, s in samples.items():
+    for s in samples.values():
         rss = [r for _, r in s]
         xs = [d for d, _ in s]
         slope = 0.0
@@ -94,19 +102,33 @@ def _run(scenes: list[str], model: str, workers: int) -> dict:
             slope = sum((x - mx) * (y - my) for x, y in zip(xs, rss)) / sum((x - mx) ** 2 for x in xs)
         # "flat": compare the first and last small-scene phases (both after warm-up)
         q = max(1, len(rss) // 5)
-        per_worker.append({"samples": len(rss), "rss_first_mb": round(rss[0], 1),
-                           "rss_median_mb": round(statistics.median(rss), 1),
-                           "rss_max_mb": round(max(rss), 1), "rss_last_mb": round(rss[-1], 1),
-                           "rss_first_fifth_median_mb": round(statistics.median(rss[:q]), 1),
-                           "rss_last_fifth_median_mb": round(statistics.median(rss[-q:]), 1),
-                           "slope_mb_per_scene": round(slope, 3)})
+        per_worker.append(
+            {
+                "samples": len(rss),
+                "rss_first_mb": round(rss[0], 1),
+                "rss_median_mb": round(statistics.median(rss), 1),
+                "rss_max_mb": round(max(rss), 1),
+                "rss_last_mb": round(rss[-1], 1),
+                "rss_first_fifth_median_mb": round(statistics.median(rss[:q]), 1),
+                "rss_last_fifth_median_mb": round(statistics.median(rss[-q:]), 1),
+                "slope_mb_per_scene": round(slope, 3),
+            }
+        )
     px = sum(r.pixels for r in res)
-    return {"workers": workers, "threads_per_worker": max(1, cores // workers), "wall_s": round(wall, 2),
-            "scenes": len(res), "failed": sum(r.status == "failed" for r in res),
-            "scenes_per_s": round(len(res) / wall, 3), "mpx_per_s": round(px / wall / 1e6, 3),
-            "client_fds_before": fds_before, "client_fds_after": fds_after,
-            "worker_fds_before": worker_fds_before, "worker_fds_after": worker_fds_after,
-            "worker_memory": per_worker}
+    return {
+        "workers": workers,
+        "threads_per_worker": max(1, cores // workers),
+        "wall_s": round(wall, 2),
+        "scenes": len(res),
+        "failed": sum(r.status == "failed" for r in res),
+        "scenes_per_s": round(len(res) / wall, 3),
+        "mpx_per_s": round(px / wall / 1e6, 3),
+        "client_fds_before": fds_before,
+        "client_fds_after": fds_after,
+        "worker_fds_before": worker_fds_before,
+        "worker_fds_after": worker_fds_after,
+        "worker_memory": per_worker,
+    }
 
 
 def main() -> None:
@@ -123,10 +145,15 @@ def main() -> None:
     model = resolve_model(args.model)
     scenes = _scenes(args.small, args.small_size, args.large, args.large_size)
     runs = [_run(scenes, model, w) for w in args.workers]
-    save(f"batch_{args.small}x{args.small_size}_{args.large}x{args.large_size}", {
-        "command": "python benchmarks/bench_batch.py " + " ".join(sys.argv[1:]),
-        "machine": machine(), "model": model, "runs": runs,
-    })
+    save(
+        f"batch_{args.small}x{args.small_size}_{args.large}x{args.large_size}",
+        {
+            "command": "python benchmarks/bench_batch.py " + " ".join(sys.argv[1:]),
+            "machine": machine(),
+            "model": model,
+            "runs": runs,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -39,23 +40,23 @@ from typing import Any
 
 import numpy as np
 
-import sys
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import checkpoint, machine, run_cli, save, scene, widened
 
 
-def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_size: int,
-                scenes: int = 1) -> dict[str, float]:
+def _model_only(
+    ckpt: Path, plan: Any, *, threads: int, precision: str, batch_size: int, scenes: int = 1
+) -> dict[str, float]:
     """Seconds to run the model over every tile of ``plan``, ``scenes`` times (random inputs),
     in each layout of ``threads``: ``"1xT"`` (one thread, torch uses all T) and ``"Tx1"``
     (T Python threads x 1 torch thread, as the Dask workers run). The ratio takes the best."""
     import torch
 
     from geounet.checkpoint import load_checkpoint
-    from geounet.heap import tune_malloc
-    from geounet.infer.model_cache import keep_activations, prepare_for_inference
     from geounet.compute import resolve_precision
+    from geounet.heap import tune_malloc
     from geounet.infer.block import run_model
+    from geounet.infer.model_cache import keep_activations, prepare_for_inference
 
     tune_malloc()  # the workers' heap settings (engine.WorkerSetup)
     model = prepare_for_inference(load_checkpoint(ckpt))  # exactly as the workers prepare it
@@ -96,8 +97,8 @@ def _model_only(ckpt: Path, plan: Any, *, threads: int, precision: str, batch_si
 
 def ratio(args: argparse.Namespace) -> None:
     from geounet.batch.engine import dask_client, plan_cluster
-    from geounet.checkpoint import read_metadata
     from geounet.batch.run import make_plan, run_scenes
+    from geounet.checkpoint import read_metadata
     from geounet.scene.source import open_scene
     from geounet.settings import InferenceSettings
 
@@ -108,8 +109,9 @@ def ratio(args: argparse.Namespace) -> None:
     extra: dict[str, Any] = {"tiles_per_block": args.tiles_per_block} if args.tiles_per_block else {}
     if args.formats:
         extra["formats"] = tuple(args.formats)
-    settings = InferenceSettings(precision=args.precision, tile_size=args.tile, batch_size=args.batch,
-                                 min_area_m2=4.0, **extra)
+    settings = InferenceSettings(
+        precision=args.precision, tile_size=args.tile, batch_size=args.batch, min_area_m2=4.0, **extra
+    )
     mi = read_metadata(ckpt)
     plan = make_plan(open_scene(path, in_channels=3), mi, settings)
     shape = plan_cluster("cpu")
@@ -125,41 +127,64 @@ def ratio(args: argparse.Namespace) -> None:
         for i in range(args.repeat + 1):
             w0, c0 = sum(client.run(_cpu_seconds).values()), _cpu_seconds()
             t0 = time.perf_counter()
-            res = run_scenes([str(path)] * args.scenes, ckpt, Path(tmp) / f"o{i}", settings, client=client,
-                             progress=False)
+            res = run_scenes(
+                [str(path)] * args.scenes, ckpt, Path(tmp) / f"o{i}", settings, client=client, progress=False
+            )
             dt = time.perf_counter() - t0
-            cpu = {"workers": round(sum(client.run(_cpu_seconds).values()) - w0, 2),
-                   "client_and_scheduler": round(_cpu_seconds() - c0, 2)}
+            cpu = {
+                "workers": round(sum(client.run(_cpu_seconds).values()) - w0, 2),
+                "client_and_scheduler": round(_cpu_seconds() - c0, 2),
+            }
             assert all(r.status == "success" for r in res), [r.error for r in res]
             timings = res[0].timings
             if i == 0:
                 warmup = dt
                 continue
             runs.append(dt)
-            layouts.append(_model_only(ckpt, plan, threads=threads, precision=args.precision,
-                                       batch_size=args.batch, scenes=args.scenes))
+            layouts.append(
+                _model_only(
+                    ckpt, plan, threads=threads, precision=args.precision, batch_size=args.batch, scenes=args.scenes
+                )
+            )
     pairs = [r / min(t.values()) for r, t in zip(runs, layouts)]
     model_s = min(min(t.values()) for t in layouts)
     e2e = min(runs)
-    save("ratio", {
-        "command": f"python benchmarks/bench_pipeline.py ratio --size {args.size} --width {args.width} "
-                   f"--precision {args.precision} --tile {args.tile} --batch {args.batch} --repeat {args.repeat}"
-                   + (f" --tiles-per-block {args.tiles_per_block}" if args.tiles_per_block else "")
-                   + (f" --model {args.model}" if args.model else "")
-                   + (f" --widen {args.widen}" if args.widen > 1 else "")
-                   + (f" --formats {' '.join(args.formats)}" if args.formats else "")
-                   + (f" --scenes {args.scenes}" if args.scenes > 1 else ""),
-        "model": str(ckpt), "scenes": args.scenes, "polygons": res[0].polygons,
-        "machine": machine(), "scene_px": args.size**2, "tiles": plan.n_tiles, "tile_shape": plan.tile_shape,
-        "halo": plan.halo, "blocks": len(plan.blocks), "overhead": round(plan.overhead, 3), "end_to_end_s": round(e2e, 3),
-        "end_to_end_warmup_s": round(warmup, 3), "end_to_end_runs_s": [round(r, 3) for r in runs],
-        "model_only_s": round(model_s, 3),
-        "model_only_layouts_s": [{k: round(v, 3) for k, v in t.items()} for t in layouts],
-        "ratio": round(e2e / model_s, 3), "pair_ratios": [round(r, 3) for r in pairs],
-        "pair_ratio_median": round(float(np.median(pairs)), 3), "scene_mpx_per_s": round(args.scenes * args.size**2 / e2e / 1e6, 3),
-        "model_mpx_per_s": round(args.scenes * plan.n_tiles * plan.tile_shape[0] * plan.tile_shape[1] / model_s / 1e6, 3),
-        "stage_timings_s": timings, "cpu_seconds_last_run": cpu,
-    })
+    save(
+        "ratio",
+        {
+            "command": f"python benchmarks/bench_pipeline.py ratio --size {args.size} --width {args.width} "
+            f"--precision {args.precision} --tile {args.tile} --batch {args.batch} --repeat {args.repeat}"
+            + (f" --tiles-per-block {args.tiles_per_block}" if args.tiles_per_block else "")
+            + (f" --model {args.model}" if args.model else "")
+            + (f" --widen {args.widen}" if args.widen > 1 else "")
+            + (f" --formats {' '.join(args.formats)}" if args.formats else "")
+            + (f" --scenes {args.scenes}" if args.scenes > 1 else ""),
+            "model": str(ckpt),
+            "scenes": args.scenes,
+            "polygons": res[0].polygons,
+            "machine": machine(),
+            "scene_px": args.size**2,
+            "tiles": plan.n_tiles,
+            "tile_shape": plan.tile_shape,
+            "halo": plan.halo,
+            "blocks": len(plan.blocks),
+            "overhead": round(plan.overhead, 3),
+            "end_to_end_s": round(e2e, 3),
+            "end_to_end_warmup_s": round(warmup, 3),
+            "end_to_end_runs_s": [round(r, 3) for r in runs],
+            "model_only_s": round(model_s, 3),
+            "model_only_layouts_s": [{k: round(v, 3) for k, v in t.items()} for t in layouts],
+            "ratio": round(e2e / model_s, 3),
+            "pair_ratios": [round(r, 3) for r in pairs],
+            "pair_ratio_median": round(float(np.median(pairs)), 3),
+            "scene_mpx_per_s": round(args.scenes * args.size**2 / e2e / 1e6, 3),
+            "model_mpx_per_s": round(
+                args.scenes * plan.n_tiles * plan.tile_shape[0] * plan.tile_shape[1] / model_s / 1e6, 3
+            ),
+            "stage_timings_s": timings,
+            "cpu_seconds_last_run": cpu,
+        },
+    )
 
 
 def _cpu_seconds() -> float:
@@ -174,29 +199,35 @@ def memory(args: argparse.Namespace) -> None:
     for size in args.sizes:
         path = scene(size)
         with tempfile.TemporaryDirectory() as tmp:
-            wall, peak, _ = run_cli(["-q", "predict", str(path), "-m", str(ckpt), "-o", tmp, "--no-progress",
-                                     "--min-area-m2", "4"])
-        rows.append({"size": size, "pixels": size * size, "wall_s": round(wall, 1),
-                     "peak_rss_mb": round(peak / 2**20, 1)})
-    save("memory", {
-        "command": f"python benchmarks/bench_pipeline.py memory --sizes {' '.join(map(str, args.sizes))} --width {args.width}"
-                   + (f" --model {args.model}" if args.model else ""),
-        "machine": machine(), "runs": rows,
-        "ratio_largest_to_smallest": round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3),
-    })
+            wall, peak, _ = run_cli(
+                ["-q", "predict", str(path), "-m", str(ckpt), "-o", tmp, "--no-progress", "--min-area-m2", "4"]
+            )
+        rows.append(
+            {"size": size, "pixels": size * size, "wall_s": round(wall, 1), "peak_rss_mb": round(peak / 2**20, 1)}
+        )
+    save(
+        "memory",
+        {
+            "command": "python benchmarks/bench_pipeline.py memory "
+            f"--sizes {' '.join(map(str, args.sizes))} --width {args.width}"
+            + (f" --model {args.model}" if args.model else ""),
+            "machine": machine(),
+            "runs": rows,
+            "ratio_largest_to_smallest": round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3),
+        },
+    )
 
 
 def halo(args: argparse.Namespace) -> None:
     import torch
     from rasterio.windows import Window
 
-    from geounet.scene.plan import plan_tiles
-    from geounet.checkpoint import load_checkpoint
+    from geounet.checkpoint import load_checkpoint, read_metadata
+    from geounet.compute import resolve_precision
     from geounet.infer.block import infer_block, run_model
     from geounet.infer.model_cache import prepare_for_inference
+    from geounet.scene.plan import plan_tiles
     from geounet.scene.read import prepare_input, read_window
-    from geounet.compute import resolve_precision
-    from geounet.checkpoint import read_metadata
     from geounet.scene.source import open_scene
 
     path = scene(args.size)
@@ -218,17 +249,31 @@ def halo(args: argparse.Namespace) -> None:
             r, v = read_window(info, b.read)
             p = infer_block(model, prepare_input(r, v, mi.normalization), b, batch_size=4, device=dev, dtype=dtype)
             c = b.core
-            tiled[:, int(c.row_off):int(c.row_off + c.height), int(c.col_off):int(c.col_off + c.width)] = p
+            tiled[:, int(c.row_off) : int(c.row_off + c.height), int(c.col_off) : int(c.col_off + c.width)] = p
         dt = time.perf_counter() - t0
         err = float(np.abs(tiled - whole).max())
-        rows.append({"halo": h, "max_abs_error": err, "mean_abs_error": float(np.abs(tiled - whole).mean()),
-                     "overhead": round(plan.overhead, 3), "seconds": round(dt, 2)})
+        rows.append(
+            {
+                "halo": h,
+                "max_abs_error": err,
+                "mean_abs_error": float(np.abs(tiled - whole).mean()),
+                "overhead": round(plan.overhead, 3),
+                "seconds": round(dt, 2),
+            }
+        )
         print(rows[-1])
-    save("halo", {
-        "command": f"python benchmarks/bench_pipeline.py halo --size {args.size} --width {args.width} --tile {args.tile}",
-        "machine": machine(), "receptive_field_radius": model.receptive_field_radius, "tile": args.tile,
-        "precision": "fp32", "rows": rows,
-    })
+    save(
+        "halo",
+        {
+            "command": "python benchmarks/bench_pipeline.py halo "
+            f"--size {args.size} --width {args.width} --tile {args.tile}",
+            "machine": machine(),
+            "receptive_field_radius": model.receptive_field_radius,
+            "tile": args.tile,
+            "precision": "fp32",
+            "rows": rows,
+        },
+    )
 
 
 def precision(args: argparse.Namespace) -> None:
@@ -241,26 +286,33 @@ def precision(args: argparse.Namespace) -> None:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for p in ("fp32", "bf16"):
-            wall, _, _ = run_cli(["-q", "predict", str(path), "-m", str(ckpt), "-o", f"{tmp}/{p}",
-                                  "--precision", p, "--no-progress"])
+            wall, _, _ = run_cli(
+                ["-q", "predict", str(path), "-m", str(ckpt), "-o", f"{tmp}/{p}", "--precision", p, "--no-progress"]
+            )
             out[p] = wall
         import rasterio
 
-        with rasterio.open(f"{tmp}/fp32/{path.stem}/probability.tif") as a, \
-             rasterio.open(f"{tmp}/bf16/{path.stem}/probability.tif") as b:
+        with (
+            rasterio.open(f"{tmp}/fp32/{path.stem}/probability.tif") as a,
+            rasterio.open(f"{tmp}/bf16/{path.stem}/probability.tif") as b,
+        ):
             diff = max(int(np.abs(a.read(k).astype(int) - b.read(k).astype(int)).max()) for k in (1, 2))
         f1 = {}
         for cls in ("buildings", "roads"):
             g32 = gpd.read_file(f"{tmp}/fp32/{path.stem}/{cls}.geojson").to_crs(3857)
             g16 = gpd.read_file(f"{tmp}/bf16/{path.stem}/{cls}.geojson").to_crs(3857)
             f1[cls] = round(building_f1(g16.geometry, g32.geometry).f1, 4)
-    save("precision", {
-        "command": f"python benchmarks/bench_pipeline.py precision --size {args.size} --width {args.width}"
-                   + (f" --model {args.model}" if args.model else ""),
-        "machine": machine(), "wall_s": {k: round(v, 2) for k, v in out.items()},
-        "max_probability_difference": round(diff / 255.0, 4),
-        "polygon_f1_bf16_vs_fp32": f1,
-    })
+    save(
+        "precision",
+        {
+            "command": f"python benchmarks/bench_pipeline.py precision --size {args.size} --width {args.width}"
+            + (f" --model {args.model}" if args.model else ""),
+            "machine": machine(),
+            "wall_s": {k: round(v, 2) for k, v in out.items()},
+            "max_probability_difference": round(diff / 255.0, 4),
+            "polygon_f1_bf16_vs_fp32": f1,
+        },
+    )
 
 
 def sweep(args: argparse.Namespace) -> None:
@@ -270,11 +322,11 @@ def sweep(args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
     import torch
 
-    from geounet.scene.plan import plan_tiles
     from geounet.checkpoint import load_checkpoint
-    from geounet.infer.model_cache import prepare_for_inference
     from geounet.compute import resolve_precision
     from geounet.infer.block import run_model
+    from geounet.infer.model_cache import prepare_for_inference
+    from geounet.scene.plan import plan_tiles
 
     ckpt = checkpoint(args.width)
     model = prepare_for_inference(load_checkpoint(ckpt))
@@ -296,8 +348,16 @@ def sweep(args: argparse.Namespace) -> None:
             if tile - 2 * h < 2 * m:
                 continue
             plan = plan_tiles(args.scene, args.scene, tile_size=tile, halo=h, multiple=m)
-            rows.append({"tile": tile, "halo": h, "seam_free": h >= seam_free, "model_mpx_per_s": round(model_mpx, 3),
-                         "overhead": round(plan.overhead, 3), "scene_mpx_per_s": round(model_mpx / plan.overhead, 3)})
+            rows.append(
+                {
+                    "tile": tile,
+                    "halo": h,
+                    "seam_free": h >= seam_free,
+                    "model_mpx_per_s": round(model_mpx, 3),
+                    "overhead": round(plan.overhead, 3),
+                    "scene_mpx_per_s": round(model_mpx / plan.overhead, 3),
+                }
+            )
             print(rows[-1])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for h in halos:
@@ -315,10 +375,19 @@ def sweep(args: argparse.Namespace) -> None:
     RESULTS_DIR.mkdir(exist_ok=True)
     fig.tight_layout()
     fig.savefig(RESULTS_DIR / "sweep.png", dpi=110)
-    save("sweep", {"command": f"python benchmarks/bench_pipeline.py sweep --width {args.width} --tiles "
-                              + " ".join(map(str, args.tiles)) + f" --precision {args.precision}",
-                   "machine": machine(), "receptive_field_radius": model.receptive_field_radius,
-                   "scene_px_for_overhead": args.scene, "rows": rows, "plot": "benchmarks/results/sweep.png"})
+    save(
+        "sweep",
+        {
+            "command": f"python benchmarks/bench_pipeline.py sweep --width {args.width} --tiles "
+            + " ".join(map(str, args.tiles))
+            + f" --precision {args.precision}",
+            "machine": machine(),
+            "receptive_field_radius": model.receptive_field_radius,
+            "scene_px_for_overhead": args.scene,
+            "rows": rows,
+            "plot": "benchmarks/results/sweep.png",
+        },
+    )
 
 
 _FORWARD = """
@@ -359,16 +428,27 @@ def pages(args: argparse.Namespace) -> None:
     for _ in range(args.repeat):
         for name, value in (("off", "0"), ("on", "1")):  # alternated: load drifts alike
             env = {**os.environ, "THP_MEM_ALLOC_ENABLE": value}  # read by torch's CPU allocator
-            out = subprocess.run([sys.executable, "-c", _FORWARD, str(ckpt), str(args.tile), str(args.tiles)],
-                                 env=env, capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", _FORWARD, str(ckpt), str(args.tile), str(args.tiles)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(name, runs[name][-1])
     summary = {k: {m: round(float(np.median([r[m] for r in v])), 3) for m in v[0]} for k, v in runs.items()}
-    save("pages", {
-        "command": f"python benchmarks/bench_pipeline.py pages --width {args.width} --tile {args.tile} "
-                   f"--tiles {args.tiles} --repeat {args.repeat}" + (f" --model {args.model}" if args.model else ""),
-        "machine": machine(), "model": str(ckpt), "runs": runs, "median": summary,
-    })
+    save(
+        "pages",
+        {
+            "command": f"python benchmarks/bench_pipeline.py pages --width {args.width} --tile {args.tile} "
+            f"--tiles {args.tiles} --repeat {args.repeat}" + (f" --model {args.model}" if args.model else ""),
+            "machine": machine(),
+            "model": str(ckpt),
+            "runs": runs,
+            "median": summary,
+        },
+    )
 
 
 def _nap(seconds: float) -> int:
@@ -392,16 +472,27 @@ def housekeeping(args: argparse.Namespace) -> None:
                     w0, c0 = sum(client.run(_cpu_seconds).values()), _cpu_seconds()
                     futures = [client.submit(_nap, args.seconds, pure=False) for _ in range(_threads(client))]
                     client.gather(futures)
-                    rows.append({"settings": name, "seconds": args.seconds,
-                                 "client_and_scheduler_cpu_s": round(_cpu_seconds() - c0, 3),
-                                 "workers_cpu_s": round(sum(client.run(_cpu_seconds).values()) - w0, 3)})
+                    rows.append(
+                        {
+                            "settings": name,
+                            "seconds": args.seconds,
+                            "client_and_scheduler_cpu_s": round(_cpu_seconds() - c0, 3),
+                            "workers_cpu_s": round(sum(client.run(_cpu_seconds).values()) - w0, 3),
+                        }
+                    )
                 print(rows[-1])
     finally:
         engine.QUIET_DASK = quiet
-    save("housekeeping", {
-        "command": f"python benchmarks/bench_pipeline.py housekeeping --seconds {args.seconds} --repeat {args.repeat}",
-        "machine": machine(), "quiet_dask": quiet, "rows": rows,
-    })
+    save(
+        "housekeeping",
+        {
+            "command": "python benchmarks/bench_pipeline.py housekeeping "
+            f"--seconds {args.seconds} --repeat {args.repeat}",
+            "machine": machine(),
+            "quiet_dask": quiet,
+            "rows": rows,
+        },
+    )
 
 
 # Suites that time forward passes in this process: they run with the embedded workers' malloc
@@ -430,13 +521,21 @@ def main() -> None:
     a.add_argument("--tiles-per-block", type=int, default=None, help="default: the settings' default")
     a.add_argument("--repeat", type=int, default=2)
     a.add_argument("--model", help="checkpoint to use (default: a cached random-weight UNet of --width)")
-    a.add_argument("--widen", type=int, default=1,
-                   help="time a UNet this many times wider that computes the same function "
-                        "(benchmarks.common.widened): a heavier model with the same polygons")
+    a.add_argument(
+        "--widen",
+        type=int,
+        default=1,
+        help="time a UNet this many times wider that computes the same function "
+        "(benchmarks.common.widened): a heavier model with the same polygons",
+    )
     a.add_argument("--formats", nargs="+", help="outputs to write (default: all)")
-    a.add_argument("--scenes", type=int, default=1,
-                   help="run the scene this many times in one batch (a scene's write tail then "
-                        "overlaps the next one's blocks, as in a directory run)")
+    a.add_argument(
+        "--scenes",
+        type=int,
+        default=1,
+        help="run the scene this many times in one batch (a scene's write tail then "
+        "overlaps the next one's blocks, as in a directory run)",
+    )
     m = sub.add_parser("memory")
     m.add_argument("--sizes", type=int, nargs="+", default=[4000, 12000])
     m.add_argument("--width", type=int, default=16)
@@ -466,7 +565,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.suite in IN_PROCESS_MODEL_SUITES:
         _with_worker_malloc_env()
-    {"housekeeping": housekeeping, "pages": pages, "ratio": ratio, "memory": memory, "halo": halo, "precision": precision, "sweep": sweep}[args.suite](args)
+    {
+        "housekeeping": housekeeping,
+        "pages": pages,
+        "ratio": ratio,
+        "memory": memory,
+        "halo": halo,
+        "precision": precision,
+        "sweep": sweep,
+    }[args.suite](args)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ import time
 import numpy as np
 from rasterio.features import shapes
 
-from geounet.vectorize.seams import BlockPolygons, merge_seams
 from geounet.vectorize.polygonize import polygonize_block
+from geounet.vectorize.seams import BlockPolygons, merge_seams
 
 
 def synthetic_mask(size: int, buildings: int, roads: int, seed: int) -> np.ndarray:
@@ -79,8 +79,7 @@ def time_blocked(
 ) -> tuple[float, float, list[BlockPolygons]]:
     t0 = time.perf_counter()
     parts = [
-        polygonize_block(m, p, row_off=r, col_off=c, scene_height=height, scene_width=width)
-        for r, c, m, p in blocks
+        polygonize_block(m, p, row_off=r, col_off=c, scene_height=height, scene_width=width) for r, c, m, p in blocks
     ]
     t1 = time.perf_counter()
     merge_seams(parts)

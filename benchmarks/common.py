@@ -109,8 +109,9 @@ class TreeMemory:
 def run_cli(args: list[str]) -> tuple[float, int, str]:
     """Run ``geounet ARGS`` as a subprocess; returns (wall seconds, peak tree RSS bytes, output)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "geounet.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geounet.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     with TreeMemory(proc.pid) as mem:
         out, _ = proc.communicate()
     if proc.returncode != 0:
@@ -148,8 +149,14 @@ def widened(ckpt: Path, factor: int) -> Path:
     spec = src.spec
     if spec.arch != "unet":
         raise ValueError(f"widening is written for the plain 'unet', not {spec.arch!r}")
-    dst = create_model("unet", classes=tuple(spec.classes), mode=spec.mode, width=spec.width * factor,
-                       depth=spec.depth, in_channels=spec.in_channels)
+    dst = create_model(
+        "unet",
+        classes=tuple(spec.classes),
+        mode=spec.mode,
+        width=spec.width * factor,
+        depth=spec.depth,
+        in_channels=spec.in_channels,
+    )
     dst.eval()
     smods, dmods = dict(src.named_modules()), dict(dst.named_modules())
     # input channel k of the decoder's first conv, [skip, up] concatenated, in the wide model

@@ -21,7 +21,7 @@ _EXPORTS = {
     "load_checkpoint": "geounet.checkpoint",
     "read_metadata": "geounet.checkpoint",
 }
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = ["__version__", "create_model", "list_models", "load_checkpoint", "read_metadata", "save_checkpoint"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from geounet.checkpoint import load_checkpoint, read_metadata, save_checkpoint

@@ -57,7 +57,8 @@ def tune_malloc() -> bool:
     reads those settings when a process starts). Returns False where ``mallopt`` is unavailable.
     """
     return _mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES) and _mallopt(
-        _M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES)
+        _M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES
+    )
 
 
 # Free heap kept per widest activation of a forward pass (see :func:`keep_free`): two worker

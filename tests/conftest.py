@@ -17,12 +17,16 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = (REPO / ".." / "shared" / "data" / "real").resolve()
 
 
+# A north-up 0.5 m grid in UTM 33N: the default placement of test scenes.
+UTM_HALF_METRE = Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0)
+
+
 def write_tif(
     path: Path,
     data: np.ndarray,
     *,
     crs: str | None = "EPSG:32633",
-    transform: Affine | None = Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0),
+    transform: Affine | None = UTM_HALF_METRE,
     nodata: float | None = None,
     tiled: bool = True,
     **extra: object,
@@ -32,12 +36,19 @@ def write_tif(
     if data.ndim == 2:
         data = data[None]
     profile: dict[str, object] = dict(
-        driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-        dtype=data.dtype.name, compress="deflate",
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype.name,
+        compress="deflate",
     )
     if tiled and data.shape[1] >= 16 and data.shape[2] >= 16:
-        profile.update(tiled=True, blockxsize=16 * max(1, min(16, data.shape[2] // 16)),
-                       blockysize=16 * max(1, min(16, data.shape[1] // 16)))
+        profile.update(
+            tiled=True,
+            blockxsize=16 * max(1, min(16, data.shape[2] // 16)),
+            blockysize=16 * max(1, min(16, data.shape[1] // 16)),
+        )
     if crs is not None:
         profile["crs"] = crs
     if transform is not None:
@@ -87,17 +98,25 @@ def randomize_batchnorm(model, seed: int = 0) -> None:
     model.eval()
 
 
-def make_checkpoint(path: Path, *, arch: str = "unet", in_channels: int = 3,
-                    classes: Sequence[str] = ("building", "road"), mode: str = "multilabel",
-                    width: int = 4, depth: int = 3, seed: int = 0, **save_kw: object) -> Path:
+def make_checkpoint(
+    path: Path,
+    *,
+    arch: str = "unet",
+    in_channels: int = 3,
+    classes: Sequence[str] = ("building", "road"),
+    mode: str = "multilabel",
+    width: int = 4,
+    depth: int = 3,
+    seed: int = 0,
+    **save_kw: object,
+) -> Path:
     """A small random-weight checkpoint with non-trivial BatchNorm statistics."""
     import torch
 
     from geounet import create_model, save_checkpoint
 
     torch.manual_seed(seed)
-    model = create_model(arch, in_channels=in_channels, classes=tuple(classes), mode=mode,
-                         width=width, depth=depth)
+    model = create_model(arch, in_channels=in_channels, classes=tuple(classes), mode=mode, width=width, depth=depth)
     randomize_batchnorm(model, seed)
     model.eval()
     save_checkpoint(model, path, **save_kw)
@@ -111,8 +130,7 @@ def dask_local() -> Iterator[object]:
 
     from geounet.batch.engine import WorkerSetup
 
-    cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                           dashboard_address=":0")
+    cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0")
     client = Client(cluster)
     client.register_plugin(WorkerSetup(1))
     yield client

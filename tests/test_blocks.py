@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geounet.compute import default_halo, round_up
-from geounet.scene.plan import plan_tiles, tiles_along
 from geounet.errors import ConfigError
+from geounet.scene.plan import plan_tiles, tiles_along
 
 
 def _check(width: int, height: int, tile: int, halo: int, multiple: int, k: int) -> None:
@@ -22,8 +22,8 @@ def _check(width: int, height: int, tile: int, halo: int, multiple: int, k: int)
             r, c = t.read, t.core
             # origins on the 2**depth grid, inside the padded scene
             assert r.col_off % multiple == 0 and r.row_off % multiple == 0
-            assert 0 <= r.col_off and r.col_off + r.width <= pw
-            assert 0 <= r.row_off and r.row_off + r.height <= ph
+            assert r.col_off >= 0 and r.col_off + r.width <= pw
+            assert r.row_off >= 0 and r.row_off + r.height <= ph
             assert (r.height, r.width) == plan.tile_shape
             # core inside its read, with >= halo context except at the padded border
             assert r.col_off <= c.col_off and c.col_off + c.width <= r.col_off + r.width
@@ -39,17 +39,21 @@ def _check(width: int, height: int, tile: int, halo: int, multiple: int, k: int)
             # tile core inside the block core, tile read inside the block read
             assert bc.col_off <= c.col_off and c.col_off + c.width <= bc.col_off + bc.width
             assert block.read.col_off <= r.col_off <= r.col_off + r.width <= block.read.col_off + block.read.width
-            cover[int(c.row_off):int(c.row_off + c.height), int(c.col_off):int(c.col_off + c.width)] += 1
+            cover[int(c.row_off) : int(c.row_off + c.height), int(c.col_off) : int(c.col_off + c.width)] += 1
     assert (cover == 1).all(), "tile cores must cover every scene pixel exactly once"
     block_cover = np.zeros_like(cover)
     for b in plan.blocks:
-        block_cover[int(b.core.row_off):int(b.core.row_off + b.core.height),
-                    int(b.core.col_off):int(b.core.col_off + b.core.width)] += 1
+        block_cover[
+            int(b.core.row_off) : int(b.core.row_off + b.core.height),
+            int(b.core.col_off) : int(b.core.col_off + b.core.width),
+        ] += 1
     assert (block_cover == 1).all()
     # the fewest tiles along each axis, and no smaller tile side would do with that many
     th, tw = plan.tile_shape
-    for padded, side, n in ((pw, tw, len({t.read.col_off for b in plan.blocks for t in b.tiles})),
-                            (ph, th, len({t.read.row_off for b in plan.blocks for t in b.tiles}))):
+    for padded, side, n in (
+        (pw, tw, len({t.read.col_off for b in plan.blocks for t in b.tiles})),
+        (ph, th, len({t.read.row_off for b in plan.blocks for t in b.tiles})),
+    ):
         assert side <= tile and n == tiles_along(padded, tile, halo)
         if n > 1:
             assert n * (side - multiple - 2 * halo) + 2 * halo < padded
@@ -66,8 +70,12 @@ def test_plan_covers_odd_small_and_exact_sizes(width: int, height: int, k: int) 
 
 @settings(max_examples=150, deadline=None)
 @given(
-    width=st.integers(1, 900), height=st.integers(1, 900), depth=st.integers(1, 5),
-    halo_units=st.integers(0, 4), core_units=st.integers(1, 8), k=st.integers(1, 3),
+    width=st.integers(1, 900),
+    height=st.integers(1, 900),
+    depth=st.integers(1, 5),
+    halo_units=st.integers(0, 4),
+    core_units=st.integers(1, 8),
+    k=st.integers(1, 3),
 )
 def test_plan_property(width: int, height: int, depth: int, halo_units: int, core_units: int, k: int) -> None:
     m = 2**depth
@@ -88,8 +96,9 @@ def test_exact_multiple_gets_fewest_balanced_tiles() -> None:
     # so their cores are 192 px
     plan = plan_tiles(512, 512, tile_size=256, halo=64, multiple=16)
     assert plan.n_tiles == 9 and plan.tile_shape == (256, 256)
-    assert [(int(t.read.col_off), int(t.core.col_off), int(t.core.width)) for t in plan.blocks[0].tiles[:1]] \
-        == [(0, 0, 192)]
+    assert [(int(t.read.col_off), int(t.core.col_off), int(t.core.width)) for t in plan.blocks[0].tiles[:1]] == [
+        (0, 0, 192)
+    ]
     assert sorted({int(t.core.width) for b in plan.blocks for t in b.tiles}) == [128, 192]
 
 
@@ -125,9 +134,7 @@ def test_device_defaults_for_blocks_and_batches() -> None:
     """Unset tiles_per_block / batch_size take the device's measured defaults; set ones win."""
     import torch
 
-    from geounet.compute import AUTO_BATCH, resolve_batch_size
-    from geounet.compute import AUTO_TILES_PER_BLOCK, resolve_tiles_per_block
-    from geounet.settings import InferenceSettings
+    from geounet.compute import AUTO_BATCH, AUTO_TILES_PER_BLOCK, resolve_batch_size, resolve_tiles_per_block
 
     assert resolve_tiles_per_block(None, "cpu") == AUTO_TILES_PER_BLOCK["cpu"] == 1
     assert resolve_tiles_per_block(None, "cuda") == AUTO_TILES_PER_BLOCK["cuda"] == 3

@@ -6,9 +6,10 @@ import errno
 import json
 import os
 import pickle
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -166,9 +167,15 @@ def test_keyword_arguments_override_and_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
     model = tiny_model(in_channels=2, classes=("building", "road"), mode="multilabel")
     save_checkpoint(
-        model, path, bands=[4, 2], normalization={"kind": "percentile", "low": [1, 2], "high": [300, 400]},
-        tile_size=512, halo=32, thresholds=[0.3, 0.7],
-        provenance={"data": "tiles-v2", "date": date(2024, 5, 1), "epochs": 40}, note="first",
+        model,
+        path,
+        bands=[4, 2],
+        normalization={"kind": "percentile", "low": [1, 2], "high": [300, 400]},
+        tile_size=512,
+        halo=32,
+        thresholds=[0.3, 0.7],
+        provenance={"data": "tiles-v2", "date": date(2024, 5, 1), "epochs": 40},
+        note="first",
     )
     meta = read_metadata(path)
     assert meta.bands == [4, 2]
@@ -186,7 +193,10 @@ def test_keyword_arguments_override_and_round_trip(tmp_path: Path) -> None:
     assert meta2.thresholds == {"building": 0.4, "road": 0.6}
     assert meta2.extra == {"note": "first", "stage": "fine"}  # merged key by key
     assert (meta2.bands, meta2.normalization, meta2.tile_size, meta2.halo) == (
-        meta.bands, meta.normalization, meta.tile_size, meta.halo
+        meta.bands,
+        meta.normalization,
+        meta.tile_size,
+        meta.halo,
     )
     assert meta2.hash == meta.hash
 
@@ -486,9 +496,9 @@ def test_malicious_pickle_never_runs(tmp_path: Path) -> None:
 
     for path in (raw, zipped):
         for fn in (load_checkpoint, read_metadata, checkpoint_hash):
-            assert "arbitrary code" in error_of(lambda: fn(path))
+            assert "arbitrary code" in error_of(lambda fn=fn, path=path: fn(path))
         spec = ModelSpec("unet", width=4, depth=DEPTH)
-        msg = error_of(lambda: import_torch_checkpoint(path, tmp_path / "out.safetensors", spec))
+        msg = error_of(lambda path=path, spec=spec: import_torch_checkpoint(path, tmp_path / "out.safetensors", spec))
         assert path.name in msg and "refused" in msg
     assert not marker.exists()
     assert not (tmp_path / "out.safetensors").exists()

@@ -26,8 +26,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = create_model("unet", in_channels=3, classes=("building", "road"), mode="multilabel", width=4, depth=2)
     path = tmp_path_factory.mktemp("info") / "roofs.safetensors"
     save_checkpoint(
-        model.eval(), path, bands=[3, 2, 1], normalization={"kind": "meanstd", "mean": [10, 20, 30], "std": [2, 4, 8]},
-        thresholds={"building": 0.4, "road": 0.6}, provenance={"data": "city-tiles", "epochs": 3},
+        model.eval(),
+        path,
+        bands=[3, 2, 1],
+        normalization={"kind": "meanstd", "mean": [10, 20, 30], "std": [2, 4, 8]},
+        thresholds={"building": 0.4, "road": 0.6},
+        provenance={"data": "city-tiles", "epochs": 3},
     )
     return path
 
@@ -101,27 +105,56 @@ def test_real_command(checkpoint: Path) -> None:
 def training_provenance(scenes: int = 12) -> dict:
     """Provenance as geounet.train writes it: the full settings and every scene's record."""
     return {
-        "trainer": "geounet.train", "geounet_version": "0.1.0", "torch_version": "2.13.0+cpu",
+        "trainer": "geounet.train",
+        "geounet_version": "0.1.0",
+        "torch_version": "2.13.0+cpu",
         "config_file": "/data/projects/city/train.yaml",
-        "config": {"data": {"classes": [{"name": "building", "layer": None}] * 4, "bands": [1, 2, 3]},
-                   "optim": {"epochs": 20, "lr": 0.003, "schedule": "onecycle"},
-                   "augment": {"flip": True, "notes": "x" * 2000}},
+        "config": {
+            "data": {"classes": [{"name": "building", "layer": None}] * 4, "bands": [1, 2, 3]},
+            "optim": {"epochs": 20, "lr": 0.003, "schedule": "onecycle"},
+            "augment": {"flip": True, "notes": "x" * 2000},
+        },
         "data": [
-            {"image": f"/data/projects/city/imagery/2024/orthophoto_tile_{i:03d}.tif",
-             "role": "val" if i % 4 == 0 else "train", "size": [1024, 1024], "crs": "EPSG:32633",
-             "dtype": "uint8", "fingerprint": f"{i:016x}",
-             "labels": {"building": [f"/data/projects/city/labels/buildings_{i:03d}.gpkg:buildings"]},
-             "features": {"building": 1000 + i}}
+            {
+                "image": f"/data/projects/city/imagery/2024/orthophoto_tile_{i:03d}.tif",
+                "role": "val" if i % 4 == 0 else "train",
+                "size": [1024, 1024],
+                "crs": "EPSG:32633",
+                "dtype": "uint8",
+                "fingerprint": f"{i:016x}",
+                "labels": {"building": [f"/data/projects/city/labels/buildings_{i:03d}.gpkg:buildings"]},
+                "features": {"building": 1000 + i},
+            }
             for i in range(scenes)
         ],
-        "bands": [1, 2, 3], "seed": 7, "git_commit": "0123456789abcdef" * 2 + "+dirty", "device": "cpu",
-        "precision": "float32", "python": "3.11.9", "train_area_px": 9_437_184, "val_area_px": 3_145_728,
-        "val_tiles": 12, "epochs": 20,
-        "metrics": {"epoch": 18, "step": 3600, "lr": 1e-4, "train_loss": 0.21, "val_loss": 0.2345678,
-                    "building_iou": 0.71234, "building_f1": 0.8321, "building_precision": 0.8,
-                    "mean_iou": 0.71234, "epoch_time_s": 55.0},
-        "best_metric": "building_f1", "training_time_s": 3725.4, "date": "2026-12-01T10:00:00+00:00",
-        "resumed_from": None, "gsd_m": 0.3, "note": "trained on the 2024 flight " + "y" * 300,
+        "bands": [1, 2, 3],
+        "seed": 7,
+        "git_commit": "0123456789abcdef" * 2 + "+dirty",
+        "device": "cpu",
+        "precision": "float32",
+        "python": "3.11.9",
+        "train_area_px": 9_437_184,
+        "val_area_px": 3_145_728,
+        "val_tiles": 12,
+        "epochs": 20,
+        "metrics": {
+            "epoch": 18,
+            "step": 3600,
+            "lr": 1e-4,
+            "train_loss": 0.21,
+            "val_loss": 0.2345678,
+            "building_iou": 0.71234,
+            "building_f1": 0.8321,
+            "building_precision": 0.8,
+            "mean_iou": 0.71234,
+            "epoch_time_s": 55.0,
+        },
+        "best_metric": "building_f1",
+        "training_time_s": 3725.4,
+        "date": "2026-12-01T10:00:00+00:00",
+        "resumed_from": None,
+        "gsd_m": 0.3,
+        "note": "trained on the 2024 flight " + "y" * 300,
     }
 
 
@@ -142,7 +175,9 @@ def test_long_provenance_is_a_short_readable_summary(trained: Path) -> None:
     prov = {line.split()[0]: line for line in lines[lines.index("provenance") + 1 :] if line.startswith("  ")}
     assert "2026-12-01T10:00:00+00:00" in prov["date"]
     assert "20 (1 h 02 min of training)" in prov["epochs"]
-    assert "epoch 18: building_f1 0.8321 (selects the best model), val_loss 0.2346, mean_iou 0.7123" in prov["validation"]
+    assert (
+        "epoch 18: building_f1 0.8321 (selects the best model), val_loss 0.2346, mean_iou 0.7123" in prov["validation"]
+    )
     assert "12 scenes (val 3, train 9)" in prov["sources"]
     out = result.output
     assert "orthophoto_tile_000.tif: val, 1024x1024 px, EPSG:32633, uint8" in out
@@ -167,11 +202,15 @@ def test_json_keeps_the_full_provenance(trained: Path) -> None:
 def test_provenance_summary_is_a_pure_function_of_the_record() -> None:
     assert provenance_summary({}) == []
     assert provenance_summary({"epochs": 3, "date": "2024-05-01", "source": "legacy.pth", "loss": [0.5, 0.25]}) == [
-        ("date", "2024-05-01"), ("epochs", "3"), ("source", "legacy.pth"), ("loss", "0.5, 0.25"),
+        ("date", "2024-05-01"),
+        ("epochs", "3"),
+        ("source", "legacy.pth"),
+        ("loss", "0.5, 0.25"),
     ]
     # a known key holding an unexpected type is shown as it is, not dropped
     assert provenance_summary({"metrics": "see wandb", "data": ["a.tif", "b.tif"]}) == [
-        ("metrics", "see wandb"), ("data", "a.tif, b.tif"),
+        ("metrics", "see wandb"),
+        ("data", "a.tif, b.tif"),
     ]
     rows = provenance_summary(training_provenance(scenes=2), width=40)
     assert all(len(text) <= 40 for _, text in rows)

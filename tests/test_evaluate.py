@@ -67,15 +67,31 @@ def need(path: Path) -> Path:
     return path
 
 
-def write_tif(path: Path, width: int, height: int, transform: Affine, crs: str = UTM,
-              nodata_box: tuple[int, int, int, int] | None = None) -> Path:
+def write_tif(
+    path: Path,
+    width: int,
+    height: int,
+    transform: Affine,
+    crs: str = UTM,
+    nodata_box: tuple[int, int, int, int] | None = None,
+) -> Path:
     """A 1-band uint8 GeoTIFF; pixels in ``nodata_box`` (row0, row1, col0, col1) are nodata."""
     data = np.ones((1, height, width), dtype="uint8")
     if nodata_box is not None:
         r0, r1, c0, c1 = nodata_box
         data[0, r0:r1, c0:c1] = 0
-    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=1, dtype="uint8",
-                       crs=crs, transform=transform, nodata=0) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=1,
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+        nodata=0,
+    ) as ds:
         ds.write(data)
     return path
 
@@ -170,11 +186,13 @@ def test_combine_is_a_micro_average() -> None:
 
 
 def test_truth_26986_and_predictions_4326_give_the_same_result(tmp_path: Path) -> None:
-    truth = gpd.GeoDataFrame(geometry=[box(230000 + 30 * i, 894000, 230000 + 30 * i + 20, 894015) for i in range(6)],
-                             crs="EPSG:26986")
+    truth = gpd.GeoDataFrame(
+        geometry=[box(230000 + 30 * i, 894000, 230000 + 30 * i + 20, 894015) for i in range(6)], crs="EPSG:26986"
+    )
     shifts = [0, 2, 4, 8, 12, 30]  # metres along x: IoU 1, .82, .67, .43, .25, 0
-    pred = gpd.GeoDataFrame(geometry=[shapely.affinity.translate(g, xoff=s) for g, s in zip(truth.geometry, shifts)],
-                            crs="EPSG:26986")
+    pred = gpd.GeoDataFrame(
+        geometry=[shapely.affinity.translate(g, xoff=s) for g, s in zip(truth.geometry, shifts)], crs="EPSG:26986"
+    )
     projected = building_f1(pred, truth)
     assert (projected.tp, projected.fp, projected.fn) == (3, 3, 3)
 
@@ -229,8 +247,9 @@ def test_windowed_accumulation_equals_whole_array() -> None:
     pred, truth = blobs(12), blobs(9)
     whole = {}
     for name, geoms in (("pred", pred), ("truth", truth)):
-        whole[name] = rasterio.features.rasterize(((g, 1) for g in geoms), out_shape=(23, 37),
-                                                  transform=grid.transform, dtype="uint8").astype(bool)
+        whole[name] = rasterio.features.rasterize(
+            ((g, 1) for g in geoms), out_shape=(23, 37), transform=grid.transform, dtype="uint8"
+        ).astype(bool)
     expected = pixel_counts(whole["pred"], whole["truth"])
     assert expected.tp > 0 and expected.fp > 0 and expected.fn > 0
     for size in (5, 7, 16, 1024):
@@ -255,7 +274,11 @@ def test_road_pixel_iou_against_buffered_centerlines(tmp_path: Path) -> None:
     truth = gpd.GeoDataFrame(geometry=[LineString([(0, 10), (100, 10)])], crs=UTM)
     full = gpd.GeoDataFrame(geometry=[box(0, 8, 100, 12)], crs=UTM)
     half = gpd.GeoDataFrame(geometry=[box(0, 8, 100, 10)], crs=UTM)
-    tfile, ffile, hfile = tmp_path / "t_road_centerlines.gpkg", tmp_path / "full_roads.gpkg", tmp_path / "half_roads.gpkg"
+    tfile, ffile, hfile = (
+        tmp_path / "t_road_centerlines.gpkg",
+        tmp_path / "full_roads.gpkg",
+        tmp_path / "half_roads.gpkg",
+    )
     truth.to_file(tfile)
     full.to_file(ffile)
     half.to_file(hfile)
@@ -347,8 +370,9 @@ def test_baker_lake_class_field_selects_buildings_and_roads() -> None:
         read_vectors(gpkg, class_field="Niveau_2", classes={"building": "House"})
     with pytest.raises(ConfigError, match="no field 'Niveau_9'"):
         read_vectors(gpkg, class_field="Niveau_9")
-    r = evaluate_scene(gpkg, gpkg, EvaluationSettings(class_field="Niveau_2"),
-                       raster=need(GDL / "23322E759967N_clipped_1m_2of2.tif"))
+    r = evaluate_scene(
+        gpkg, gpkg, EvaluationSettings(class_field="Niveau_2"), raster=need(GDL / "23322E759967N_clipped_1m_2of2.tif")
+    )
     assert r.buildings.tp == 5 and r.buildings.f1 == 1.0  # 5 buildings intersect the image
     assert r.pixels["road"].iou == 1.0 and r.roads.apls == 1.0
 
@@ -372,18 +396,25 @@ def _synthetic_scene(tmp_path: Path, stem: str = "tile1") -> tuple[Path, Path]:
     x0, y0 = 500000.0, 4650000.0
     write_tif(truth_dir / f"{stem}.tif", 200, 200, Affine(1, 0, x0, 0, -1, y0 + 200))
     buildings = [box(x0 + 10 + 30 * i, y0 + 150, x0 + 30 + 30 * i, y0 + 170) for i in range(4)]
-    centerlines = [LineString([(x0, y0 + 100), (x0 + 200, y0 + 100)]), LineString([(x0 + 100, y0), (x0 + 100, y0 + 100)])]
+    centerlines = [
+        LineString([(x0, y0 + 100), (x0 + 200, y0 + 100)]),
+        LineString([(x0 + 100, y0), (x0 + 100, y0 + 100)]),
+    ]
     gpath = truth_dir / f"{stem}_truth.gpkg"
     gpd.GeoDataFrame(geometry=buildings, crs=UTM).to_file(gpath, layer="buildings")
-    gpd.GeoDataFrame(geometry=[c.buffer(3, cap_style="flat") for c in centerlines], crs=UTM).to_file(gpath, layer="roads")
+    gpd.GeoDataFrame(geometry=[c.buffer(3, cap_style="flat") for c in centerlines], crs=UTM).to_file(
+        gpath, layer="roads"
+    )
     gpd.GeoDataFrame(geometry=centerlines, crs=UTM).to_file(gpath, layer="road_centerlines")
     # Predictions as geounet writes them: WGS84 GeoJSON with a class column. Three buildings
     # found (one shifted by 12 m of 20: IoU 0.25, a miss), one false alarm; roads exact.
     pb = buildings[:2] + [shapely.affinity.translate(buildings[2], xoff=12), box(x0 + 150, y0 + 20, x0 + 160, y0 + 30)]
     gpd.GeoDataFrame({"class": ["building"] * 4}, geometry=pb, crs=UTM).to_crs("EPSG:4326").to_file(
-        pred_dir / stem / "buildings.geojson", driver="GeoJSON")
-    gpd.GeoDataFrame({"class": ["road"] * 2}, geometry=[c.buffer(3, cap_style="flat") for c in centerlines],
-                     crs=UTM).to_crs("EPSG:4326").to_file(pred_dir / stem / "roads.geojson", driver="GeoJSON")
+        pred_dir / stem / "buildings.geojson", driver="GeoJSON"
+    )
+    gpd.GeoDataFrame(
+        {"class": ["road"] * 2}, geometry=[c.buffer(3, cap_style="flat") for c in centerlines], crs=UTM
+    ).to_crs("EPSG:4326").to_file(pred_dir / stem / "roads.geojson", driver="GeoJSON")
     return pred_dir, truth_dir
 
 
@@ -435,8 +466,19 @@ def test_cli_help_documents_every_option() -> None:
     text = CliRunner().invoke(command, ["--help"], terminal_width=200).output
     for opt in command.params:
         assert opt.help, f"--{opt.name} has no help"
-    for flag in ("--pred", "--truth", "--raster", "--truth-layer", "--class-field", "--building-value",
-                 "--road-value", "--road-width-m", "--iou", "--json", "--overwrite"):
+    for flag in (
+        "--pred",
+        "--truth",
+        "--raster",
+        "--truth-layer",
+        "--class-field",
+        "--building-value",
+        "--road-value",
+        "--road-width-m",
+        "--iou",
+        "--json",
+        "--overwrite",
+    ):
         assert flag in text
     assert "default: 6.0" in text and "metres" in text
 
@@ -454,8 +496,11 @@ def test_format_table_aligns_columns_and_marks_undefined_values() -> None:
 
 
 def test_format_table_of_many_scenes_has_failures_a_total_and_unmatched_predictions() -> None:
-    result = EvaluationResult((_nothing_scored("a"), SceneFailure("b", "cannot be read")),
-                              Totals.combine([_nothing_scored("a")]), unmatched_predictions=("c",))
+    result = EvaluationResult(
+        (_nothing_scored("a"), SceneFailure("b", "cannot be read")),
+        Totals.combine([_nothing_scored("a")]),
+        unmatched_predictions=("c",),
+    )
     lines = format_table(result).splitlines()
     assert [line.split()[0] for line in lines[2:]] == ["a", "b", "TOTAL", "predictions"]
     assert "error: cannot be read" in lines[3]

@@ -27,22 +27,37 @@ def _layer(crs: str, x0: float, y0: float, step: float) -> gpd.GeoDataFrame:
             outer = shapely.orient_polygons(outer, exterior_cw=True)
         geoms.append(outer)
     return gpd.GeoDataFrame(
-        {"class": ["building"] * 40, "score": np.round(rng.random(40), 4), "area_m2": np.round(rng.random(40) * 100, 2),
-         "scene": ["s"] * 40, "model": ["abc123"] * 40},
-        geometry=geoms, crs=crs,
+        {
+            "class": ["building"] * 40,
+            "score": np.round(rng.random(40), 4),
+            "area_m2": np.round(rng.random(40) * 100, 2),
+            "scene": ["s"] * 40,
+            "model": ["abc123"] * 40,
+        },
+        geometry=geoms,
+        crs=crs,
     )
 
 
 def _gdal(gdf: gpd.GeoDataFrame, path: Path) -> None:
-    pyogrio.write_dataframe(gdf, path, layer=path.stem, driver="GeoJSON", geometry_type="Unknown",
-                            layer_options={"RFC7946": "YES", "WRITE_BBOX": "YES"})
+    pyogrio.write_dataframe(
+        gdf,
+        path,
+        layer=path.stem,
+        driver="GeoJSON",
+        geometry_type="Unknown",
+        layer_options={"RFC7946": "YES", "WRITE_BBOX": "YES"},
+    )
 
 
-@pytest.mark.parametrize(("crs", "x0", "y0", "step"), [
-    ("EPSG:32633", 500_000.0, 4_650_000.0, 10.0),   # UTM 33N
-    ("EPSG:32733", 300_000.0, 7_400_000.0, 10.0),   # UTM 33S
-    ("EPSG:4326", 12.0, -33.0, 1e-4),                # geographic
-])
+@pytest.mark.parametrize(
+    ("crs", "x0", "y0", "step"),
+    [
+        ("EPSG:32633", 500_000.0, 4_650_000.0, 10.0),  # UTM 33N
+        ("EPSG:32733", 300_000.0, 7_400_000.0, 10.0),  # UTM 33S
+        ("EPSG:4326", 12.0, -33.0, 1e-4),  # geographic
+    ],
+)
 def test_fast_geojson_equals_gdal_rfc7946(tmp_path: Path, crs: str, x0: float, y0: float, step: float) -> None:
     gdf = _layer(crs, x0, y0, step)
     ours, gdal = tmp_path / "buildings.geojson", tmp_path / "gdal" / "buildings.geojson"
@@ -61,7 +76,8 @@ def test_fast_geojson_equals_gdal_rfc7946(tmp_path: Path, crs: str, x0: float, y
         assert ga.exterior.is_ccw and all(not r.is_ccw for r in ga.interiors), "RFC 7946 3.1.6 winding"
         assert len(ga.interiors) == len(gb.interiors)
         assert ga.equals_exact(gb, tolerance=1.5 * 10**-GEOJSON_DECIMALS) or ga.normalize().equals_exact(
-            gb.normalize(), tolerance=1.5 * 10**-GEOJSON_DECIMALS)
+            gb.normalize(), tolerance=1.5 * 10**-GEOJSON_DECIMALS
+        )
         coords = np.asarray(ga.exterior.coords)
         assert np.array_equal(coords, np.round(coords, GEOJSON_DECIMALS)), "coordinates rounded to 7 decimals"
     # it opens as a layer in EPSG:4326 with the same columns
@@ -71,9 +87,11 @@ def test_fast_geojson_equals_gdal_rfc7946(tmp_path: Path, crs: str, x0: float, y
 
 def test_layer_crossing_the_antimeridian_is_cut_by_gdal(tmp_path: Path) -> None:
     # UTM zone 60N near its eastern edge: a polygon straddling 180 deg east
-    gdf = gpd.GeoDataFrame({"class": ["building"], "score": [0.9]},
-                           geometry=[Polygon([(179.999, 10.0), (180.001, 10.0), (180.001, 10.001), (179.999, 10.001)])],
-                           crs="EPSG:4326").to_crs("EPSG:32660")
+    gdf = gpd.GeoDataFrame(
+        {"class": ["building"], "score": [0.9]},
+        geometry=[Polygon([(179.999, 10.0), (180.001, 10.0), (180.001, 10.001), (179.999, 10.001)])],
+        crs="EPSG:4326",
+    ).to_crs("EPSG:32660")
     out = tmp_path / "buildings.geojson"
     write_geojson(gdf, out)
     feature = json.loads(out.read_text())["features"][0]
@@ -108,12 +126,17 @@ def test_steps_of_few_features_write_the_same_file(tmp_path: Path, monkeypatch: 
 
 
 def test_antimeridian_polygon_in_a_later_step_sends_the_whole_layer_to_gdal(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import geounet.export.vectors as ex
 
     monkeypatch.setattr(ex, "GEOJSON_CHUNK", 1)  # steps before it are written first
-    near = [Polygon([(179.9, 10.0 + i / 100), (179.91, 10.0 + i / 100), (179.91, 10.005 + i / 100),
-                     (179.9, 10.005 + i / 100)]) for i in range(3)]
+    near = [
+        Polygon(
+            [(179.9, 10.0 + i / 100), (179.91, 10.0 + i / 100), (179.91, 10.005 + i / 100), (179.9, 10.005 + i / 100)]
+        )
+        for i in range(3)
+    ]
     across = Polygon([(179.999, 10.0), (180.001, 10.0), (180.001, 10.001), (179.999, 10.001)])
     gdf = gpd.GeoDataFrame({"class": ["building"] * 4}, geometry=[*near, across], crs="EPSG:4326").to_crs("EPSG:32660")
     out = tmp_path / "buildings.geojson"

@@ -18,13 +18,11 @@ pytestmark = [
 def test_cuda_tiled_equals_whole_scene(tmp_path: Path, precision: str) -> None:
     from rasterio.windows import Window
 
-    from geounet.compute import default_halo
-    from geounet.scene.plan import plan_tiles
-    from geounet.checkpoint import load_checkpoint
+    from geounet.checkpoint import load_checkpoint, read_metadata
+    from geounet.compute import default_halo, resolve_precision
     from geounet.infer.block import infer_block, run_model
+    from geounet.scene.plan import plan_tiles
     from geounet.scene.read import prepare_input, read_window
-    from geounet.compute import resolve_precision
-    from geounet.checkpoint import read_metadata
     from geounet.scene.source import open_scene
     from tests.conftest import make_checkpoint, smooth_image, write_tif
 
@@ -35,15 +33,20 @@ def test_cuda_tiled_equals_whole_scene(tmp_path: Path, precision: str) -> None:
     mi = read_metadata(ckpt)
     info = open_scene(scene, in_channels=3)
     dtype = resolve_precision(precision, dev)
-    plan = plan_tiles(info.width, info.height, tile_size=160,
-                      halo=default_halo(model.receptive_field_radius, model.spec.multiple),
-                      multiple=model.spec.multiple, tiles_per_block=2)
+    plan = plan_tiles(
+        info.width,
+        info.height,
+        tile_size=160,
+        halo=default_halo(model.receptive_field_radius, model.spec.multiple),
+        multiple=model.spec.multiple,
+        tiles_per_block=2,
+    )
     tiled = np.zeros((model.spec.out_channels, info.height, info.width), np.float32)
     for b in plan.blocks:
         raw, valid = read_window(info, b.read)
         p = infer_block(model, prepare_input(raw, valid, mi.normalization), b, batch_size=4, device=dev, dtype=dtype)
         c = b.core
-        tiled[:, int(c.row_off):int(c.row_off + c.height), int(c.col_off):int(c.col_off + c.width)] = p
+        tiled[:, int(c.row_off) : int(c.row_off + c.height), int(c.col_off) : int(c.col_off + c.width)] = p
     raw, valid = read_window(info, Window(0, 0, info.width, info.height))
     whole = run_model(model, prepare_input(raw, valid, mi.normalization), device=dev, dtype=dtype).numpy()[0]
     # fp32 on GPU uses TF32 convolutions by default; reduced precision rounds more
@@ -61,9 +64,14 @@ def test_cuda_predict_end_to_end(tmp_path: Path) -> None:
 
     scene = write_tif(tmp_path / "s.tif", smooth_image((3, 300, 400), seed=6))
     ckpt = make_checkpoint(tmp_path / "m.safetensors", width=8, depth=3)
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0",
-                      resources={"GPU": 1}) as cluster, Client(cluster) as client:
-        res = run_scenes([str(scene)], ckpt, tmp_path / "out", InferenceSettings(device="cuda"),
-                         client=client, progress=False)
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0", resources={"GPU": 1}
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        res = run_scenes(
+            [str(scene)], ckpt, tmp_path / "out", InferenceSettings(device="cuda"), client=client, progress=False
+        )
     assert res[0].status == "success", res[0].error
     assert json.loads((tmp_path / "out" / "s" / "scene.json").read_text())["status"] == "success"

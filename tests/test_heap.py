@@ -100,11 +100,14 @@ def test_a_run_gives_the_workers_freed_heap_back(tmp_path) -> None:
     from tests.conftest import smooth_image, write_tif
 
     scene = write_tif(tmp_path / "s.tif", smooth_image((3, 2048, 2048), seed=1))
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         client.register_plugin(WorkerSetup(1))  # the workers' malloc settings: keep freed heap
-        res = run_scenes([str(scene)], default_weights(), tmp_path / "out", InferenceSettings(),
-                         client=client, progress=False)
+        res = run_scenes(
+            [str(scene)], default_weights(), tmp_path / "out", InferenceSettings(), client=client, progress=False
+        )
         assert res[0].status == "success", res[0].error
         after_run = list(client.run(_worker_rss_mb).values())[0]
         after_trim = list(client.run(_trim_and_measure).values())[0]

@@ -13,9 +13,9 @@ from scipy import ndimage
 from shapely.geometry import Point, Polygon, box, shape
 
 from geounet.errors import ConfigError
+from geounet.vectorize.polygonize import polygonize_block
 from geounet.vectorize.postprocess import WorldPolygons, areas_m2, pixel_size_m, postprocess, to_world
 from geounet.vectorize.seams import merge_seams
-from geounet.vectorize.polygonize import polygonize_block
 
 US_FOOT = 1200 / 3937  # metres, exactly
 UTM = "EPSG:32633"
@@ -26,8 +26,14 @@ def merged_polygons(mask: np.ndarray, prob: np.ndarray | None, row_cuts=(), col_
     h, w = mask.shape
     rows, cols = [0, *row_cuts, h], [0, *col_cuts, w]
     blocks = [
-        polygonize_block(mask[r0:r1, c0:c1], None if prob is None else prob[r0:r1, c0:c1],
-                         row_off=r0, col_off=c0, scene_height=h, scene_width=w)
+        polygonize_block(
+            mask[r0:r1, c0:c1],
+            None if prob is None else prob[r0:r1, c0:c1],
+            row_off=r0,
+            col_off=c0,
+            scene_height=h,
+            scene_width=w,
+        )
         for r0, r1 in zip(rows[:-1], rows[1:])
         for c0, c1 in zip(cols[:-1], cols[1:])
     ]
@@ -44,8 +50,10 @@ def test_rotated_affine_puts_a_pixel_where_expected() -> None:
     d, e, f = 2 * math.sin(angle), -2 * math.cos(angle), 2000.0
     affine = Affine(a, b, c, d, e, f)
     col, row = 3, 5
-    expected_corner = (1000 + 2 * (3 * math.cos(angle) + 5 * math.sin(angle)),
-                       2000 + 2 * (3 * math.sin(angle) - 5 * math.cos(angle)))
+    expected_corner = (
+        1000 + 2 * (3 * math.cos(angle) + 5 * math.sin(angle)),
+        2000 + 2 * (3 * math.sin(angle) - 5 * math.cos(angle)),
+    )
     pixel = box(col, row, col + 1, row + 1)
     (world,) = to_world([pixel], affine)
     assert shapely.is_valid(world)
@@ -128,8 +136,9 @@ def test_score_area_and_min_area_filter() -> None:
     np.testing.assert_allclose(out.area_m2, [1.0, 25.0])
     np.testing.assert_allclose(out.score, [0.8, (99 * 0.8 + 0.3) / 100], rtol=1e-6)
     assert out.pixel_count.tolist() == [4, 100]
-    geoms, area, score, count, _pixels = postprocess(m.geoms, m.pixel_count, m.prob_sum, affine=NORTH_UP_HALF_METRE,
-                                            crs=UTM, min_area_m2=2.0)
+    geoms, area, score, count, _pixels = postprocess(
+        m.geoms, m.pixel_count, m.prob_sum, affine=NORTH_UP_HALF_METRE, crs=UTM, min_area_m2=2.0
+    )
     assert len(geoms) == 1 and area.tolist() == [25.0] and count.tolist() == [100]
     assert geoms[0].bounds == pytest.approx((500002.5, 4649990.0, 500007.5, 4649995.0))
 
@@ -183,8 +192,9 @@ def test_simplification_does_not_depend_on_the_block_grid(crs, affine) -> None:
     whole = [shape(g) for g, _ in shapes(mask.astype(np.uint8), mask=mask, connectivity=4)]
     whole_keys = [(int(g.bounds[1]), int(g.bounds[0])) for g in whole]
     order = sorted(range(len(whole)), key=lambda i: whole_keys[i])
-    results.append(postprocess(np.array(whole, dtype=object)[order], np.ones(len(whole)),
-                               np.ones(len(whole)), **kwargs))
+    results.append(
+        postprocess(np.array(whole, dtype=object)[order], np.ones(len(whole)), np.ones(len(whole)), **kwargs)
+    )
     first = results[0]
     unsimplified = shapely.get_num_coordinates(to_world(merged_polygons(mask, None).geoms, affine)).sum()
     assert shapely.get_num_coordinates(first.geoms).sum() < unsimplified
@@ -199,8 +209,7 @@ def test_simplified_geometries_stay_valid_and_polygonal() -> None:
     for _ in range(5):
         mask = ndimage.binary_opening(rng.random((60, 60)) < 0.55)
         m = merged_polygons(mask, None, [20, 40], [25])
-        out = postprocess(m.geoms, m.pixel_count, m.prob_sum, affine=Affine(1, 0, 0, 0, -1, 0), crs=UTM,
-                          simplify_m=2.5)
+        out = postprocess(m.geoms, m.pixel_count, m.prob_sum, affine=Affine(1, 0, 0, 0, -1, 0), crs=UTM, simplify_m=2.5)
         assert shapely.is_valid(out.geoms).all()
         kinds = set(shapely.get_type_id(out.geoms).tolist())
         assert kinds <= {shapely.GeometryType.POLYGON, shapely.GeometryType.MULTIPOLYGON}
@@ -218,8 +227,14 @@ def test_us_feet_scene_areas_in_square_metres() -> None:
     mask = np.zeros((10, 10), dtype=bool)
     mask[2:6, 3:8] = True
     m = merged_polygons(mask, None, [4], [5])
-    out = postprocess(m.geoms, m.pixel_count, m.prob_sum, affine=Affine(2, 0, 700000, 0, -2, 3000000),
-                      crs="EPSG:2249", min_area_m2=1.0)
+    out = postprocess(
+        m.geoms,
+        m.pixel_count,
+        m.prob_sum,
+        affine=Affine(2, 0, 700000, 0, -2, 3000000),
+        crs="EPSG:2249",
+        min_area_m2=1.0,
+    )
     assert out.area_m2[0] == pytest.approx(20 * 4 * US_FOOT**2)
 
 

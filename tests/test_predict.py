@@ -55,13 +55,20 @@ def test_forced_region_lands_at_the_right_lonlat(tmp_path: Path, dask_local, cas
     scene = _probe_scene(tmp_path / f"{case}.tif", crs, transform)
     ckpt = make_checkpoint(tmp_path / "probe.safetensors", arch="probe", width=1, depth=4)
     out = tmp_path / "out"
-    res = run_scenes([str(scene)], ckpt, out, InferenceSettings(tile_size=64, halo=0, tiles_per_block=1),
-                     client=dask_local, progress=False)
+    res = run_scenes(
+        [str(scene)],
+        ckpt,
+        out,
+        InferenceSettings(tile_size=64, halo=0, tiles_per_block=1),
+        client=dask_local,
+        progress=False,
+    )
     assert [r.status for r in res] == ["success"], res[0].error
     folder = out / case
     _no_partials(out)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["buildings.geojson", "roads.geojson", "polygons.gpkg", "probability.tif", "quicklook.png", "scene.json"])
+        ["buildings.geojson", "roads.geojson", "polygons.gpkg", "probability.tif", "quicklook.png", "scene.json"]
+    )
 
     # GeoJSON: RFC 7946 lon/lat, CCW exterior, properties
     doc = json.loads((folder / "buildings.geojson").read_text())
@@ -117,13 +124,12 @@ def test_forced_region_lands_at_the_right_lonlat(tmp_path: Path, dask_local, cas
 def test_tiled_polygons_equal_whole_mask_polygons(tmp_path: Path, dask_local) -> None:
     """Blocks + seam merge == polygonizing the whole thresholded mask (same polygons and holes)."""
     import torch
-
-    from geounet.checkpoint import load_checkpoint
-    from geounet.scene.read import prepare_input, read_window
-    from geounet.infer.block import run_model
-    from geounet.checkpoint import read_metadata
-    from geounet.scene.source import open_scene
     from rasterio.windows import Window
+
+    from geounet.checkpoint import load_checkpoint, read_metadata
+    from geounet.infer.block import run_model
+    from geounet.scene.read import prepare_input, read_window
+    from geounet.scene.source import open_scene
 
     t = Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0)
     scene = write_tif(tmp_path / "s.tif", smooth_image((3, 250, 333), seed=7), transform=t)
@@ -135,11 +141,14 @@ def test_tiled_polygons_equal_whole_mask_polygons(tmp_path: Path, dask_local) ->
     whole = run_model(model, x, device=torch.device("cpu"), dtype=torch.float32).numpy()[0][0]
     thr = float(np.quantile(whole, 0.5))
     mask = whole >= thr
-    expected = [shapely.geometry.shape(g) for g, v in shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=t)]
+    expected = [
+        shapely.geometry.shape(g) for g, v in shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=t)
+    ]
     assert len(expected) > 10
 
-    s = InferenceSettings(tile_size=160, tiles_per_block=1, precision="fp32", thresholds={"building": thr},
-                          formats=["gpkg"])
+    s = InferenceSettings(
+        tile_size=160, tiles_per_block=1, precision="fp32", thresholds={"building": thr}, formats=["gpkg"]
+    )
     res = run_scenes([str(scene)], ckpt, tmp_path / "out", s, client=dask_local, progress=False)
     assert res[0].status == "success", res[0].error
     got = list(gpd.read_file(tmp_path / "out" / "s" / "polygons.gpkg", layer="buildings").geometry)
@@ -161,7 +170,10 @@ def test_resume_skips_complete_scenes_and_force_recomputes(tmp_path: Path, dask_
     assert (out / "a" / "scene.json").read_text() == first
     changed = s.model_copy(update={"min_area_m2": 1.0})
     assert run_scenes([str(scene)], ckpt, out, changed, client=dask_local, progress=False)[0].status == "success"
-    assert run_scenes([str(scene)], ckpt, out, changed, client=dask_local, progress=False, force=True)[0].status == "success"
+    assert (
+        run_scenes([str(scene)], ckpt, out, changed, client=dask_local, progress=False, force=True)[0].status
+        == "success"
+    )
 
 
 def test_bad_scene_fails_alone_and_leaves_no_finished_output(tmp_path: Path, dask_local) -> None:
@@ -170,8 +182,14 @@ def test_bad_scene_fails_alone_and_leaves_no_finished_output(tmp_path: Path, das
     bad.write_text("<html>not a tiff</html>")
     nocrs = write_tif(tmp_path / "nocrs.tif", np.zeros((3, 20, 20), np.uint8), crs=None)
     ckpt = make_checkpoint(tmp_path / "probe.safetensors", arch="probe", width=1, depth=4)
-    res = run_scenes([str(bad), str(good), str(nocrs)], ckpt, tmp_path / "out",
-                     InferenceSettings(tile_size=64, halo=0), client=dask_local, progress=False)
+    res = run_scenes(
+        [str(bad), str(good), str(nocrs)],
+        ckpt,
+        tmp_path / "out",
+        InferenceSettings(tile_size=64, halo=0),
+        client=dask_local,
+        progress=False,
+    )
     assert [r.status for r in res] == ["failed", "success", "failed"]
     assert "bad.tif" in res[0].error and "GeoTIFF" in res[0].error
     assert "nocrs.tif" in res[2].error and "no CRS" in res[2].error
@@ -182,8 +200,9 @@ def test_bad_scene_fails_alone_and_leaves_no_finished_output(tmp_path: Path, das
 def test_all_nodata_scene_gives_empty_feature_collection(tmp_path: Path, dask_local) -> None:
     scene = write_tif(tmp_path / "empty.tif", np.full((3, 40, 50), 255, np.uint8), nodata=255)
     ckpt = make_checkpoint(tmp_path / "probe.safetensors", arch="probe", width=1, depth=4)
-    res = run_scenes([str(scene)], ckpt, tmp_path / "out", InferenceSettings(tile_size=64, halo=0),
-                     client=dask_local, progress=False)
+    res = run_scenes(
+        [str(scene)], ckpt, tmp_path / "out", InferenceSettings(tile_size=64, halo=0), client=dask_local, progress=False
+    )
     assert res[0].status == "success", res[0].error
     doc = json.loads((tmp_path / "out" / "empty" / "buildings.geojson").read_text())
     assert doc["type"] == "FeatureCollection" and doc["features"] == []
@@ -196,8 +215,14 @@ def test_nodata_collar_blocks_skip_the_model_and_have_probability_zero(tmp_path:
     img[:, :, 64:] = 0  # everything right of column 64 is a nodata collar
     scene = write_tif(tmp_path / "collar.tif", img, nodata=0)
     ckpt = make_checkpoint(tmp_path / "probe.safetensors", arch="probe", width=1, depth=4)
-    res = run_scenes([str(scene)], ckpt, tmp_path / "out", InferenceSettings(tile_size=64, halo=0, tiles_per_block=1),
-                     client=dask_local, progress=False)
+    res = run_scenes(
+        [str(scene)],
+        ckpt,
+        tmp_path / "out",
+        InferenceSettings(tile_size=64, halo=0, tiles_per_block=1),
+        client=dask_local,
+        progress=False,
+    )
     assert res[0].status == "success", res[0].error
     rec = json.loads((tmp_path / "out" / "collar" / "scene.json").read_text())
     # 64-px tiles without halo: 4 block columns (cores 64 px wide) x 3 block rows; the 3
@@ -214,9 +239,10 @@ def test_worker_threads_keep_a_bounded_number_of_open_datasets(tmp_path: Path) -
     """Thousands of scenes in a batch must not leave thousands of file handles open."""
     import os
 
+    from rasterio.windows import Window
+
     from geounet.scene import read as infer
     from geounet.scene.source import open_scene
-    from rasterio.windows import Window
 
     infer.close_datasets()
     before = len(os.listdir("/proc/self/fd"))
@@ -241,11 +267,16 @@ def test_predict_runs_a_shipped_model_by_name(tmp_path: Path) -> None:
 
     assert resolve_model_name("default") == str(default_weights())
     assert "default" in shipped_models()
-    scene = write_tif(tmp_path / "scene.tif", smooth_image((3, 96, 128), seed=3),
-                      crs="EPSG:32633", transform=Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0))
+    scene = write_tif(
+        tmp_path / "scene.tif",
+        smooth_image((3, 96, 128), seed=3),
+        crs="EPSG:32633",
+        transform=Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0),
+    )
     out = tmp_path / "out"
-    res = CliRunner().invoke(cli, ["predict", str(scene), "-m", "default", "-o", str(out),
-                                   "--no-progress", "--workers", "1"])
+    res = CliRunner().invoke(
+        cli, ["predict", str(scene), "-m", "default", "-o", str(out), "--no-progress", "--workers", "1"]
+    )
     assert res.exit_code == 0, res.output
     record = json.loads((out / "scene" / "scene.json").read_text())
     assert record["status"] == "success" and record["model"] == str(default_weights())
@@ -257,9 +288,15 @@ def test_client_reads_the_checkpoint_once_per_run(tmp_path: Path, dask_local) ->
     to the workers all come from those bytes); workers build the model from the bytes."""
     import sys
 
-    scenes = [write_tif(tmp_path / f"s{i}.tif", smooth_image((3, 80, 90), seed=i),
-                        crs="EPSG:32633", transform=Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0))
-              for i in range(2)]
+    scenes = [
+        write_tif(
+            tmp_path / f"s{i}.tif",
+            smooth_image((3, 80, 90), seed=i),
+            crs="EPSG:32633",
+            transform=Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0),
+        )
+        for i in range(2)
+    ]
     ckpt = make_checkpoint(tmp_path / "model.safetensors", arch="unet", width=4, depth=2)
     target = str(Path(ckpt).resolve())
     opened: list[str] = []
@@ -274,8 +311,14 @@ def test_client_reads_the_checkpoint_once_per_run(tmp_path: Path, dask_local) ->
     sys.addaudithook(hook)  # audit hooks cannot be removed: this one counts only while on
     counting[0] = True
     try:
-        res = run_scenes([str(s) for s in scenes], ckpt, tmp_path / "out",
-                         InferenceSettings(tile_size=64, tiles_per_block=1), client=dask_local, progress=False)
+        res = run_scenes(
+            [str(s) for s in scenes],
+            ckpt,
+            tmp_path / "out",
+            InferenceSettings(tile_size=64, tiles_per_block=1),
+            client=dask_local,
+            progress=False,
+        )
     finally:
         counting[0] = False
     assert [r.status for r in res] == ["success", "success"], [r.error for r in res]

@@ -31,9 +31,30 @@ def predicted(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     tmp = tmp_path_factory.mktemp("real")
     ckpt = make_checkpoint(tmp / "random.safetensors", width=4, depth=3, seed=11)
     out = tmp / "out"
-    cmd = [sys.executable, "-m", "geounet.cli", "predict", *[str(real_data / p) for p in SCENES.values()],
-           "-m", str(ckpt), "-o", str(out), "--bands", "1,2,3", "--tile-size", "512", "--min-area-m2", "2",
-           "--threshold", "building=0.6", "--threshold", "road=0.6", "--workers", "1", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "geounet.cli",
+        "predict",
+        *[str(real_data / p) for p in SCENES.values()],
+        "-m",
+        str(ckpt),
+        "-o",
+        str(out),
+        "--bands",
+        "1,2,3",
+        "--tile-size",
+        "512",
+        "--min-area-m2",
+        "2",
+        "--threshold",
+        "building=0.6",
+        "--threshold",
+        "road=0.6",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out

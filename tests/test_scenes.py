@@ -71,8 +71,8 @@ def test_band_count_mismatch_suggests_band_selection(tmp_path: Path) -> None:
 
 
 def test_alpha_band_is_skipped_automatically(tmp_path: Path) -> None:
-    from rasterio.enums import ColorInterp
     import rasterio
+    from rasterio.enums import ColorInterp
 
     p = write_tif(tmp_path / "rgba.tif", _img(bands=4), photometric="RGB", alpha="YES")
     with rasterio.open(p) as ds:

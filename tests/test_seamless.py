@@ -14,19 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from geounet.compute import default_halo
-from geounet.scene.plan import plan_tiles
-from geounet.checkpoint import load_checkpoint
+from geounet.checkpoint import load_checkpoint, read_metadata
+from geounet.compute import default_halo, resolve_precision
 from geounet.infer.block import infer_block, run_model
+from geounet.scene.plan import plan_tiles
 from geounet.scene.read import prepare_input, read_window
-from geounet.compute import resolve_precision
-from geounet.checkpoint import read_metadata
 from geounet.scene.source import open_scene
 from tests.conftest import make_checkpoint, smooth_image, write_tif
 
 
-def _tiled_and_whole(scene: Path, ckpt: Path, *, tile: int, halo: int | None, k: int,
-                     precision: str) -> tuple[np.ndarray, np.ndarray]:
+def _tiled_and_whole(
+    scene: Path, ckpt: Path, *, tile: int, halo: int | None, k: int, precision: str
+) -> tuple[np.ndarray, np.ndarray]:
     model = load_checkpoint(ckpt)
     info = open_scene(scene, in_channels=model.spec.in_channels)
     mi = read_metadata(ckpt)
@@ -34,15 +33,16 @@ def _tiled_and_whole(scene: Path, ckpt: Path, *, tile: int, halo: int | None, k:
     dtype = resolve_precision(precision, device)
     if halo is None:
         halo = default_halo(model.receptive_field_radius, model.spec.multiple)
-    plan = plan_tiles(info.width, info.height, tile_size=tile, halo=halo,
-                      multiple=model.spec.multiple, tiles_per_block=k)
+    plan = plan_tiles(
+        info.width, info.height, tile_size=tile, halo=halo, multiple=model.spec.multiple, tiles_per_block=k
+    )
     tiled = np.full((model.spec.out_channels, info.height, info.width), np.nan, np.float32)
     for b in plan.blocks:
         raw, valid = read_window(info, b.read)
         x = prepare_input(raw, valid, mi.normalization)
         p = infer_block(model, x, b, batch_size=3, device=device, dtype=dtype)
         c = b.core
-        tiled[:, int(c.row_off):int(c.row_off + c.height), int(c.col_off):int(c.col_off + c.width)] = p
+        tiled[:, int(c.row_off) : int(c.row_off + c.height), int(c.col_off) : int(c.col_off + c.width)] = p
     from rasterio.windows import Window
 
     raw, valid = read_window(info, Window(0, 0, info.width, info.height))

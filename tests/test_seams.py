@@ -20,8 +20,8 @@ from scipy import ndimage
 from shapely.geometry import box, shape
 
 from geounet.vectorize import seams as vectorize
-from geounet.vectorize.seams import BlockPolygons, Polygons, merge_seams
 from geounet.vectorize.polygonize import polygonize_block
+from geounet.vectorize.seams import BlockPolygons, Polygons, merge_seams
 
 
 def grid(text: str) -> np.ndarray:
@@ -69,9 +69,7 @@ def assert_same_as_whole(mask: np.ndarray, merged: Polygons, prob: np.ndarray | 
     assert (shapely.get_type_id(merged.geoms) == shapely.GeometryType.POLYGON).all()
     # Same order (first pixel in raster order), so matching is element by element, 1:1.
     assert shapely.equals(merged.geoms, geoms).all()
-    np.testing.assert_array_equal(
-        shapely.get_num_interior_rings(merged.geoms), shapely.get_num_interior_rings(geoms)
-    )
+    np.testing.assert_array_equal(shapely.get_num_interior_rings(merged.geoms), shapely.get_num_interior_rings(geoms))
     np.testing.assert_array_equal(merged.pixel_count, counts)
     assert merged.pixel_count.dtype == np.int64
     np.testing.assert_array_equal(np.rint(shapely.area(merged.geoms)).astype(np.int64), counts)
@@ -145,9 +143,7 @@ HOLE_ACROSS_SEAMS = grid(
 )
 
 
-@pytest.mark.parametrize(
-    ("row_cuts", "col_cuts"), [([3], [4]), ([2, 4], [2, 3, 5]), ([1, 6], [1, 7]), ([3], [])]
-)
+@pytest.mark.parametrize(("row_cuts", "col_cuts"), [([3], [4]), ([2, 4], [2, 3, 5]), ([1, 6], [1, 7]), ([3], [])])
 def test_hole_crossing_seams(row_cuts, col_cuts) -> None:
     merged = merge_seams(cuts_to_blocks(HOLE_ACROSS_SEAMS, None, row_cuts, col_cuts))
     assert len(merged) == 1
@@ -297,8 +293,10 @@ def test_missing_or_foreign_blocks_are_rejected() -> None:
     other = polygonize_block(mask[:3, :3], None, row_off=0, col_off=0, scene_height=7, scene_width=6)
     with pytest.raises(ValueError, match="different sizes"):
         merge_seams([*blocks[1:], other])
-    overlapping = [*blocks[:3], polygonize_block(mask[2:5, 3:6], None, row_off=2, col_off=3,
-                                                 scene_height=6, scene_width=6)]
+    overlapping = [
+        *blocks[:3],
+        polygonize_block(mask[2:5, 3:6], None, row_off=2, col_off=3, scene_height=6, scene_width=6),
+    ]
     with pytest.raises(ValueError, match="tile the scene"):
         merge_seams(overlapping)
     with pytest.raises(ValueError, match="method"):
@@ -312,13 +310,16 @@ def test_seam_pairs_work_on_runs_not_pixels() -> None:
     nothing (per-pixel keys and their sort took ~75 MB here, ~360 MB at 40000^2 px)."""
     import tracemalloc
 
-    from geounet.vectorize.seams import _seam_pairs
     from geounet.vectorize.polygonize import polygonize_block
+    from geounet.vectorize.seams import _seam_pairs
 
     size, step = 8000, 200
     mask = np.ones((step, step), dtype=bool)
-    blocks = [polygonize_block(mask, None, row_off=r, col_off=c, scene_height=size, scene_width=size)
-              for r in range(0, size, step) for c in range(0, size, step)]
+    blocks = [
+        polygonize_block(mask, None, row_off=r, col_off=c, scene_height=size, scene_width=size)
+        for r in range(0, size, step)
+        for c in range(0, size, step)
+    ]
     offsets = np.arange(len(blocks))  # one polygon per block
     tracemalloc.start()
     pairs = _seam_pairs(blocks, offsets)

@@ -176,9 +176,10 @@ def test_buildings_clear_of_roads_and_some_attached(town: SynthScene) -> None:
     assert overlap.max(initial=0.0) < 1e-6  # none overlap...
     assert pairs.sum() >= 2  # ...but some share a wall (terraced houses)
     inner = shapely.contains_properly(shapely.box(*shapely.total_bounds(r)).buffer(-2.0), b)
-    sides = [max(np.hypot(*np.diff(np.asarray(g.minimum_rotated_rectangle.exterior.coords)[:3], axis=0).T))
-             for g in b[inner]]
-    assert 7.0 <= min(sides) and max(sides) <= 41.0  # metres
+    sides = [
+        max(np.hypot(*np.diff(np.asarray(g.minimum_rotated_rectangle.exterior.coords)[:3], axis=0).T)) for g in b[inner]
+    ]
+    assert min(sides) >= 7.0 and max(sides) <= 41.0  # metres
 
 
 @pytest.mark.parametrize("bands, dtype, top", [(1, "uint8", 255), (3, "uint16", 4095), (4, "float32", 1.0)])
@@ -208,16 +209,19 @@ def test_nodata_border(tmp_path: Path) -> None:
             assert y1 <= t.f + 12 * t.e + 1e-6 and y0 >= t.f + 148 * t.e - 1e-6
 
 
-@pytest.mark.parametrize("kw, words", [
-    (dict(bands=2), "bands"),
-    (dict(dtype="int8"), "dtype"),
-    (dict(nodata=-1), "nodata"),
-    (dict(nodata_border=5), "nodata_border"),
-    (dict(crs="EPSG:4326", resolution=0.5), "degrees"),
-    (dict(crs="not-a-crs"), "crs"),
-    (dict(width=8), "width"),
-    (dict(building_density=1.5), "building_density"),
-])
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(bands=2), "bands"),
+        (dict(dtype="int8"), "dtype"),
+        (dict(nodata=-1), "nodata"),
+        (dict(nodata_border=5), "nodata_border"),
+        (dict(crs="EPSG:4326", resolution=0.5), "degrees"),
+        (dict(crs="not-a-crs"), "crs"),
+        (dict(width=8), "width"),
+        (dict(building_density=1.5), "building_density"),
+    ],
+)
 def test_invalid_options_are_config_errors(tmp_path: Path, kw: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         synthesize_scene(tmp_path, **kw)
@@ -248,8 +252,13 @@ MEMORY_SCRIPT = textwrap.dedent("""
 def test_memory_stays_far_below_the_full_raster(tmp_path: Path) -> None:
     """A 6000 x 6000 x 4 uint16 scene (275 MiB as one array) is written with a fraction of that."""
     n = 6000
-    done = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path), str(n)], capture_output=True,
-                          text=True, timeout=300, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path), str(n)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     growth = json.loads(done.stdout.strip().splitlines()[-1])["growth_bytes"]
     full = n * n * 4 * 2
     assert growth < full / 3, f"peak RSS grew {growth / 2**20:.0f} MiB for a {full / 2**20:.0f} MiB raster"
@@ -272,8 +281,24 @@ def test_cli_writes_scenes_and_prints_paths(tmp_path: Path) -> None:
         assert (ds.width, ds.height) == (96, 96) and ds.tags()["GEOUNET_SYNTH_SEED"] == "8"
     again = runner.invoke(command, [str(tmp_path), "-n", "2", "--size", "96"])
     assert isinstance(again.exception, ConfigError)
-    geo = runner.invoke(command, [str(tmp_path), "--width", "80", "--height", "64", "--crs", "EPSG:4326",
-                                  "--prefix", "geo", "--bands", "4", "--dtype", "float32"])
+    geo = runner.invoke(
+        command,
+        [
+            str(tmp_path),
+            "--width",
+            "80",
+            "--height",
+            "64",
+            "--crs",
+            "EPSG:4326",
+            "--prefix",
+            "geo",
+            "--bands",
+            "4",
+            "--dtype",
+            "float32",
+        ],
+    )
     assert geo.exit_code == 0, geo.output
     with rasterio.open(tmp_path / "geo_0000.tif") as ds:
         assert (ds.width, ds.height, ds.count, ds.dtypes[0]) == (80, 64, 4, "float32") and ds.crs.is_geographic

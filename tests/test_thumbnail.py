@@ -34,9 +34,14 @@ def _whole_average(rgb: np.ndarray, valid: np.ndarray, f: int) -> tuple[np.ndarr
 
 @settings(max_examples=60, deadline=None)
 @given(
-    h=st.integers(1, 70), w=st.integers(1, 70), factor=st.integers(1, 9),
-    block_h=st.integers(1, 40), block_w=st.integers(1, 40),
-    dtype=st.sampled_from(["uint8", "uint16", "float32"]), nodata=st.booleans(), seed=st.integers(0, 2**16),
+    h=st.integers(1, 70),
+    w=st.integers(1, 70),
+    factor=st.integers(1, 9),
+    block_h=st.integers(1, 40),
+    block_w=st.integers(1, 40),
+    dtype=st.sampled_from(["uint8", "uint16", "float32"]),
+    nodata=st.booleans(),
+    seed=st.integers(0, 2**16),
 )
 def test_parts_from_any_block_grid_add_up_to_the_whole_average(
     h: int, w: int, factor: int, block_h: int, block_w: int, dtype: str, nodata: bool, seed: int
@@ -123,7 +128,10 @@ def test_outline_pixels_are_those_rasterize_touches(seed: int, factor: int, chun
     grown = touched | np.roll(touched, 1, 0) | np.roll(touched, 1, 1) | np.roll(np.roll(touched, 1, 0), 1, 1)
     assert not (got & ~grown).any()
     xy = np.concatenate([np.asarray(r.coords) for r in rings])
-    r_, c_ = np.clip(np.floor(xy[:, 1]).astype(int), 0, shape[0] - 1), np.clip(np.floor(xy[:, 0]).astype(int), 0, shape[1] - 1)
+    r_, c_ = (
+        np.clip(np.floor(xy[:, 1]).astype(int), 0, shape[0] - 1),
+        np.clip(np.floor(xy[:, 0]).astype(int), 0, shape[1] - 1),
+    )
     assert got[r_, c_].all()
     # a ring drawn with no gap: marked pixels of one ring form one 8-connected set
     from scipy import ndimage
@@ -145,8 +153,9 @@ def test_quicklook_outlines_come_from_the_post_processed_pixel_polygons() -> Non
     hole = shapely.Polygon([(3, 5), (17, 5), (17, 29), (3, 29)], [[(5, 7), (6, 7), (6, 8), (5, 8)]])
     px = np.asarray([hole, shapely.box(20, 0, 33, 7), shapely.box(40, 40, 41, 41)], dtype=object)
     counts = np.asarray([int(shapely.area(g)) for g in px])
-    out = postprocess(px, counts, counts * 0.9, affine=transform, crs="EPSG:32733",
-                      fill_holes_m2=0.5, min_area_m2=1.0, simplify_m=0.3)
+    out = postprocess(
+        px, counts, counts * 0.9, affine=transform, crs="EPSG:32733", fill_holes_m2=0.5, min_area_m2=1.0, simplify_m=0.3
+    )
     assert len(out.pixel_geoms) == len(out.geoms) == 2  # the 0.09 m^2 square is dropped from both
     assert all(len(g.interiors) == 0 for g in out.pixel_geoms)  # the 0.09 m^2 hole is filled in both
     back = to_world(out.pixel_geoms, transform)

@@ -39,8 +39,15 @@ def make_scene(folder: Path, dtype: str = "uint8", nodata: float | None = None) 
     """A 128 x 64 px scene: bright roofs on a dark field, a gray road; labels in EPSG:4326 and a misnamed layer."""
     rng = np.random.default_rng(0)
     img = (40 + rng.normal(0, 6, (3, H, W))).clip(0, 255)
-    houses = [(6, 6, 14, 16), (6, 16, 14, 24), (30, 40, 40, 52), (44, 70, 56, 80), (8, 90, 18, 104),
-              (40, 100, 50, 110), (46, 8, 58, 20)]
+    houses = [
+        (6, 6, 14, 16),
+        (6, 16, 14, 24),
+        (30, 40, 40, 52),
+        (44, 70, 56, 80),
+        (8, 90, 18, 104),
+        (40, 100, 50, 110),
+        (46, 8, 58, 20),
+    ]
     for r0, c0, r1, c1 in houses:
         img[:, r0:r1, c0:c1] = np.array([200, 120, 90])[:, None, None]
     img[:, 22:28, :] = 130  # road, 6 px = 3 m wide, centre on the row-25 edge
@@ -67,7 +74,9 @@ def write_config(folder: Path, out: Path, **sections) -> Path:
                 {"name": "building", "separate_touching": True},
                 {"name": "road", "width_field": "width_m"},
             ],
-            "scenes": [{"image": str(image), "labels": {"building": str(labels), "road": str(folder / "roads.geojson")}}],
+            "scenes": [
+                {"image": str(image), "labels": {"building": str(labels), "road": str(folder / "roads.geojson")}}
+            ],
         },
         "sampling": {"window": 32, "windows_per_epoch": 16, "batch_size": 4, "balance": 0.5},
         "split": {"kind": "strip", "val_fraction": 0.25},
@@ -99,8 +108,14 @@ def test_training_decreases_loss_and_writes_outputs(two_epochs):
     out = folder / "run"
     assert [r["epoch"] for r in result.history] == [1, 2]
     assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
-    for name in ("best.safetensors", "last.safetensors", "log.csv", "curves.png", "last.state.json",
-                 "last.state.safetensors"):
+    for name in (
+        "best.safetensors",
+        "last.safetensors",
+        "log.csv",
+        "curves.png",
+        "last.state.json",
+        "last.state.safetensors",
+    ):
         assert (out / name).is_file(), name
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = (out / "log.csv").read_text().splitlines()
@@ -146,7 +161,9 @@ def test_resume_continues_from_the_stored_epoch(tmp_path, two_epochs):
     assert state["epoch"] == 1 and state["step"] == 4
     seen = []
     settings = load_training_settings(config, {"output.dir": str(out)})
-    result = train(settings, resume=out / "last.safetensors", progress=False, on_epoch=lambda r: seen.append(r["epoch"]))
+    result = train(
+        settings, resume=out / "last.safetensors", progress=False, on_epoch=lambda r: seen.append(r["epoch"])
+    )
     assert seen == [2]
     assert [r["epoch"] for r in result.history] == [1, 2]
     assert json.loads(state_paths(out / "last.safetensors")[0].read_text())["step"] == 8
@@ -171,9 +188,14 @@ def test_existing_run_is_not_overwritten(two_epochs):
 
 
 def test_multiclass_uint16_with_nodata(tmp_path):
-    config = write_config(tmp_path, tmp_path / "mc", scene={"dtype": "uint16", "nodata": 0},
-                          model={"mode": "multiclass"}, optim={"epochs": 1},
-                          sampling={"windows_per_epoch": 8, "batch_size": 4})
+    config = write_config(
+        tmp_path,
+        tmp_path / "mc",
+        scene={"dtype": "uint16", "nodata": 0},
+        model={"mode": "multiclass"},
+        optim={"epochs": 1},
+        sampling={"windows_per_epoch": 8, "batch_size": 4},
+    )
     settings = load_training_settings(config)
     scenes = open_scenes(settings)
     assert scenes[0].has_mask
@@ -237,8 +259,22 @@ def test_cli_help_lists_options_with_defaults():
 
     res = CliRunner().invoke(command, ["--help"])
     assert res.exit_code == 0
-    for flag in ("--epochs", "--out", "--resume", "--device", "--precision", "--threads", "--seed", "--batch-size",
-                 "--windows-per-epoch", "--window", "--lr", "--export", "--overwrite", "--progress"):
+    for flag in (
+        "--epochs",
+        "--out",
+        "--resume",
+        "--device",
+        "--precision",
+        "--threads",
+        "--seed",
+        "--batch-size",
+        "--windows-per-epoch",
+        "--window",
+        "--lr",
+        "--export",
+        "--overwrite",
+        "--progress",
+    ):
         assert flag in res.output
     assert "Default" in res.output and "pixels" in res.output
 

@@ -15,10 +15,12 @@ H, W = 48, 40  # not square: a rotation that forgot the labels would change thei
 def sample(seed: int = 0):
     """Labels (2, H, W), valid (H, W), and an image whose bands encode them: band k = labels[k], band 2 = valid."""
     rng = np.random.default_rng(seed)
-    labels = np.stack([
-        ndimage.binary_dilation(rng.random((H, W)) > 0.985, iterations=3),
-        ndimage.binary_dilation(rng.random((H, W)) > 0.99, iterations=2),
-    ]).astype(np.uint8)
+    labels = np.stack(
+        [
+            ndimage.binary_dilation(rng.random((H, W)) > 0.985, iterations=3),
+            ndimage.binary_dilation(rng.random((H, W)) > 0.99, iterations=2),
+        ]
+    ).astype(np.uint8)
     valid = np.ones((H, W), bool)
     valid[:, :7] = False
     valid[40:, 20:] = False
@@ -91,8 +93,13 @@ def test_full_pipeline_alignment(seed):
     cfg = AugmentSettings(elastic_p=0.0, brightness=0.2, contrast=0.2, gamma=0.2)
     out = augment(image, labels, valid, np.random.default_rng(seed), cfg)
     assert_aligned(*out, photometric=True)
-    geometric = augment(image, labels, valid, np.random.default_rng(seed),
-                        cfg.model_copy(update={"brightness": 0, "contrast": 0, "gamma": 0}))
+    geometric = augment(
+        image,
+        labels,
+        valid,
+        np.random.default_rng(seed),
+        cfg.model_copy(update={"brightness": 0, "contrast": 0, "gamma": 0}),
+    )
     assert_aligned(*geometric)
     np.testing.assert_array_equal(geometric[2], out[2])  # same draws: the same geometry
     cfg = AugmentSettings(elastic_p=1.0, elastic_alpha=5.0, elastic_sigma=5.0, brightness=0, contrast=0, gamma=0)

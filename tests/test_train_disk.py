@@ -60,8 +60,19 @@ def _assert_unchanged_and_clean(folder: Path, before: dict[str, bytes]) -> None:
 
 
 def _history(epochs: int) -> list[dict[str, float | int]]:
-    return [{"epoch": e, "step": 4 * e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "building_iou": 0.1 * e,
-             "building_f1": 0.05 * e, "score": 0.07 * e, "epoch_time_s": 1.5} for e in range(1, epochs + 1)]
+    return [
+        {
+            "epoch": e,
+            "step": 4 * e,
+            "train_loss": 1.0 / e,
+            "val_loss": 1.1 / e,
+            "building_iou": 0.1 * e,
+            "building_f1": 0.05 * e,
+            "score": 0.07 * e,
+            "epoch_time_s": 1.5,
+        }
+        for e in range(1, epochs + 1)
+    ]
 
 
 def _optimizer(features: int) -> torch.optim.Optimizer:
@@ -122,8 +133,9 @@ def test_train_on_a_full_disk_exits_4_and_keeps_the_best_checkpoint(tmp_path: Pa
     out = tmp_path / "run"
     config = write_config(tmp_path, out, optim={"epochs": 1})
     # 55 kB per file: the checkpoints (~40 kB) are written, the optimizer state (~69 kB) is not.
-    res = run_cli(["train", str(config), "--no-progress"], timeout=120,
-                  preexec_fn=functools.partial(_files_up_to, 55_000))
+    res = run_cli(
+        ["train", str(config), "--no-progress"], timeout=120, preexec_fn=functools.partial(_files_up_to, 55_000)
+    )
     assert res.returncode == 4, res.stderr[-3000:]
     assert "Traceback" not in res.stderr, res.stderr[-3000:]
     assert f"cannot write {out / 'last.state.safetensors'}: file size limit exceeded" in res.stderr

@@ -19,10 +19,16 @@ from tests.test_train import write_config
 
 # Windows inside the 128 x 64 px test scene: a corner, one over the nodata corner
 # (rows 60+, columns 100+), one over the NaN patches of the float scene, the whole scene.
-WINDOWS = [WindowRef(0, 0, 0, 32, 32), WindowRef(0, 32, 96, 32, 32), WindowRef(0, 40, 4, 24, 40),
-           WindowRef(0, 0, 0, 64, 128)]
-NORMS = [MeanStd(mean=[40.0, 50.0, 60.0], std=[10.0, 20.0, 30.0]),
-         Percentile(low=[10.0, 20.0, 30.0], high=[200.0, 150.0, 120.0])]
+WINDOWS = [
+    WindowRef(0, 0, 0, 32, 32),
+    WindowRef(0, 32, 96, 32, 32),
+    WindowRef(0, 40, 4, 24, 40),
+    WindowRef(0, 0, 0, 64, 128),
+]
+NORMS = [
+    MeanStd(mean=[40.0, 50.0, 60.0], std=[10.0, 20.0, 30.0]),
+    Percentile(low=[10.0, 20.0, 30.0], high=[200.0, 150.0, 120.0]),
+]
 
 
 def _with_nan(image: Path) -> Path:
@@ -38,8 +44,11 @@ def _with_nan(image: Path) -> Path:
 @pytest.fixture(scope="module", params=["uint8-nodata", "uint16-nodata", "float32-nan"])
 def scene(request, tmp_path_factory) -> tuple[TrainScene, Path]:
     folder = tmp_path_factory.mktemp(request.param)
-    kind = {"uint8-nodata": {"nodata": 0}, "uint16-nodata": {"dtype": "uint16", "nodata": 0},
-            "float32-nan": {"dtype": "float32"}}[request.param]
+    kind = {
+        "uint8-nodata": {"nodata": 0},
+        "uint16-nodata": {"dtype": "uint16", "nodata": 0},
+        "float32-nan": {"dtype": "float32"},
+    }[request.param]
     config = write_config(folder, folder / "run", scene=kind)
     if request.param == "float32-nan":
         _with_nan(folder / "scene.tif")

@@ -9,7 +9,14 @@ import pytest
 
 from geounet.errors import ConfigError
 from geounet.train.sampling import (
-    Rect, WindowRef, WindowSampler, balanced_weights, checkerboard_split, random_windows, strip_split, tile_rects,
+    Rect,
+    WindowRef,
+    WindowSampler,
+    balanced_weights,
+    checkerboard_split,
+    random_windows,
+    strip_split,
+    tile_rects,
 )
 
 
@@ -18,8 +25,9 @@ def assert_no_leakage(train, val, size, gap, n=400, seed=0):
     windows = random_windows(train, size, n, rng)
     tiles = tile_rects(val, 64)
     for w in windows:  # every training window lies inside a training area...
-        assert any(r.row0 <= w.row and w.row + size <= r.row1 and r.col0 <= w.col and w.col + size <= r.col1
-                   for r in train)
+        assert any(
+            r.row0 <= w.row and w.row + size <= r.row1 and r.col0 <= w.col and w.col + size <= r.col1 for r in train
+        )
     for w, t in itertools.product(windows, tiles):  # ...and keeps its distance from validation pixels
         if w.scene == t.scene:
             assert not w.intersects(t)

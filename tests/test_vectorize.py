@@ -10,8 +10,8 @@ import shapely
 from rasterio.features import shapes
 from shapely.geometry import box, shape
 
-from geounet.vectorize.seams import BlockPolygons, merge_seams
 from geounet.vectorize.polygonize import polygonize_block
+from geounet.vectorize.seams import BlockPolygons, merge_seams
 
 
 def grid(text: str) -> np.ndarray:
@@ -104,12 +104,12 @@ def test_ring_with_hole_and_corner_touching_pixels() -> None:
 
 
 def test_empty_and_full_blocks() -> None:
-    empty = polygonize_block(np.zeros((3, 4), bool), None, row_off=3, col_off=0,
-                             scene_height=6, scene_width=4)
+    empty = polygonize_block(np.zeros((3, 4), bool), None, row_off=3, col_off=0, scene_height=6, scene_width=4)
     assert len(empty) == 0 and empty.pixel_count.dtype == np.int64
     assert empty.edges["top"].tolist() == [0, 0, 0, 0]
-    full = polygonize_block(np.ones((3, 4), np.uint8), np.full((3, 4), 0.5), row_off=0, col_off=0,
-                            scene_height=6, scene_width=4)
+    full = polygonize_block(
+        np.ones((3, 4), np.uint8), np.full((3, 4), 0.5), row_off=0, col_off=0, scene_height=6, scene_width=4
+    )
     assert len(full) == 1 and shapely.equals(full.geoms[0], box(0, 0, 4, 3))
     assert full.prob_sum[0] == pytest.approx(6.0)
     assert full.edges["bottom"].tolist() == [1, 1, 1, 1]
@@ -121,8 +121,7 @@ def test_non_contiguous_views_are_accepted() -> None:
     prob = rng.random((20, 30)).astype(np.float32)
     view = big[5:15, 7:19]
     a = polygonize_block(view, prob[5:15, 7:19], row_off=5, col_off=7, scene_height=20, scene_width=30)
-    b = polygonize_block(view.copy(), prob[5:15, 7:19].copy(), row_off=5, col_off=7,
-                         scene_height=20, scene_width=30)
+    b = polygonize_block(view.copy(), prob[5:15, 7:19].copy(), row_off=5, col_off=7, scene_height=20, scene_width=30)
     assert shapely.equals(a.geoms, b.geoms).all()
     np.testing.assert_allclose(a.prob_sum, b.prob_sum)
 
@@ -138,8 +137,11 @@ def test_pickles_compactly_and_round_trips() -> None:
     np.testing.assert_array_equal(back.pixel_count, b.pixel_count)
     np.testing.assert_array_equal(back.edges["top"], b.edges["top"])
     assert len(data) < len(pickle.dumps(list(b.geoms)))  # int32 vertices, not WKB per polygon
-    empty = pickle.loads(pickle.dumps(polygonize_block(np.zeros((2, 2), bool), None, row_off=0, col_off=0,
-                                                       scene_height=2, scene_width=2)))
+    empty = pickle.loads(
+        pickle.dumps(
+            polygonize_block(np.zeros((2, 2), bool), None, row_off=0, col_off=0, scene_height=2, scene_width=2)
+        )
+    )
     assert len(empty) == 0
 
 

@@ -13,9 +13,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from geounet.settings import InferenceSettings
 from geounet.batch.workflow import run_workflow
-from geounet.settings import ClusterSettings, WorkflowSettings
+from geounet.evaluate import EvaluationSettings, evaluate_many, format_table, pair_scenes, write_result_json
+from geounet.export.layout import QUICKLOOK_NAME, geojson_name
+from geounet.settings import ClusterSettings, InferenceSettings, WorkflowSettings
+from geounet.synth import synthesize_scene
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,6 @@ DEMO_SCENES: tuple[dict[str, Any], ...] = (
 
 def make_scenes(folder: Path, size: int, seed: int = DEMO_SEED) -> list[Path]:
     """Synthetic demo scenes (kept if already there with the same name)."""
-    from geounet.synth import synthesize_scene
-
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, extra in enumerate(DEMO_SCENES):
@@ -45,16 +45,17 @@ def make_scenes(folder: Path, size: int, seed: int = DEMO_SEED) -> list[Path]:
 
 def run_demo(out: Path, *, size: int = 1024, workers: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the demo into ``out``; returns the evaluation result."""
-    from geounet.evaluate import EvaluationSettings, evaluate_many, format_table, pair_scenes, write_result_json
-
     out = Path(out)
     scenes_dir = out / "scenes"
     run_dir = out / "run"
     print(f"[1/3] synthetic scenes ({len(DEMO_SCENES)} x {size}x{size} px) -> {scenes_dir}")
     make_scenes(scenes_dir, size)
     wf = WorkflowSettings(
-        scenes=str(scenes_dir), model="default", out=str(run_dir),
-        inference=InferenceSettings(min_area_m2=4.0), cluster=ClusterSettings(workers=workers),
+        scenes=str(scenes_dir),
+        model="default",
+        out=str(run_dir),
+        inference=InferenceSettings(min_area_m2=4.0),
+        cluster=ClusterSettings(workers=workers),
     )
     print(f"[2/3] batch workflow with the shipped weights -> {run_dir}")
     outcomes, record = run_workflow(wf, progress=progress)
@@ -70,7 +71,7 @@ def run_demo(out: Path, *, size: int = 1024, workers: int | None = None, progres
     print("\nOutputs:")
     for o in outcomes:
         folder = Path(o.out_dir)
-        for f in ("buildings.geojson", "roads.geojson", "quicklook.png"):
+        for f in (geojson_name("building"), geojson_name("road"), QUICKLOOK_NAME):
             if (folder / f).exists():
                 print(f"  {folder / f}")
     print(f"  {run_dir / 'run.json'}\n  {out / 'evaluation.json'}")

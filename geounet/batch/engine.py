@@ -28,9 +28,11 @@ from typing import Any
 
 import dask
 from distributed import Client, LocalCluster, Nanny, SpecCluster, Worker, WorkerPlugin
+from rasterio.env import set_gdal_config
 
 from geounet.errors import ConfigError
 from geounet.heap import limit_arenas, tune_malloc
+from geounet.scene.read import WORKER_GDAL_CACHE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,9 @@ WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": 1, "MALLOC_MMAP_MAX_": 0}
 def quiet_dask_config() -> dict[str, Any]:
     """The :data:`QUIET_DASK` settings whose current value is still Dask's own default."""
     defaults = dask.config.merge(*dask.config.defaults)
-    return {k: v for k, v in QUIET_DASK.items()
-            if dask.config.get(k, None) == dask.config.get(k, None, config=defaults)}
+    return {
+        k: v for k, v in QUIET_DASK.items() if dask.config.get(k, None) == dask.config.get(k, None, config=defaults)
+    }
 
 
 class WorkerSetup(WorkerPlugin):
@@ -90,17 +93,13 @@ class WorkerSetup(WorkerPlugin):
     def __init__(self, threads: int) -> None:
         self.threads = threads
 
-    def setup(self, worker: Worker) -> None:  # noqa: D401
+    def setup(self, worker: Worker) -> None:
         import torch
 
         torch.set_num_threads(self.threads)
         with contextlib.suppress(RuntimeError):
             torch.set_num_interop_threads(1)
         if "GDAL_CACHEMAX" not in os.environ:  # an explicit environment variable wins
-            from rasterio.env import set_gdal_config
-
-            from geounet.scene.read import WORKER_GDAL_CACHE_BYTES
-
             set_gdal_config("GDAL_CACHEMAX", WORKER_GDAL_CACHE_BYTES)
         if not tune_malloc():
             log.debug("mallopt unavailable; worker keeps the C library's malloc settings")
@@ -121,7 +120,7 @@ class IgnoreSigint(WorkerPlugin):
     def __init__(self) -> None:
         self.client_pid = os.getpid()
 
-    def setup(self, worker: Worker) -> None:  # noqa: D401
+    def setup(self, worker: Worker) -> None:
         import threading
 
         if os.getpid() != self.client_pid and threading.current_thread() is threading.main_thread():
@@ -150,8 +149,14 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def plan_cluster(device: str = "auto", workers: int | None = None, cores: int | None = None,
-                 gpus: int | None = None, *, threads_per_worker: int | None = None) -> ClusterShape:
+def plan_cluster(
+    device: str = "auto",
+    workers: int | None = None,
+    cores: int | None = None,
+    gpus: int | None = None,
+    *,
+    threads_per_worker: int | None = None,
+) -> ClusterShape:
     """Pure sizing rule for the embedded cluster (see the module docstring).
 
     CPU: ``workers`` defaults to one process per :data:`THREADS_PER_CPU_WORKER` cores;
@@ -187,8 +192,13 @@ def plan_cluster(device: str = "auto", workers: int | None = None, cores: int | 
     share = cores // n
     threads = threads_per_worker or share
     if threads > share:
-        log.warning("%d threads per worker x %d worker(s) exceed %d core(s); using %d thread(s) per worker",
-                    threads, n, cores, share)
+        log.warning(
+            "%d threads per worker x %d worker(s) exceed %d core(s); using %d thread(s) per worker",
+            threads,
+            n,
+            cores,
+            share,
+        )
         threads = share
     torch_threads = max(1, cores // (n * threads))
     return ClusterShape(workers=n, threads_per_worker=threads, torch_threads=torch_threads, gpus=0)
@@ -205,7 +215,7 @@ def dashboard_link(client: Client, *, timeout_s: float = 2.0) -> str | None:
         return None
     link = client.dashboard_link
     try:
-        with urllib.request.urlopen(link, timeout=timeout_s) as response:  # noqa: S310 - the scheduler's own http(s) address
+        with urllib.request.urlopen(link, timeout=timeout_s) as response:
             return link if response.status == 200 else None
     except (OSError, ValueError):  # refused, 404 (HTTPError is an OSError), timeout, bad URL
         return None
@@ -295,8 +305,9 @@ def _external(scheduler: str) -> Iterator[Client]:
 
 
 @contextlib.contextmanager
-def _embedded(device: str, workers: int | None, threads_per_worker: int | None, processes: bool,
-              dashboard: bool) -> Iterator[Client]:
+def _embedded(
+    device: str, workers: int | None, threads_per_worker: int | None, processes: bool, dashboard: bool
+) -> Iterator[Client]:
     shape = plan_cluster(device, workers, threads_per_worker=threads_per_worker)
     log.info("starting embedded Dask cluster: %s", shape.describe())
     if processes:  # the model runs in the worker processes, not here
@@ -305,27 +316,39 @@ def _embedded(device: str, workers: int | None, threads_per_worker: int | None, 
     # takes a free port: the default, 8787, is often held by another cluster or run
     dash = ":0"
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENV}
-    with dask.config.set({**quiet_dask_config(),
-                          "distributed.nanny.pre-spawn-environ": environ,
-                          "distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
-                          "distributed.worker.daemon": False,
-                          "distributed.admin.tick.limit": "30s"}):
+    with dask.config.set(
+        {
+            **quiet_dask_config(),
+            "distributed.nanny.pre-spawn-environ": environ,
+            "distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+            "distributed.worker.daemon": False,
+            "distributed.admin.tick.limit": "30s",
+        }
+    ):
         if shape.gpus:
             specs = {
                 f"gpu-{i}": {
                     "cls": Nanny,
-                    "options": {"nthreads": shape.threads_per_worker, "resources": {"GPU": 1},
-                                "env": {"CUDA_VISIBLE_DEVICES": str(i)}},
+                    "options": {
+                        "nthreads": shape.threads_per_worker,
+                        "resources": {"GPU": 1},
+                        "env": {"CUDA_VISIBLE_DEVICES": str(i)},
+                    },
                 }
                 for i in range(shape.gpus)
             }
-            cluster = SpecCluster(workers=specs, scheduler={"cls": _scheduler_cls(), "options": {
-                                  "dashboard_address": dash, "dashboard": dashboard}},
-                                  silence_logs=logging.WARNING)
+            cluster = SpecCluster(
+                workers=specs,
+                scheduler={"cls": _scheduler_cls(), "options": {"dashboard_address": dash, "dashboard": dashboard}},
+                silence_logs=logging.WARNING,
+            )
         else:
             cluster = LocalCluster(
-                n_workers=shape.workers, threads_per_worker=shape.threads_per_worker,
-                processes=processes, dashboard_address=dash, silence_logs=logging.WARNING,
+                n_workers=shape.workers,
+                threads_per_worker=shape.threads_per_worker,
+                processes=processes,
+                dashboard_address=dash,
+                silence_logs=logging.WARNING,
                 scheduler_kwargs={"dashboard": dashboard},
             )
     try:

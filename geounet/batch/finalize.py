@@ -19,15 +19,16 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 
+from geounet import __version__
 from geounet.atomic import write_json
+from geounet.batch.outcomes import SceneOutcome
 from geounet.checkpoint import CheckpointMetadata
 from geounet.export.layout import PROBABILITY_NAME, QUICKLOOK_NAME, SCENE_JSON, clear_scene_folder
 from geounet.export.probability import ProbabilityWriter
 from geounet.export.quicklook import ThumbnailCanvas, thumbnail_factor, write_quicklook
-from geounet.export.vectors import VECTOR_WRITERS
+from geounet.export.vectors import VECTOR_WRITERS, VectorWriter
 from geounet.heap import trim_heap
 from geounet.infer.block import BlockResult
-from geounet.batch.outcomes import SceneOutcome
 from geounet.scene.plan import TilingPlan
 from geounet.scene.source import SceneInfo
 from geounet.settings import InferenceSettings
@@ -42,21 +43,24 @@ def library_versions() -> dict[str, str]:
     import shapely
     import torch
 
-    import geounet
-
     return {
-        "geounet": geounet.__version__, "python": platform.python_version(),
-        "torch": torch.__version__, "rasterio": rasterio.__version__,
-        "gdal": rasterio.__gdal_version__, "shapely": shapely.__version__,
-        "dask": dask.__version__, "numpy": np.__version__,
+        "geounet": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "rasterio": rasterio.__version__,
+        "gdal": rasterio.__gdal_version__,
+        "shapely": shapely.__version__,
+        "dask": dask.__version__,
+        "numpy": np.__version__,
     }
 
 
 class SceneJob:
     """Client-side state of one scene while its blocks are computed."""
 
-    def __init__(self, info: SceneInfo, plan: TilingPlan, folder: Path, model: CheckpointMetadata,
-                 settings: InferenceSettings) -> None:
+    def __init__(
+        self, info: SceneInfo, plan: TilingPlan, folder: Path, model: CheckpointMetadata, settings: InferenceSettings
+    ) -> None:
         self.info, self.plan, self.folder, self.model, self.settings = info, plan, folder, model, settings
         self.class_names = list(model.spec.classes)
         self.pending: set[int] = {b.index for b in plan.blocks}
@@ -72,14 +76,19 @@ class SceneJob:
         self.prob_writer: ProbabilityWriter | None = None
         self.thumbnail: ThumbnailCanvas | None = None
         if "quicklook" in settings.formats:
-            self.thumbnail = ThumbnailCanvas(info.width, info.height,
-                                             thumbnail_factor(info.width, info.height, settings.quicklook_size))
+            self.thumbnail = ThumbnailCanvas(
+                info.width, info.height, thumbnail_factor(info.width, info.height, settings.quicklook_size)
+            )
         folder.mkdir(parents=True, exist_ok=True)
         clear_scene_folder(folder, self.class_names)
         if "probability" in settings.formats:
             self.prob_writer = ProbabilityWriter(
-                folder / PROBABILITY_NAME, width=info.width, height=info.height,
-                crs_wkt=info.crs_wkt, transform=info.affine, class_names=self.class_names,
+                folder / PROBABILITY_NAME,
+                width=info.width,
+                height=info.height,
+                crs_wkt=info.crs_wkt,
+                transform=info.affine,
+                class_names=self.class_names,
             )
 
     def add(self, result: BlockResult) -> None:
@@ -90,11 +99,11 @@ class SceneJob:
             self.prob_writer.write(result.core, result.probability)
         if self.thumbnail is not None and result.thumbnail is not None:
             self.thumbnail.add(result.thumbnail)
-        for k, v in result.timings.items():
-            if k == "skipped_blocks":
-                self.skipped_blocks += int(v)
+        for stage, seconds in result.timings.items():
+            if stage == "skipped_blocks":
+                self.skipped_blocks += int(seconds)
             else:
-                self.timings[k] = self.timings.get(k, 0.0) + v
+                self.timings[stage] = self.timings.get(stage, 0.0) + seconds
         self.pending.discard(result.index)
 
     def abort(self) -> None:
@@ -105,9 +114,15 @@ class SceneJob:
 
     def outcome(self, status: str, error: str | None = None) -> SceneOutcome:
         """A failed (or other) outcome for this scene, without polygons."""
-        return SceneOutcome(scene=self.info.path, stem=self.info.stem, status=status,  # type: ignore[arg-type]
-                            out_dir=str(self.folder), error=error, pixels=self.info.pixels,
-                            blocks=len(self.plan.blocks))
+        return SceneOutcome(
+            scene=self.info.path,
+            stem=self.info.stem,
+            status=status,  # type: ignore[arg-type]
+            out_dir=str(self.folder),
+            error=error,
+            pixels=self.info.pixels,
+            blocks=len(self.plan.blocks),
+        )
 
 
 def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], model_path: str) -> SceneOutcome:
@@ -122,8 +137,14 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         # byte-for-byte reproducible (ring and hole order of merged polygons)
         merged = merge_seams(sorted(job.polygons[k], key=lambda b: (b.row_off, b.col_off)))
         kept = postprocess(
-            merged.geoms, merged.pixel_count, merged.prob_sum, affine=info.affine, crs=info.crs_wkt,
-            simplify_m=s.simplify_m, min_area_m2=s.min_area_m2, fill_holes_m2=s.fill_holes_m2,
+            merged.geoms,
+            merged.pixel_count,
+            merged.prob_sum,
+            affine=info.affine,
+            crs=info.crs_wkt,
+            simplify_m=s.simplify_m,
+            min_area_m2=s.min_area_m2,
+            fill_holes_m2=s.fill_holes_m2,
             scene_shape=(info.height, info.width),
         )
         geoms, area, score = single_parts(kept.geoms, kept.area_m2, kept.score, info.crs_wkt)
@@ -153,24 +174,31 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
             stage[f"write_{name}"] = time.perf_counter() - ts
             trim_heap()  # this writer's temporaries are garbage now: give the pages back
             return [p.name for p in paths]
+
         return run
 
-    vectors = []
+    def vector_writer(writer: VectorWriter) -> Callable[[], list[Path]]:
+        return lambda: writer(layers, job.folder)
+
+    vectors: list[Callable[[], list[str]]] = []
     if job.thumbnail is not None:
         canvas = job.thumbnail
         vectors.append(timed("quicklook", lambda: [write_quicklook(canvas, pixel_layers, job.folder / QUICKLOOK_NAME)]))
-    vectors += [timed(fmt, lambda w=writer: w(layers, job.folder))
-                for fmt, writer in VECTOR_WRITERS.items() if fmt in s.formats]
-    raster = []
+    vectors += [timed(fmt, vector_writer(writer)) for fmt, writer in VECTOR_WRITERS.items() if fmt in s.formats]
+    raster: list[Callable[[], list[str]]] = []
     if job.prob_writer is not None:
-        raster.append(timed("probability", lambda pw=job.prob_writer: [pw.finish()]))
+        prob_writer = job.prob_writer
+        raster.append(timed("probability", lambda: [prob_writer.finish()]))
         job.prob_writer = None
     written = run_writers(vectors, raster)
     t2 = time.perf_counter()
-    timings = {**{k: round(v, 3) for k, v in job.timings.items()},
-               "merge_postprocess": round(t1 - t0, 3), "write": round(t2 - t1, 3),
-               **{k: round(v, 3) for k, v in stage.items()},
-               "wall": round(t2 - job.started, 3)}
+    timings = {
+        **{k: round(v, 3) for k, v in job.timings.items()},
+        "merge_postprocess": round(t1 - t0, 3),
+        "write": round(t2 - t1, 3),
+        **{k: round(v, 3) for k, v in stage.items()},
+        "wall": round(t2 - job.started, 3),
+    }
     record = {
         "status": "success",
         "scene": info.path,
@@ -182,10 +210,15 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         "options": options,
         "size": {"width": info.width, "height": info.height, "bands": list(info.bands)},
         "crs": f"EPSG:{info.epsg}" if info.epsg else info.crs_wkt,
-        "tiling": {"tile_size": job.plan.tile_size, "tile_shape": list(job.plan.tile_shape),
-                   "halo": job.plan.halo, "blocks": len(job.plan.blocks),
-                   "tiles": job.plan.n_tiles, "overhead": round(job.plan.overhead, 3),
-                   "blocks_without_valid_pixels": job.skipped_blocks},
+        "tiling": {
+            "tile_size": job.plan.tile_size,
+            "tile_shape": list(job.plan.tile_shape),
+            "halo": job.plan.halo,
+            "blocks": len(job.plan.blocks),
+            "tiles": job.plan.n_tiles,
+            "overhead": round(job.plan.overhead, 3),
+            "blocks_without_valid_pixels": job.skipped_blocks,
+        },
         "timings_s": timings,
         "polygons": counts,
         "outputs": written,
@@ -193,8 +226,16 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(record, job.folder / SCENE_JSON)
-    return SceneOutcome(scene=info.path, stem=info.stem, status="success", out_dir=str(job.folder),
-                        polygons=counts, timings=timings, pixels=info.pixels, blocks=len(job.plan.blocks))
+    return SceneOutcome(
+        scene=info.path,
+        stem=info.stem,
+        status="success",
+        out_dir=str(job.folder),
+        polygons=counts,
+        timings=timings,
+        pixels=info.pixels,
+        blocks=len(job.plan.blocks),
+    )
 
 
 def run_writers(main: Sequence[Callable[[], list[str]]], beside: Sequence[Callable[[], list[str]]]) -> list[str]:

@@ -58,8 +58,14 @@ def make_plan(info: SceneInfo, model: CheckpointMetadata, settings: InferenceSet
     multiple = model.spec.multiple
     halo = resolve_halo(settings.halo, model.halo, model.receptive_field_radius, multiple)
     tile = resolve_tile_size(settings.tile_size, model.tile_size)
-    return plan_tiles(info.width, info.height, tile_size=tile, halo=halo, multiple=multiple,
-                      tiles_per_block=resolve_tiles_per_block(settings.tiles_per_block, settings.device))
+    return plan_tiles(
+        info.width,
+        info.height,
+        tile_size=tile,
+        halo=halo,
+        multiple=multiple,
+        tiles_per_block=resolve_tiles_per_block(settings.tiles_per_block, settings.device),
+    )
 
 
 def threads(client: Client) -> int:
@@ -90,14 +96,14 @@ def run_scenes(
     out = Path(out)
     check_writable(out)
     model_path = os.fspath(checkpoint)
-    data: bytes | None = read_checkpoint_bytes(model_path)
+    data = read_checkpoint_bytes(model_path)
     model = read_metadata(data, name=model_path)
     # The header alone does not prove the weights load: check tensor shapes, content hash and
     # finite values once here, so a bad model is a CheckpointError (exit 2) before any scene
     # is reported or any block submitted. The check (0.44 s for a width-64 UNet's 124 MB on
     # this project's machine) runs in a thread beside the scene checks, the cluster's start
     # and the workers' own model load (:func:`warm_workers`), and is waited for below.
-    checked = in_background(lambda: load_checkpoint(data, name=model_path))
+    checked = in_background(load_checkpoint, data, name=model_path)
     thresholds = resolve_thresholds(model, settings)
     config_hash = settings.fingerprint()
     options = settings.model_dump(mode="json")
@@ -111,9 +117,14 @@ def run_scenes(
         path = os.fspath(path)
         folder = out / stem
         try:
-            info = open_scene(path, in_channels=model.spec.in_channels,
-                              bands=settings.bands or (list(model.bands) if model.bands else None),
-                              max_pixels=settings.max_pixels, use_nodata=settings.use_nodata, stem=stem)
+            info = open_scene(
+                path,
+                in_channels=model.spec.in_channels,
+                bands=settings.bands or (list(model.bands) if model.bands else None),
+                max_pixels=settings.max_pixels,
+                use_nodata=settings.use_nodata,
+                stem=stem,
+            )
             plan = make_plan(info, model, settings)
         except SceneError as exc:
             outcomes[i] = SceneOutcome(scene=path, stem=stem, status="failed", out_dir=str(folder), error=str(exc))
@@ -121,11 +132,17 @@ def run_scenes(
             if (folder / SCENE_JSON).exists():
                 clear_scene_folder(folder, class_names)
             continue
-        if not force and is_complete(folder, input_fingerprint=info.fingerprint,
-                                     model_hash=model.content_hash, config_hash=config_hash):
-            outcomes[i] = SceneOutcome(scene=path, stem=stem, status="skipped", out_dir=str(folder),
-                                       polygons=(read_scene_record(folder) or {}).get("polygons", {}),
-                                       pixels=info.pixels)
+        if not force and is_complete(
+            folder, input_fingerprint=info.fingerprint, model_hash=model.content_hash, config_hash=config_hash
+        ):
+            outcomes[i] = SceneOutcome(
+                scene=path,
+                stem=stem,
+                status="skipped",
+                out_dir=str(folder),
+                polygons=(read_scene_record(folder) or {}).get("polygons", {}),
+                pixels=info.pixels,
+            )
             continue
         todo.append((i, info, plan))
     warming: list[Any] = []
@@ -134,23 +151,40 @@ def run_scenes(
         ckpt_ref = client.scatter(data, broadcast=True, hash=False)
         warming = warm_workers(client, ckpt_ref, model.content_hash, settings.device)
     checked.result()  # a bad checkpoint raises here: nothing reported, no block submitted
-    data = None  # the workers hold the bytes now; the client keeps only Dask's reference
+    del data  # the workers hold the bytes now; the client keeps only Dask's reference
     for i in sorted(outcomes):
         if on_outcome:
             on_outcome(outcomes[i])
 
     if todo:
         gpu = settings.device != "cpu" and any(client.run(cuda_available).values())
-        spec = BlockTaskSpec(content_hash=model.content_hash, normalization=model.normalization,
-                             thresholds=thresholds, batch_size=settings.batch_size, device=settings.device,
-                             precision=settings.precision, keep_probability="probability" in settings.formats,
-                             quicklook_size=settings.quicklook_size if "quicklook" in settings.formats else None)
+        spec = BlockTaskSpec(
+            content_hash=model.content_hash,
+            normalization=model.normalization,
+            thresholds=thresholds,
+            batch_size=settings.batch_size,
+            device=settings.device,
+            precision=settings.precision,
+            keep_probability="probability" in settings.formats,
+            quicklook_size=settings.quicklook_size if "quicklook" in settings.formats else None,
+        )
         scheduler = BlockScheduler(
-            client, out=out, model=model, model_path=model_path, settings=settings, spec=spec,
+            client,
+            out=out,
+            model=model,
+            model_path=model_path,
+            settings=settings,
+            spec=spec,
             checkpoint_ref=ckpt_ref,
             send_checkpoint=lambda: client.scatter(Path(model_path).read_bytes(), broadcast=True, hash=False),
-            config_hash=config_hash, options=options, limit=max_in_flight or max(4, 2 * threads(client)),
-            gpu=gpu, progress=progress, stop=stop, outcomes=outcomes, on_outcome=on_outcome,
+            config_hash=config_hash,
+            options=options,
+            limit=max_in_flight or max(4, 2 * threads(client)),
+            gpu=gpu,
+            progress=progress,
+            stop=stop,
+            outcomes=outcomes,
+            on_outcome=on_outcome,
         )
         # GDAL's block cache (process-wide, 5 % of RAM by default) would otherwise fill with the
         # probability blocks streamed to disk and the quicklook read, so the client's memory
@@ -181,11 +215,12 @@ def read_checkpoint_bytes(path: str) -> bytes:
         raise
 
 
-def in_background(fn: Callable[[], Any]) -> LocalFuture:
-    """``fn()`` started in a thread of its own; its result (or error) comes from the future."""
+def in_background(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> LocalFuture:
+    """``fn(*args, **kwargs)`` started in a thread of its own; its result (or error) comes
+    from the future."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geounet-check")
     try:
-        return pool.submit(fn)
+        return pool.submit(fn, *args, **kwargs)
     finally:
         pool.shutdown(wait=False)  # the thread ends with fn
 
@@ -194,7 +229,16 @@ def warm_workers(client: Client, ckpt_ref: Any, content_hash: str, device: str) 
     """Start loading the model on every worker now, one task each, so that the load overlaps
     the client's checkpoint check instead of holding up the first blocks. Returns the tasks'
     futures (the caller keeps them until the run ends)."""
-    workers = list((client.scheduler_info().get("workers") or {}))
-    return [client.submit(load_model, ckpt_ref, content_hash, device, workers=[w], pure=False,
-                          key=f"load-model-{content_hash[:12]}-{os.urandom(4).hex()}")
-            for w in workers]
+    workers = list(client.scheduler_info().get("workers") or {})
+    return [
+        client.submit(
+            load_model,
+            ckpt_ref,
+            content_hash,
+            device,
+            workers=[w],
+            pure=False,
+            key=f"load-model-{content_hash[:12]}-{os.urandom(4).hex()}",
+        )
+        for w in workers
+    ]

@@ -42,8 +42,10 @@ def describe_task_error(exc: BaseException, info: SceneInfo, block_index: int) -
     """The message a scene fails with when one of its block tasks raised ``exc``."""
     name = type(exc).__name__
     if name == "KilledWorker":
-        return (f"scene {info.path}: a worker died while processing block {block_index} on every "
-                "allowed attempt (out of memory, or a crash in native code)")
+        return (
+            f"scene {info.path}: a worker died while processing block {block_index} on every "
+            "allowed attempt (out of memory, or a crash in native code)"
+        )
     if isinstance(exc, GeounetError):
         return str(exc)
     return f"scene {info.path}: block {block_index} failed: {name}: {exc}"
@@ -72,12 +74,26 @@ class BlockScheduler:
     index) and to ``on_outcome`` as they happen.
     """
 
-    def __init__(self, client: Client, *, out: Path, model: CheckpointMetadata, model_path: str,
-                 settings: InferenceSettings, spec: BlockTaskSpec, checkpoint_ref: Any,
-                 send_checkpoint: Callable[[], Any], config_hash: str, options: dict[str, Any],
-                 limit: int, gpu: bool, progress: bool, stop: threading.Event | None,
-                 outcomes: dict[int, SceneOutcome],
-                 on_outcome: Callable[[SceneOutcome], None] | None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        out: Path,
+        model: CheckpointMetadata,
+        model_path: str,
+        settings: InferenceSettings,
+        spec: BlockTaskSpec,
+        checkpoint_ref: Any,
+        send_checkpoint: Callable[[], Any],
+        config_hash: str,
+        options: dict[str, Any],
+        limit: int,
+        gpu: bool,
+        progress: bool,
+        stop: threading.Event | None,
+        outcomes: dict[int, SceneOutcome],
+        on_outcome: Callable[[SceneOutcome], None] | None,
+    ) -> None:
         self.client, self.out, self.model, self.model_path = client, out, model, model_path
         self.settings, self.spec, self.config_hash, self.options = settings, spec, config_hash, options
         self.limit, self.gpu, self.progress, self.stop = limit, gpu, progress, stop
@@ -131,19 +147,25 @@ class BlockScheduler:
         every worker holding it dies (a task that crashes its worker, retried on the others),
         the scheduler cancels it and every task that depends on it; send it again then."""
         if self._checkpoint.status != "finished":
-            log.warning("the model's copy on the workers was lost (every worker holding it died); "
-                        "sending it again")
+            log.warning("the model's copy on the workers was lost (every worker holding it died); sending it again")
             self._checkpoint = self._send_checkpoint()
         return self._checkpoint
 
     def submit(self, i: int, block: Block) -> None:
         """One block task of scene ``i``."""
         job = self.jobs[i]
-        fut = self.client.submit(process_block, job.info, block, self.checkpoint_ref(), self.spec, pure=False,
-                                 key=f"block-{job.info.stem}-{block.index}-{os.urandom(4).hex()}",
-                                 resources={"GPU": 1} if self.gpu else None)
+        fut = self.client.submit(
+            process_block,
+            job.info,
+            block,
+            self.checkpoint_ref(),
+            self.spec,
+            pure=False,
+            key=f"block-{job.info.stem}-{block.index}-{os.urandom(4).hex()}",
+            resources={"GPU": 1} if self.gpu else None,
+        )
         job.futures.add(fut)
-        self.where[fut.key] = (i, block.index)
+        self.where[str(fut.key)] = (i, block.index)
         self.ac.add(fut)
         self.in_flight += 1
 
@@ -165,7 +187,7 @@ class BlockScheduler:
     def collect(self, fut: Any) -> None:
         """Take one finished block task into its scene."""
         self.in_flight -= 1
-        i, bidx = self.where.pop(fut.key)
+        i, bidx = self.where.pop(str(fut.key))
         job = self.jobs.get(i)
         if job is not None:
             job.futures.discard(fut)
@@ -188,9 +210,12 @@ class BlockScheduler:
                 self.resubmitted.add((i, bidx))
                 self.submit(i, job.plan.blocks[bidx])
             else:
-                self.fail(i, f"scene {job.info.path}: a worker died while processing block {bidx}, and "
-                             "the workers holding its inputs died with it, twice (out of memory, or a "
-                             "crash in native code)")
+                self.fail(
+                    i,
+                    f"scene {job.info.path}: a worker died while processing block {bidx}, and "
+                    "the workers holding its inputs died with it, twice (out of memory, or a "
+                    "crash in native code)",
+                )
             return
         job.add(result)
         if self.shown == i:
@@ -212,10 +237,13 @@ class BlockScheduler:
             except OutputError:
                 job.abort()
                 raise
-            except Exception as exc:  # noqa: BLE001 - any failure fails this scene only
+            except Exception as exc:
                 job.abort()
-                msg = str(exc) if isinstance(exc, GeounetError) else (
-                    f"scene {job.info.path}: writing outputs failed: {type(exc).__name__}: {exc}")
+                msg = (
+                    str(exc)
+                    if isinstance(exc, GeounetError)
+                    else (f"scene {job.info.path}: writing outputs failed: {type(exc).__name__}: {exc}")
+                )
                 log.debug("%s", traceback.format_exc())
                 self.record(i, job.outcome("failed", msg))
 
@@ -257,11 +285,19 @@ class BlockScheduler:
             self.client.cancel([f for f in job.futures if not f.done()])
             job.abort()
             reason = f"run stopped: {fatal}" if fatal is not None else f"scene {job.info.path}: did not finish"
-            self.outcomes[i] = SceneOutcome(scene=job.info.path, stem=job.info.stem, status="failed",
-                                            out_dir=str(job.folder), error=reason)
+            self.outcomes[i] = SceneOutcome(
+                scene=job.info.path, stem=job.info.stem, status="failed", out_dir=str(job.folder), error=reason
+            )
         self.block_bar.close()
         self.scene_bar.close()
         for i, info, _plan in self.todo:
-            self.outcomes.setdefault(i, SceneOutcome(scene=info.path, stem=info.stem, status="failed",
-                                                     out_dir=str(self.out / info.stem),
-                                                     error=f"scene {info.path}: not started (run interrupted)"))
+            self.outcomes.setdefault(
+                i,
+                SceneOutcome(
+                    scene=info.path,
+                    stem=info.stem,
+                    status="failed",
+                    out_dir=str(self.out / info.stem),
+                    error=f"scene {info.path}: not started (run interrupted)",
+                ),
+            )

@@ -33,18 +33,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from geounet.config import load_config
-from geounet.errors import GeounetError, LockHeldError, OutputError, SceneError
 from geounet.atomic import remove_partials, write_json
+from geounet.batch.engine import dashboard_link, dask_client
 from geounet.batch.finalize import library_versions
 from geounet.batch.outcomes import SceneOutcome
 from geounet.batch.run import run_scenes
+from geounet.checkpoint import read_metadata
+from geounet.config import load_config
+from geounet.errors import GeounetError, LockHeldError, OutputError, SceneError
 from geounet.export.layout import LOCK_NAME, LOG_NAME, RUN_JSON, check_writable, is_complete
 from geounet.scene.source import is_remote, open_scene, unique_stems
-from geounet.batch.engine import dask_client, dashboard_link
-from geounet.checkpoint import read_metadata
-from geounet.weights import resolve_model_name
 from geounet.settings import WorkflowSettings
+from geounet.weights import resolve_model_name
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,14 @@ def _glob_root(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
-def discover_scenes(spec: str | list[str], *, pattern: str = "*.tif", recursive: bool = True,
-                    base: Path | None = None, exclude: Path | None = None) -> list[str]:
+def discover_scenes(
+    spec: str | list[str],
+    *,
+    pattern: str = "*.tif",
+    recursive: bool = True,
+    base: Path | None = None,
+    exclude: Path | None = None,
+) -> list[str]:
     """Scene paths from a folder, glob, list file, URL, or a list of any of these.
 
     * a folder is searched (recursively unless ``recursive`` is false) for ``pattern``;
@@ -108,9 +114,9 @@ def discover_scenes(spec: str | list[str], *, pattern: str = "*.tif", recursive:
         r = root.resolve()
         out_inside = skip is not None and skip != r and _below(skip, r)
         return sorted(
-            str(q) for q in hits
-            if not q.name.startswith(".") and q.is_file()
-            and not (out_inside and _below(q.resolve(), skip))  # type: ignore[arg-type]
+            str(q)
+            for q in hits
+            if not q.name.startswith(".") and q.is_file() and not (out_inside and _below(q.resolve(), skip))  # type: ignore[arg-type]
         )
 
     found: list[str] = []
@@ -123,8 +129,7 @@ def discover_scenes(spec: str | list[str], *, pattern: str = "*.tif", recursive:
             p = base / p
         if p.is_dir():
             if pattern == "*.tif":
-                hits = (q for q in (p.rglob("*") if recursive else p.glob("*"))
-                        if q.suffix.lower() in SCENE_SUFFIXES)
+                hits = (q for q in (p.rglob("*") if recursive else p.glob("*")) if q.suffix.lower() in SCENE_SUFFIXES)
             else:
                 hits = p.rglob(pattern) if recursive else p.glob(pattern)
             found += select(hits, p)
@@ -144,8 +149,7 @@ def discover_scenes(spec: str | list[str], *, pattern: str = "*.tif", recursive:
     # absolute paths: records name the file unambiguously, and workers (possibly on an
     # external cluster, in another working folder) open exactly that file
     found = [x if is_remote(x) else os.path.abspath(x) for x in found]
-    seen: set[str] = set()
-    return [x for x in found if not (x in seen or seen.add(x))]
+    return list(dict.fromkeys(found))  # first occurrence of each, in order
 
 
 # --------------------------------------------------------------------------- run folder
@@ -316,9 +320,19 @@ def run_workflow(
             return _run_locked(wf, scenes, model, out, force, progress, client, announce, stop, started, t0)
 
 
-def _run_locked(wf: WorkflowSettings, scenes: list[str], model: str, out: Path, force: bool, progress: bool,
-                client: Any, announce: Callable[[str], None] | None, stop: threading.Event,
-                started: datetime, t0: float) -> tuple[list[SceneOutcome], dict[str, Any]]:
+def _run_locked(
+    wf: WorkflowSettings,
+    scenes: list[str],
+    model: str,
+    out: Path,
+    force: bool,
+    progress: bool,
+    client: Any,
+    announce: Callable[[str], None] | None,
+    stop: threading.Event,
+    started: datetime,
+    t0: float,
+) -> tuple[list[SceneOutcome], dict[str, Any]]:
     """The run proper, holding the output lock, logging to OUT/geounet.log, with ``stop``
     set by SIGTERM / Ctrl-C."""
     removed = clean_partials(out)
@@ -331,23 +345,25 @@ def _run_locked(wf: WorkflowSettings, scenes: list[str], model: str, out: Path, 
     def write_record(status: str, error: str | None = None) -> None:
         final = status != "running"
         record.clear()
-        record.update({
-            "status": "interrupted" if final and stop.is_set() else status,
-            "started": started.isoformat(timespec="seconds"),
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds") if final else None,
-            "wall_s": round(time.perf_counter() - t0, 3),
-            "pid": os.getpid(),
-            "model": model,
-            "out": str(out),
-            "config_hash": wf.inference.fingerprint(),
-            "force": force,
-            "interrupted": stop.is_set(),
-            "error": error,
-            "total": len(scenes),
-            "counts": {s: sum(o.status == s for o in outcomes) for s in ("success", "skipped", "failed")},
-            "scenes": [o.to_dict() for o in outcomes],
-            "versions": library_versions(),
-        })
+        record.update(
+            {
+                "status": "interrupted" if final and stop.is_set() else status,
+                "started": started.isoformat(timespec="seconds"),
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds") if final else None,
+                "wall_s": round(time.perf_counter() - t0, 3),
+                "pid": os.getpid(),
+                "model": model,
+                "out": str(out),
+                "config_hash": wf.inference.fingerprint(),
+                "force": force,
+                "interrupted": stop.is_set(),
+                "error": error,
+                "total": len(scenes),
+                "counts": {s: sum(o.status == s for o in outcomes) for s in ("success", "skipped", "failed")},
+                "scenes": [o.to_dict() for o in outcomes],
+                "versions": library_versions(),
+            }
+        )
         write_json(record, out / RUN_JSON)
 
     def on_outcome(o: SceneOutcome) -> None:
@@ -361,14 +377,32 @@ def _run_locked(wf: WorkflowSettings, scenes: list[str], model: str, out: Path, 
         if announce is not None:
             announce(msg)
 
-    ctx = contextlib.nullcontext(client) if client is not None else dask_client(
-        wf.cluster.scheduler, device=wf.inference.device, workers=wf.cluster.workers,
-        threads_per_worker=wf.cluster.threads_per_worker, processes=wf.cluster.processes,
-        lazy=True, on_connect=on_connect)
+    ctx = (
+        contextlib.nullcontext(client)
+        if client is not None
+        else dask_client(
+            wf.cluster.scheduler,
+            device=wf.inference.device,
+            workers=wf.cluster.workers,
+            threads_per_worker=wf.cluster.threads_per_worker,
+            processes=wf.cluster.processes,
+            lazy=True,
+            on_connect=on_connect,
+        )
+    )
     try:
         with ctx as c:
-            final = run_scenes(scenes, model, out, wf.inference, client=c, force=force,
-                               progress=progress, stop=stop, on_outcome=on_outcome)
+            final = run_scenes(
+                scenes,
+                model,
+                out,
+                wf.inference,
+                client=c,
+                force=force,
+                progress=progress,
+                stop=stop,
+                on_outcome=on_outcome,
+            )
             if not getattr(c, "started", True):
                 log.info("no scene needed computing; no Dask cluster was started")
     except Exception as exc:
@@ -401,15 +435,29 @@ def _dry_run(scenes: list[str], model: str, out: Path, wf: WorkflowSettings, for
     res = []
     for path, stem in zip(scenes, unique_stems(scenes)):
         try:
-            info = open_scene(path, in_channels=meta.spec.in_channels,
-                              bands=wf.inference.bands or (list(meta.bands) if meta.bands else None),
-                              max_pixels=wf.inference.max_pixels, use_nodata=wf.inference.use_nodata,
-                              stem=stem)
-            done = not force and is_complete(out / stem, input_fingerprint=info.fingerprint,
-                                             model_hash=meta.content_hash,
-                                             config_hash=wf.inference.fingerprint())
-            res.append(SceneOutcome(scene=path, stem=stem, status="skipped" if done else "success",
-                                    out_dir=str(out / stem), pixels=info.pixels))
+            info = open_scene(
+                path,
+                in_channels=meta.spec.in_channels,
+                bands=wf.inference.bands or (list(meta.bands) if meta.bands else None),
+                max_pixels=wf.inference.max_pixels,
+                use_nodata=wf.inference.use_nodata,
+                stem=stem,
+            )
+            done = not force and is_complete(
+                out / stem,
+                input_fingerprint=info.fingerprint,
+                model_hash=meta.content_hash,
+                config_hash=wf.inference.fingerprint(),
+            )
+            res.append(
+                SceneOutcome(
+                    scene=path,
+                    stem=stem,
+                    status="skipped" if done else "success",
+                    out_dir=str(out / stem),
+                    pixels=info.pixels,
+                )
+            )
         except SceneError as exc:
             res.append(SceneOutcome(scene=path, stem=stem, status="failed", out_dir=str(out / stem), error=str(exc)))
     return res

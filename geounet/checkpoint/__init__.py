@@ -53,7 +53,18 @@ from geounet.checkpoint.metadata import FORMAT, FORMAT_VERSION, METADATA_KEY, Ch
 from geounet.compute import DEFAULT_TILE_SIZE, default_tile_size
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "METADATA_KEY", "DEFAULT_TILE_SIZE", "CheckpointMetadata",
-    "save_checkpoint", "read_metadata", "load_checkpoint", "checkpoint_hash", "content_hash",
-    "import_torch_checkpoint", "default_tile_size", "model_card", "CheckpointSource",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "METADATA_KEY",
+    "DEFAULT_TILE_SIZE",
+    "CheckpointMetadata",
+    "save_checkpoint",
+    "read_metadata",
+    "load_checkpoint",
+    "checkpoint_hash",
+    "content_hash",
+    "import_torch_checkpoint",
+    "default_tile_size",
+    "model_card",
+    "CheckpointSource",
 ]

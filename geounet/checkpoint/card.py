@@ -22,7 +22,13 @@ __all__ = ["model_card", "provenance_summary", "shorten"]
 
 # Provenance keys that may record the ground sample distance (a pixel's side on the ground).
 _PIXEL_KEYS = (
-    "gsd", "gsd_m", "ground_sample_distance", "pixel_size", "pixel_size_m", "resolution", "resolution_m",
+    "gsd",
+    "gsd_m",
+    "ground_sample_distance",
+    "pixel_size",
+    "pixel_size_m",
+    "resolution",
+    "resolution_m",
 )
 
 # Keys of a validation row that are shown, by suffix, after the best-model metric and val_loss.
@@ -31,10 +37,20 @@ _METRIC_SUFFIXES = ("_iou", "_f1")
 # Short facts gathered on one line each: (label, ((key, format), ...)).
 _GROUPS = (
     ("run", (("seed", "seed {}"), ("device", "device {}"), ("precision", "precision {}"))),
-    ("areas", (("train_area_px", "train {} px"), ("val_area_px", "validation {} px"),
-               ("val_tiles", "{} validation tiles"))),
-    ("software", (("trainer", "{}"), ("geounet_version", "geounet {}"), ("torch_version", "torch {}"),
-                  ("python", "python {}"), ("git_commit", "commit {}"))),
+    (
+        "areas",
+        (("train_area_px", "train {} px"), ("val_area_px", "validation {} px"), ("val_tiles", "{} validation tiles")),
+    ),
+    (
+        "software",
+        (
+            ("trainer", "{}"),
+            ("geounet_version", "geounet {}"),
+            ("torch_version", "torch {}"),
+            ("python", "python {}"),
+            ("git_commit", "commit {}"),
+        ),
+    ),
 )
 
 
@@ -208,7 +224,7 @@ def _duration(seconds: float) -> str:
 
 def _tail(text: str, width: int) -> str:
     """The end of a long path (its file name matters most), with a leading ellipsis."""
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
 def _is_number(value: Any) -> bool:

@@ -61,7 +61,7 @@ def _chunks(buf: memoryview, begin: int, end: int) -> Iterable[memoryview]:
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
     """The tensor's bytes as safetensors stores them (little-endian, C order), without a copy."""
     flat = t.detach().contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+    return flat.view(torch.uint8).numpy().data if flat.numel() else memoryview(b"")
 
 
 def content_hash(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -87,8 +87,7 @@ def content_hash(tensors: Mapping[str, torch.Tensor]) -> str:
 def _hash_data(header: _Header, data: memoryview) -> str:
     """The content hash of a file's data section, read in 16 MiB chunks without a copy."""
     return _hash_items(
-        (name, e.dtype, e.shape, _chunks(data, e.begin, e.end))
-        for name, e in sorted(header.tensors.items())
+        (name, e.dtype, e.shape, _chunks(data, e.begin, e.end)) for name, e in sorted(header.tensors.items())
     )
 
 

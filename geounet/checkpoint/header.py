@@ -16,13 +16,14 @@ unless the caller names it).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import torch
 from pydantic import ValidationError
@@ -41,13 +42,23 @@ _MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
 
 # safetensors dtype names <-> torch dtypes and their sizes in bytes.
 _DTYPES: dict[str, tuple[torch.dtype, int]] = {
-    "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),
-    "BF16": (torch.bfloat16, 2), "I64": (torch.int64, 8), "I32": (torch.int32, 4),
-    "I16": (torch.int16, 2), "I8": (torch.int8, 1), "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1),
+    "F64": (torch.float64, 8),
+    "F32": (torch.float32, 4),
+    "F16": (torch.float16, 2),
+    "BF16": (torch.bfloat16, 2),
+    "I64": (torch.int64, 8),
+    "I32": (torch.int32, 4),
+    "I16": (torch.int16, 2),
+    "I8": (torch.int8, 1),
+    "U8": (torch.uint8, 1),
+    "BOOL": (torch.bool, 1),
 }
 for _name, _attr, _size in (
-    ("U16", "uint16", 2), ("U32", "uint32", 4), ("U64", "uint64", 8),
-    ("F8_E4M3", "float8_e4m3fn", 1), ("F8_E5M2", "float8_e5m2", 1),
+    ("U16", "uint16", 2),
+    ("U32", "uint32", 4),
+    ("U64", "uint64", 8),
+    ("F8_E4M3", "float8_e4m3fn", 1),
+    ("F8_E5M2", "float8_e5m2", 1),
 ):
     if hasattr(torch, _attr):
         _DTYPES[_name] = (getattr(torch, _attr), _size)
@@ -84,8 +95,15 @@ class _Raw:
     as a context manager: a file is closed on exit.
     """
 
-    def __init__(self, name: str, size: int, *, path: Path | None = None, file: IO[bytes] | None = None,
-                 buffer: memoryview | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        *,
+        path: Path | None = None,
+        file: io.BufferedReader | None = None,
+        buffer: memoryview | None = None,
+    ) -> None:
         self.name = name  # what messages call the checkpoint
         self.size = size  # bytes in all
         self.path = path  # None for bytes
@@ -95,8 +113,7 @@ class _Raw:
     def __enter__(self) -> _Raw:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
     def close(self) -> None:
@@ -197,8 +214,7 @@ def _read_header(raw: _Raw) -> _Header:
     if size < 8:
         raise CheckpointError(
             name,
-            f"is only {size} bytes, too short for a safetensors header (empty or truncated); "
-            "copy or download it again",
+            f"is only {size} bytes, too short for a safetensors header (empty or truncated); copy or download it again",
         )
     n = int.from_bytes(prefix[:8], "little")
     first = prefix[8:9]
@@ -218,16 +234,12 @@ def _read_header(raw: _Raw) -> _Header:
             name, f"has a corrupt safetensors header (not valid JSON: {exc}); copy the file again"
         ) from None
     if not isinstance(header, dict):
-        raise CheckpointError(
-            name, f"has a corrupt safetensors header (a JSON {type(header).__name__}, not an object)"
-        )
+        raise CheckpointError(name, f"has a corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
-        raise CheckpointError(
-            name, "has a corrupt safetensors header: '__metadata__' must map strings to strings"
-        )
+        raise CheckpointError(name, "has a corrupt safetensors header: '__metadata__' must map strings to strings")
     tensors = {tensor: _parse_entry(name, tensor, entry) for tensor, entry in header.items()}
     _check_layout(name, tensors, size - 8 - n)
     return _Header(data_start=8 + n, tensors=tensors, metadata=metadata)
@@ -255,10 +267,7 @@ def _parse_entry(name: str, tensor: str, entry: Any) -> _Entry:
         raise corrupt(f"has data_offsets {offsets!r}, not [begin, end] with 0 <= begin <= end")
     nbytes = math.prod(shape) * _DTYPES[dtype][1]
     if offsets[1] - offsets[0] != nbytes:
-        raise corrupt(
-            f"spans {offsets[1] - offsets[0]} bytes but dtype {dtype} and shape {tuple(shape)} "
-            f"need {nbytes}"
-        )
+        raise corrupt(f"spans {offsets[1] - offsets[0]} bytes but dtype {dtype} and shape {tuple(shape)} need {nbytes}")
     return _Entry(dtype=dtype, shape=tuple(shape), begin=offsets[0], end=offsets[1])
 
 
@@ -306,9 +315,7 @@ def _metadata_from_header(header: _Header, name: str) -> CheckpointMetadata:
     if not isinstance(data, dict):
         raise CheckpointError(name, f"geounet metadata is a JSON {type(data).__name__}, not an object")
     if data.get("format") != FORMAT:
-        raise CheckpointError(
-            name, f"geounet metadata key 'format' = {data.get('format')!r}, expected {FORMAT!r}"
-        )
+        raise CheckpointError(name, f"geounet metadata key 'format' = {data.get('format')!r}, expected {FORMAT!r}")
     version = data.get("format_version")
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise CheckpointError(

@@ -151,7 +151,11 @@ def load_checkpoint(
         log.warning(
             "checkpoint %s records a receptive-field radius of %d px but this geounet computes %d px "
             "for its architecture; using %d (check the halo, %d px)",
-            where, meta.receptive_field_radius, radius, radius, meta.halo,
+            where,
+            meta.receptive_field_radius,
+            radius,
+            radius,
+            meta.halo,
         )
         record["receptive_field_radius"] = radius
     model.metadata = record
@@ -310,9 +314,17 @@ def save_checkpoint(
 
     try:
         meta = CheckpointMetadata(
-            geounet_version=__version__, spec=spec, bands=bands_v, normalization=norm,
-            receptive_field_radius=radius, tile_size=tile_v, halo=halo_v, thresholds=thr,
-            provenance=prov, extra=extras, hash=digest,
+            geounet_version=__version__,
+            spec=spec,
+            bands=bands_v,
+            normalization=norm,
+            receptive_field_radius=radius,
+            tile_size=tile_v,
+            halo=halo_v,
+            thresholds=thr,
+            provenance=prov,
+            extra=extras,
+            hash=digest,
         )
     except ValidationError as err:
         lines = describe_validation_error(err, "save_checkpoint").splitlines()
@@ -354,8 +366,10 @@ def _find_state_dict(obj: Any, src: Path) -> dict[str, torch.Tensor]:
     """The state dict inside what ``torch.load`` returned: at the top or under a usual key."""
 
     def is_state(d: Any) -> bool:
-        return isinstance(d, Mapping) and bool(d) and all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items()
+        return (
+            isinstance(d, Mapping)
+            and bool(d)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
         )
 
     if is_state(obj):
@@ -413,17 +427,15 @@ def import_torch_checkpoint(
             f"run code when unpickled (torch weights_only: {first}); export a plain state_dict "
             "with torch.save(model.state_dict(), path) where the model is defined",
         ) from None
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+    except Exception as exc:
         raise CheckpointError(s, f"torch.load(weights_only=True) cannot read it: {exc}") from None
     state = _find_state_dict(obj, s)
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     model = _build(model_spec, str(s))
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     mismatch = _describe_mismatch({k: tuple(v.shape) for k, v in state.items()}, expected)
     if mismatch:
-        raise CheckpointError(
-            s, f"weights do not match architecture {model_spec.arch!r} as specified: {mismatch}"
-        )
+        raise CheckpointError(s, f"weights do not match architecture {model_spec.arch!r} as specified: {mismatch}")
     model.load_state_dict(state, strict=True)
     return save_checkpoint(model, dst, **save_kwargs)

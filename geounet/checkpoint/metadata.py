@@ -28,7 +28,7 @@ from geounet.scene.normalize import Normalization
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "METADATA_KEY", "CheckpointMetadata"]
 
-FORMAT = "geounet.checkpoint"
+FORMAT: Literal["geounet.checkpoint"] = "geounet.checkpoint"
 FORMAT_VERSION = 1
 METADATA_KEY = "geounet"  # the one key of the safetensors header metadata that geounet uses
 
@@ -93,9 +93,7 @@ class CheckpointMetadata(StrictModel):
                 f"{n} input bands; give one 1-based scene band index per input band"
             )
         if any(b < 1 for b in self.bands) or len(set(self.bands)) != len(self.bands):
-            raise ValueError(
-                f"'bands' = {self.bands!r} must be distinct 1-based band indexes (1 is the first band)"
-            )
+            raise ValueError(f"'bands' = {self.bands!r} must be distinct 1-based band indexes (1 is the first band)")
         if self.normalization.band_count != n:
             raise ValueError(
                 f"'normalization' describes {self.normalization.band_count} bands but the model "
@@ -103,8 +101,7 @@ class CheckpointMetadata(StrictModel):
             )
         if set(self.thresholds) != set(spec.classes):
             raise ValueError(
-                f"'thresholds' = {self.thresholds!r} must give one threshold for each class "
-                f"{list(spec.classes)!r}"
+                f"'thresholds' = {self.thresholds!r} must give one threshold for each class {list(spec.classes)!r}"
             )
         bad = {k: v for k, v in self.thresholds.items() if not 0.0 <= v <= 1.0}
         if bad:
@@ -178,8 +175,7 @@ def _coerce_thresholds(value: Any, classes: tuple[str, ...]) -> dict[str, float]
             )
         return dict(zip(classes, value))
     raise ConfigError(
-        f"thresholds {value!r} must be a float, a list with one float per class, or a mapping "
-        "from class name to float"
+        f"thresholds {value!r} must be a float, a list with one float per class, or a mapping from class name to float"
     )
 
 
@@ -204,6 +200,5 @@ def _plain_json(value: Mapping[str, Any], what: str) -> dict[str, Any]:
         return json.loads(json.dumps(dict(value), default=_json_default, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise ConfigError(
-            f"{what} must hold JSON values (strings, numbers, lists, mappings): {exc}; convert "
-            "such values to strings"
+            f"{what} must hold JSON values (strings, numbers, lists, mappings): {exc}; convert such values to strings"
         ) from None

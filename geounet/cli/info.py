@@ -27,8 +27,7 @@ def _normalization(norm: dict[str, Any]) -> str:
     if norm["kind"] == "meanstd":
         return f"meanstd: (x - mean) / std, mean {_numbers(norm['mean'])}, std {_numbers(norm['std'])}"
     return (
-        f"percentile: clip((x - low) / (high - low), 0, 1), low {_numbers(norm['low'])}, "
-        f"high {_numbers(norm['high'])}"
+        f"percentile: clip((x - low) / (high - low), 0, 1), low {_numbers(norm['low'])}, high {_numbers(norm['high'])}"
     )
 
 
@@ -78,7 +77,9 @@ def render_card(card: dict[str, Any]) -> str:
 @click.command("info")
 @click.argument("checkpoint")
 @click.option(
-    "--json", "as_json", is_flag=True,
+    "--json",
+    "as_json",
+    is_flag=True,
     help="Print the card as one JSON object (the checkpoint's metadata plus path, parameters "
     "and out_channels) instead of text, for scripts.",
 )
@@ -89,9 +90,9 @@ def command(checkpoint: str, as_json: bool) -> None:
     Prints the architecture, parameter count, input bands and their normalization, classes
     and output mode, receptive field, suggested tile size and halo, per-class thresholds,
     a summary of the training provenance (date, epochs, validation metrics, sources; long
-    values cut with "…") and the content hash. --json gives the full provenance. The file is fully verified on the way (header,
-    metadata, tensor shapes, content hash, finite weights); pickled .pt/.pth files are
-    refused, never loaded.
+    values cut with "…") and the content hash. --json gives the full provenance. The file is
+    fully verified on the way (header, metadata, tensor shapes, content hash, finite weights);
+    pickled .pt/.pth files are refused, never loaded.
 
     Exit codes: 0 success, 2 the checkpoint is missing, unsafe or invalid.
     """

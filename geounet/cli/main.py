@@ -28,7 +28,7 @@ def setup_logging(verbosity: int) -> None:
 class GeounetGroup(click.Group):
     """Turns geounet errors into one clear line on stderr and the documented exit code."""
 
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
+    def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except GeounetError as exc:

@@ -35,18 +35,44 @@ def _parse_ints(value: str | None, flag: str) -> list[int] | None:
 
 
 INFERENCE_OPTIONS: list[Callable[..., Any]] = [
-    click.option("--tile-size", type=int, help="Largest model input window, pixels per side (multiple of 2**depth); a scene gets the fewest tiles of at most this size. Default: checkpoint's suggestion."),
-    click.option("--halo", type=int, help="Context pixels kept around each tile core. Default: the model's receptive-field radius, rounded up."),
+    click.option(
+        "--tile-size",
+        type=int,
+        help="Largest model input window, pixels per side (multiple of 2**depth); a scene gets the fewest "
+        "tiles of at most this size. Default: checkpoint's suggestion.",
+    ),
+    click.option(
+        "--halo",
+        type=int,
+        help="Context pixels kept around each tile core. Default: the model's receptive-field radius, rounded up.",
+    ),
     click.option("--tiles-per-block", type=int, help="Tiles per side of one Dask task. Default: 1 on CPU, 3 on CUDA."),
     click.option("--batch-size", type=int, help="Tiles per forward pass. Default: 1 on CPU, 8 on CUDA."),
-    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Compute device. Default: auto (CUDA if visible)."),
-    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="Autocast precision. Default: auto (bf16 where native)."),
-    click.option("--bands", help="1-based scene bands fed to the model, comma-separated, e.g. 1,2,3. Default: checkpoint's bands."),
-    click.option("--threshold", "thresholds", multiple=True, metavar="CLASS=P", help="Probability threshold in [0, 1] for a class; repeatable. Default: checkpoint's (0.5)."),
+    click.option(
+        "--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Compute device. Default: auto (CUDA if visible)."
+    ),
+    click.option(
+        "--precision",
+        type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+        help="Autocast precision. Default: auto (bf16 where native).",
+    ),
+    click.option(
+        "--bands",
+        help="1-based scene bands fed to the model, comma-separated, e.g. 1,2,3. Default: checkpoint's bands.",
+    ),
+    click.option(
+        "--threshold",
+        "thresholds",
+        multiple=True,
+        metavar="CLASS=P",
+        help="Probability threshold in [0, 1] for a class; repeatable. Default: checkpoint's (0.5).",
+    ),
     click.option("--simplify-m", type=float, help="Simplification tolerance, metres. Default: 0 (pixel outlines)."),
     click.option("--min-area-m2", type=float, help="Drop polygons smaller than this, square metres. Default: 0."),
     click.option("--fill-holes-m2", type=float, help="Fill holes smaller than this, square metres. Default: 0."),
-    click.option("--formats", help="Outputs to write, comma-separated from geojson,gpkg,probability,quicklook. Default: all."),
+    click.option(
+        "--formats", help="Outputs to write, comma-separated from geojson,gpkg,probability,quicklook. Default: all."
+    ),
     click.option("--max-pixels", type=int, help="Refuse scenes larger than this many pixels. Default: 4e9."),
 ]
 

@@ -7,30 +7,55 @@ from pathlib import Path
 
 import click
 
+from geounet.batch.engine import dask_client
+from geounet.batch.run import run_scenes
 from geounet.cli.options import inference_options, inference_overrides
 from geounet.cli.summary import exit_code_for_outcomes, print_summary
 from geounet.config import load_config
-from geounet.batch.engine import dask_client
-from geounet.batch.run import run_scenes
 from geounet.settings import InferenceSettings
 from geounet.weights import resolve_model_name
 
 
 @click.command("predict")
 @click.argument("scenes", nargs=-1, required=True)
-@click.option("-m", "--model", "model", required=True,
-              help="Checkpoint (.safetensors) to run, or the name of a shipped model ('default').")
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
-              help="Output folder; each scene gets OUT/<scene-stem>/.")
-@click.option("-c", "--config", type=click.Path(dir_okay=False),
-              help="Inference settings YAML (see configs/inference.yaml); flags win over it.")
+@click.option(
+    "-m",
+    "--model",
+    "model",
+    required=True,
+    help="Checkpoint (.safetensors) to run, or the name of a shipped model ('default').",
+)
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output folder; each scene gets OUT/<scene-stem>/.",
+)
+@click.option(
+    "-c",
+    "--config",
+    type=click.Path(dir_okay=False),
+    help="Inference settings YAML (see configs/inference.yaml); flags win over it.",
+)
 @inference_options
 @click.option("--workers", type=int, help="Embedded cluster: worker processes. Default: 1 per GPU, else 1.")
-@click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://host:8786) instead of an embedded cluster.")
+@click.option(
+    "--scheduler", help="Address of an existing Dask scheduler (tcp://host:8786) instead of an embedded cluster."
+)
 @click.option("--force", is_flag=True, help="Recompute scenes whose outputs are already complete.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars. Default: on when stderr is a terminal.")
-def command(scenes: tuple[str, ...], model: str, out: str, config: str | None, workers: int | None,
-            scheduler: str | None, force: bool, progress: bool | None, **kw: object) -> None:
+def command(
+    scenes: tuple[str, ...],
+    model: str,
+    out: str,
+    config: str | None,
+    workers: int | None,
+    scheduler: str | None,
+    force: bool,
+    progress: bool | None,
+    **kw: object,
+) -> None:
     """Segment SCENES (GeoTIFF paths or GDAL URLs) and write, per scene, OUT/<stem>/ with
     <class>.geojson (RFC 7946), polygons.gpkg, probability.tif (COG), quicklook.png and
     scene.json (written last).
@@ -43,7 +68,8 @@ def command(scenes: tuple[str, ...], model: str, out: str, config: str | None, w
     # lazy: the cluster starts on first use, after run_scenes has checked the model in full,
     # so a bad or unsafe checkpoint exits 2 without starting any worker
     with dask_client(scheduler, device=settings.device, workers=workers, lazy=True) as client:
-        outcomes = run_scenes(list(scenes), resolve_model_name(model), Path(out), settings, client=client, force=force,
-                              progress=show)
+        outcomes = run_scenes(
+            list(scenes), resolve_model_name(model), Path(out), settings, client=client, force=force, progress=show
+        )
     print_summary(outcomes)
     sys.exit(exit_code_for_outcomes(outcomes))

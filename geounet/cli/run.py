@@ -33,12 +33,23 @@ def _from_cwd(path: str | None) -> str | None:
 @click.option("--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://127.0.0.1:8786.")
 @click.option("--workers", type=int, help="Embedded cluster: number of worker processes.")
 @click.option("--force", is_flag=True, help="Recompute scenes whose outputs are already complete.")
-@click.option("--dry-run", is_flag=True, help="List the scenes, validate them and say which would run; compute nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="List the scenes, validate them and say which would run; compute nothing."
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bars. Default: on when stderr is a terminal.")
 @inference_options
-def command(workflow: str, scenes: str | None, out: str | None, model: str | None,
-            scheduler: str | None, workers: int | None, force: bool, dry_run: bool,
-            progress: bool | None, **kw: object) -> None:
+def command(
+    workflow: str,
+    scenes: str | None,
+    out: str | None,
+    model: str | None,
+    scheduler: str | None,
+    workers: int | None,
+    force: bool,
+    dry_run: bool,
+    progress: bool | None,
+    **kw: object,
+) -> None:
     """Run WORKFLOW (see workflows/segment-scenes.yaml) over every scene it names.
 
     Writes OUT/<scene>/... for each scene, OUT/run.json and OUT/geounet.log. Scenes whose
@@ -50,14 +61,24 @@ def command(workflow: str, scenes: str | None, out: str | None, model: str | Non
     5 all failed, 2 configuration or usage error, 3 output folder locked by another run,
     4 environment error (output not writable, disk full), 130 interrupted.
     """
-    overrides = {"scenes": _from_cwd(scenes), "out": _from_cwd(out), "model": _from_cwd(model),
-                 "cluster.scheduler": scheduler, "cluster.workers": workers,
-                 **inference_overrides(dict(kw), prefix="inference.")}
+    overrides = {
+        "scenes": _from_cwd(scenes),
+        "out": _from_cwd(out),
+        "model": _from_cwd(model),
+        "cluster.scheduler": scheduler,
+        "cluster.workers": workers,
+        **inference_overrides(dict(kw), prefix="inference."),
+    }
     wf = load_workflow(workflow, overrides)
     show = sys.stderr.isatty() if progress is None else progress
-    outcomes, record = run_workflow(wf, base=Path(workflow).resolve().parent, force=force,
-                                    dry_run=dry_run, progress=show,
-                                    announce=lambda msg: click.echo(msg, err=True))
+    outcomes, record = run_workflow(
+        wf,
+        base=Path(workflow).resolve().parent,
+        force=force,
+        dry_run=dry_run,
+        progress=show,
+        announce=lambda msg: click.echo(msg, err=True),
+    )
     if dry_run:
         for o in outcomes:
             click.echo(f"{o.stem}: {DRY_RUN_LABELS[o.status]} ({o.scene})" + (f" -- {o.error}" if o.error else ""))

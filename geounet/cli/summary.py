@@ -30,8 +30,10 @@ def print_summary(outcomes: Sequence[SceneOutcome]) -> None:
         secs = o.timings.get("wall", 0.0)
         click.echo(f"{o.stem:<{width}}  {o.status:<8}  {n:>8}  {secs:>8.1f}")
     counts = {s: sum(o.status == s for o in outcomes) for s in ("success", "skipped", "failed")}
-    click.echo(f"{len(outcomes)} scene(s): {counts['success']} done, {counts['skipped']} skipped "
-               f"(already complete), {counts['failed']} failed")
+    click.echo(
+        f"{len(outcomes)} scene(s): {counts['success']} done, {counts['skipped']} skipped "
+        f"(already complete), {counts['failed']} failed"
+    )
     for o in outcomes:
         if o.status == "failed":
             click.echo(f"FAILED {o.error}", err=True)

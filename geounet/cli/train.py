@@ -19,28 +19,77 @@ def _fmt(v: Any) -> str:
 
 @click.command("train")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
-@click.option("--epochs", type=click.IntRange(min=1), help="Number of epochs (optim.epochs). Default: the file's, else 20.")
-@click.option("--out", help="Output folder for checkpoints, log.csv and curves.png (output.dir). Default: the file's, else runs/train.")
-@click.option("--resume", "resume", type=click.Path(exists=True, dir_okay=False),
-              help="Continue a run from its last.safetensors (the .state.json/.state.safetensors sidecar must be beside it); "
-              "training goes on with the next epoch, in --out.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Compute device (compute.device). Default: auto (CUDA if visible).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-              help="Autocast precision (compute.precision). Default: auto (bf16 where native, else fp32).")
+@click.option(
+    "--epochs", type=click.IntRange(min=1), help="Number of epochs (optim.epochs). Default: the file's, else 20."
+)
+@click.option(
+    "--out",
+    help="Output folder for checkpoints, log.csv and curves.png (output.dir). Default: the file's, else runs/train.",
+)
+@click.option(
+    "--resume",
+    "resume",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Continue a run from its last.safetensors (the .state.json/.state.safetensors sidecar must be beside it); "
+    "training goes on with the next epoch, in --out.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    help="Compute device (compute.device). Default: auto (CUDA if visible).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    help="Autocast precision (compute.precision). Default: auto (bf16 where native, else fp32).",
+)
 @click.option("--threads", type=click.IntRange(min=1), help="Torch CPU threads (compute.threads). Default: all cores.")
-@click.option("--seed", type=click.IntRange(min=0), help="Seed of weights, windows and augmentation (compute.seed). Default: 0.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Windows per optimizer step (sampling.batch_size). Default: 8.")
-@click.option("--windows-per-epoch", type=click.IntRange(min=1), help="Training windows per epoch (sampling.windows_per_epoch). Default: 512.")
-@click.option("--window", type=click.IntRange(min=16), help="Training window side, pixels (sampling.window). Default: 256.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (optim.lr). Default: 0.003.")
+@click.option(
+    "--seed", type=click.IntRange(min=0), help="Seed of weights, windows and augmentation (compute.seed). Default: 0."
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), help="Windows per optimizer step (sampling.batch_size). Default: 8."
+)
+@click.option(
+    "--windows-per-epoch",
+    type=click.IntRange(min=1),
+    help="Training windows per epoch (sampling.windows_per_epoch). Default: 512.",
+)
+@click.option(
+    "--window", type=click.IntRange(min=16), help="Training window side, pixels (sampling.window). Default: 256."
+)
+@click.option(
+    "--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (optim.lr). Default: 0.003."
+)
 @click.option("--export", help="Also copy the best checkpoint to this path at the end (output.export). Default: none.")
-@click.option("--overwrite", is_flag=True, default=None,
-              help="Start afresh in an --out folder that holds an earlier run (output.overwrite). Default: refuse.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar with loss and metrics. Default: on when stderr is a terminal.")
-def command(config: str, epochs: int | None, out: str | None, resume: str | None, device: str | None,
-            precision: str | None, threads: int | None, seed: int | None, batch_size: int | None,
-            windows_per_epoch: int | None, window: int | None, lr: float | None, export: str | None,
-            overwrite: bool | None, progress: bool | None) -> None:
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    default=None,
+    help="Start afresh in an --out folder that holds an earlier run (output.overwrite). Default: refuse.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar with loss and metrics. Default: on when stderr is a terminal.",
+)
+def command(
+    config: str,
+    epochs: int | None,
+    out: str | None,
+    resume: str | None,
+    device: str | None,
+    precision: str | None,
+    threads: int | None,
+    seed: int | None,
+    batch_size: int | None,
+    windows_per_epoch: int | None,
+    window: int | None,
+    lr: float | None,
+    export: str | None,
+    overwrite: bool | None,
+    progress: bool | None,
+) -> None:
     """Train a segmentation model as CONFIG (YAML, see configs/training.yaml) says.
 
     Writes OUT/best.safetensors (best epoch by validation.best_metric), OUT/last.safetensors
@@ -52,10 +101,18 @@ def command(config: str, epochs: int | None, out: str | None, resume: str | None
     as the best checkpoint so far, are left intact), 1 other failure.
     """
     overrides = {
-        "optim.epochs": epochs, "output.dir": out, "compute.device": device, "compute.precision": precision,
-        "compute.threads": threads, "compute.seed": seed, "sampling.batch_size": batch_size,
-        "sampling.windows_per_epoch": windows_per_epoch, "sampling.window": window, "optim.lr": lr,
-        "output.export": export, "output.overwrite": overwrite,
+        "optim.epochs": epochs,
+        "output.dir": out,
+        "compute.device": device,
+        "compute.precision": precision,
+        "compute.threads": threads,
+        "compute.seed": seed,
+        "sampling.batch_size": batch_size,
+        "sampling.windows_per_epoch": windows_per_epoch,
+        "sampling.window": window,
+        "optim.lr": lr,
+        "output.export": export,
+        "output.overwrite": overwrite,
     }
     settings = load_training_settings(config, overrides)
     show = sys.stderr.isatty() if progress is None else progress

@@ -10,7 +10,7 @@ canonical shape of data.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
+from typing import TypeAlias
 
 import geopandas as gpd
 import numpy as np
@@ -22,7 +22,7 @@ from geounet.errors import ConfigError
 
 __all__ = ["GeometryInput", "check_same_crs", "geometry_array", "polygonal"]
 
-GeometryInput = Union[gpd.GeoSeries, gpd.GeoDataFrame, Sequence[BaseGeometry | None], np.ndarray]
+GeometryInput: TypeAlias = gpd.GeoSeries | gpd.GeoDataFrame | Sequence[BaseGeometry | None] | np.ndarray
 
 # shapely type ids
 _POLYGON, _MULTIPOLYGON, _COLLECTION = 3, 6, 7

@@ -117,10 +117,12 @@ def pair_scenes(
             elif stem in groups:
                 pfiles = tuple(groups[stem])
             else:
-                raise ConfigError(f"cannot find predictions of scene {stem!r} in {pp}: expected {pp}/{stem}/"
-                                  f"{PRED_FILES[0]} or a single scene folder")
-        ras = rp if rp is not None and rp.is_file() else _find_raster(stem, [rp] if rp is not None else [tp.parent])
-        return [ScenePair(stem, pfiles, (tp,), ras)], []
+                raise ConfigError(
+                    f"cannot find predictions of scene {stem!r} in {pp}: expected {pp}/{stem}/"
+                    f"{PRED_FILES[0]} or a single scene folder"
+                )
+        single = rp if rp is not None and rp.is_file() else _find_raster(stem, [rp] if rp is not None else [tp.parent])
+        return [ScenePair(stem, pfiles, (tp,), single)], []
 
     truth_groups = _group_files(tp)
     if not truth_groups:
@@ -128,8 +130,10 @@ def pair_scenes(
     if pp.is_file():
         raise ConfigError(f"truth {tp} is a folder of scenes, so predictions must be a folder too, not the file {pp}")
     if rp is not None and rp.is_file() and len(truth_groups) > 1:
-        raise ConfigError(f"raster {rp} is one file but truth folder {tp} holds {len(truth_groups)} scenes; "
-                          "pass a folder of <scene>.tif instead")
+        raise ConfigError(
+            f"raster {rp} is one file but truth folder {tp} holds {len(truth_groups)} scenes; "
+            "pass a folder of <scene>.tif instead"
+        )
     pred_scenes: dict[str, tuple[Path, ...]] = {d.name: (d,) for d in sorted(pp.iterdir()) if _is_scene_dir(d)}
     for stem, files in _group_files(pp).items():
         pred_scenes.setdefault(stem, tuple(files))

@@ -68,8 +68,16 @@ class PixelCounts:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: counts and ratios, NaN kept (the JSON writer turns it into ``null``)."""
-        return {"tp": self.tp, "fp": self.fp, "fn": self.fn, "tn": self.tn, "iou": self.iou,
-                "dice": self.dice, "precision": self.precision, "recall": self.recall}
+        return {
+            "tp": self.tp,
+            "fp": self.fp,
+            "fn": self.fn,
+            "tn": self.tn,
+            "iou": self.iou,
+            "dice": self.dice,
+            "precision": self.precision,
+            "recall": self.recall,
+        }
 
 
 def pixel_counts(pred_mask: np.ndarray, true_mask: np.ndarray, valid: np.ndarray | None = None) -> PixelCounts:
@@ -154,8 +162,13 @@ class RasterGrid:
             with rasterio.open(p) as src:
                 if src.crs is None:
                     raise SceneReadError(p, "has no CRS; pixel metrics need a georeferenced grid")
-                return cls(CRS.from_user_input(src.crs.to_wkt()), src.transform, src.width, src.height,
-                           str(p) if use_mask else None)
+                return cls(
+                    CRS.from_user_input(src.crs.to_wkt()),
+                    src.transform,
+                    src.width,
+                    src.height,
+                    str(p) if use_mask else None,
+                )
         except rasterio.errors.RasterioIOError as exc:
             raise SceneReadError(p, f"cannot be opened as a raster: {exc}") from None
 
@@ -188,8 +201,12 @@ class RasterGrid:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: CRS string, size in pixels and the six affine coefficients."""
-        return {"crs": self.crs.to_string(), "width": self.width, "height": self.height,
-                "transform": list(self.transform)[:6]}
+        return {
+            "crs": self.crs.to_string(),
+            "width": self.width,
+            "height": self.height,
+            "transform": list(self.transform)[:6],
+        }
 
 
 def burn(geoms: np.ndarray, shape: tuple[int, int], transform: Affine) -> np.ndarray:
@@ -199,13 +216,19 @@ def burn(geoms: np.ndarray, shape: tuple[int, int], transform: Affine) -> np.nda
     """
     if len(geoms) == 0:
         return np.zeros(shape, dtype=bool)
-    out = rasterio.features.rasterize(((g, 1) for g in geoms), out_shape=shape, transform=transform,
-                                      fill=0, dtype="uint8")
+    out = rasterio.features.rasterize(
+        ((g, 1) for g in geoms), out_shape=shape, transform=transform, fill=0, dtype="uint8"
+    )
     return out.astype(bool)
 
 
-def _burn_window(geoms: np.ndarray, tree: shapely.STRtree | None, window_box: shapely.Polygon,
-                 shape: tuple[int, int], transform: Affine) -> np.ndarray:
+def _burn_window(
+    geoms: np.ndarray,
+    tree: shapely.STRtree | None,
+    window_box: shapely.Polygon,
+    shape: tuple[int, int],
+    transform: Affine,
+) -> np.ndarray:
     """Boolean mask on one window of the geometries that the STRtree finds in ``window_box``."""
     if tree is None:
         return np.zeros(shape, dtype=bool)
@@ -232,8 +255,10 @@ def windowed_pixel_counts(
         for what, g in (("predictions", pred), ("truth", truth)):
             g_crs = getattr(g, "crs", None)
             if g_crs is not None and CRS.from_user_input(g_crs) != grid.crs:
-                raise ConfigError(f"{name} {what} are in {CRS.from_user_input(g_crs).to_string()} but the grid is in "
-                                  f"{grid.crs.to_string()}; reproject them to the grid's CRS first")
+                raise ConfigError(
+                    f"{name} {what} are in {CRS.from_user_input(g_crs).to_string()} but the grid is in "
+                    f"{grid.crs.to_string()}; reproject them to the grid's CRS first"
+                )
         pa = polygonal(geometry_array(pred, f"{name} predictions"))
         ta = polygonal(geometry_array(truth, f"{name} truth"))
         pa = pa[~shapely.is_empty(pa)]
@@ -241,12 +266,13 @@ def windowed_pixel_counts(
         prepared[name] = (pa, shapely.STRtree(pa) if len(pa) else None, ta, shapely.STRtree(ta) if len(ta) else None)
     totals = {name: PixelCounts() for name in layers}
     src = None
+    mask_path = grid.mask_path
     try:
-        if grid.mask_path is not None:
+        if mask_path is not None:
             try:
-                src = rasterio.open(grid.mask_path)
+                src = rasterio.open(mask_path)
             except rasterio.errors.RasterioIOError as exc:
-                raise SceneReadError(grid.mask_path, f"cannot be opened to read its valid-pixel mask: {exc}") from None
+                raise SceneReadError(mask_path, f"cannot be opened to read its valid-pixel mask: {exc}") from None
         for win in grid.windows(window_size):
             shape = (int(win.height), int(win.width))
             wt = grid.transform @ Affine.translation(win.col_off, win.row_off)
@@ -256,7 +282,7 @@ def windowed_pixel_counts(
                 try:
                     valid = src.dataset_mask(window=win) > 0
                 except rasterio.errors.RasterioIOError as exc:
-                    raise SceneReadError(grid.mask_path, f"reading the mask of window {win} failed: {exc}") from None
+                    raise SceneReadError(str(mask_path), f"reading the mask of window {win} failed: {exc}") from None
             for name, (pa, ptree, ta, ttree) in prepared.items():
                 pm = _burn_window(pa, ptree, box, shape, wt)
                 tm = _burn_window(ta, ttree, box, shape, wt)

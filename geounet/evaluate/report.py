@@ -21,8 +21,21 @@ from geounet.evaluate.score import EvaluationResult, SceneFailure, SceneResult, 
 
 __all__ = ["format_table", "write_result_json"]
 
-_COLUMNS = ("scene", "TP", "FP", "FN", "prec", "recall", "F1", "mIoU", "px IoU bldg", "px IoU road",
-            "APLS", "compl", "corr")
+_COLUMNS = (
+    "scene",
+    "TP",
+    "FP",
+    "FN",
+    "prec",
+    "recall",
+    "F1",
+    "mIoU",
+    "px IoU bldg",
+    "px IoU road",
+    "APLS",
+    "compl",
+    "corr",
+)
 
 
 def _fmt(x: float | int | None, digits: int = 3) -> str:
@@ -42,11 +55,18 @@ def _row(r: SceneResult | SceneFailure | Totals) -> list[str]:
     px_b, px_r = px.get("building"), px.get("road")
     return [
         name,
-        _fmt(b.tp if b else None), _fmt(b.fp if b else None), _fmt(b.fn if b else None),
-        _fmt(b.precision if b else None), _fmt(b.recall if b else None), _fmt(b.f1 if b else None),
+        _fmt(b.tp if b else None),
+        _fmt(b.fp if b else None),
+        _fmt(b.fn if b else None),
+        _fmt(b.precision if b else None),
+        _fmt(b.recall if b else None),
+        _fmt(b.f1 if b else None),
         _fmt(b.mean_iou if b else None),
-        _fmt(px_b.iou if px_b else None), _fmt(px_r.iou if px_r else None),
-        _fmt(rd.apls if rd else None), _fmt(rd.completeness if rd else None), _fmt(rd.correctness if rd else None),
+        _fmt(px_b.iou if px_b else None),
+        _fmt(px_r.iou if px_r else None),
+        _fmt(rd.apls if rd else None),
+        _fmt(rd.completeness if rd else None),
+        _fmt(rd.correctness if rd else None),
     ]
 
 

@@ -36,8 +36,14 @@ __all__ = ["RoadTopology", "RoadTotals", "TopologyParams", "road_surfaces", "roa
 def _neighbours(img: np.ndarray) -> list[np.ndarray]:
     """The 8 neighbours of the interior of a padded image, clockwise from north (P2..P9)."""
     return [
-        img[:-2, 1:-1], img[:-2, 2:], img[1:-1, 2:], img[2:, 2:],
-        img[2:, 1:-1], img[2:, :-2], img[1:-1, :-2], img[:-2, :-2],
+        img[:-2, 1:-1],
+        img[:-2, 2:],
+        img[1:-1, 2:],
+        img[2:, 2:],
+        img[2:, 1:-1],
+        img[2:, :-2],
+        img[1:-1, :-2],
+        img[:-2, :-2],
     ]
 
 
@@ -153,8 +159,9 @@ def _path_lengths(sk: _SkeletonGraph, nodes: np.ndarray, chunk: int = 32) -> np.
     return out
 
 
-def _apls_direction(src: _SkeletonGraph, src_pts: np.ndarray, dst: _SkeletonGraph,
-                    dst_tree: cKDTree | None, snap_px: float) -> tuple[float, int]:
+def _apls_direction(
+    src: _SkeletonGraph, src_pts: np.ndarray, dst: _SkeletonGraph, dst_tree: cKDTree | None, snap_px: float
+) -> tuple[float, int]:
     """APLS-style score of ``dst`` seen from ``src``: mean over connected pairs of 1 - min(1, |ΔL|/L)."""
     if len(src_pts) < 2:
         return math.nan, 0
@@ -224,7 +231,6 @@ class TopologyParams:
             raise ConfigError(f"topology max_points must be >= 2, got {self.max_points}")
 
 
-
 def road_surfaces(geoms: GeometryInput, road_width_m: float) -> np.ndarray:
     """Road surfaces: polygons as they are, lines buffered by half the road width (round caps
     and joins); null geometries dropped. Returns valid polygonal geometries (object array)."""
@@ -240,8 +246,9 @@ def road_surfaces(geoms: GeometryInput, road_width_m: float) -> np.ndarray:
     return polygonal(out)
 
 
-def _centerline_scores(matched_truth: float, truth: float, matched_pred: float, pred: float
-                       ) -> tuple[float, float, float]:
+def _centerline_scores(
+    matched_truth: float, truth: float, matched_pred: float, pred: float
+) -> tuple[float, float, float]:
     """Completeness, correctness and their harmonic mean from matched and total amounts."""
     nothing = truth == 0 and pred == 0
     completeness = ratio(matched_truth, truth, nothing)
@@ -296,8 +303,9 @@ class RoadTopology:
 
     @property
     def _centerline(self) -> tuple[float, float, float]:
-        return _centerline_scores(self.matched_truth_pixels, self.truth_pixels,
-                                  self.matched_pred_pixels, self.pred_pixels)
+        return _centerline_scores(
+            self.matched_truth_pixels, self.truth_pixels, self.matched_pred_pixels, self.pred_pixels
+        )
 
     @property
     def truth_length_m(self) -> float:
@@ -394,8 +402,9 @@ class RoadTotals:
 
     @property
     def _centerline(self) -> tuple[float, float, float]:
-        return _centerline_scores(self.matched_truth_length_m, self.truth_length_m,
-                                  self.matched_pred_length_m, self.pred_length_m)
+        return _centerline_scores(
+            self.matched_truth_length_m, self.truth_length_m, self.matched_pred_length_m, self.pred_length_m
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (lengths in metres), NaN kept (the JSON writer turns it into ``null``)."""

@@ -100,8 +100,10 @@ class EvaluationSettings:
         if not self.road_width_m > 0:
             raise ConfigError(f"road width must be > 0 m, got {self.road_width_m}; give the full width of a road")
         if self.pixel_size_m is not None and not self.pixel_size_m > 0:
-            raise ConfigError(f"pixel_size_m must be > 0 m, got {self.pixel_size_m}; "
-                              "None skips pixel metrics for scenes without a raster")
+            raise ConfigError(
+                f"pixel_size_m must be > 0 m, got {self.pixel_size_m}; "
+                "None skips pixel metrics for scenes without a raster"
+            )
         if self.window_size < 1:
             raise ConfigError(f"window_size must be >= 1 pixel, got {self.window_size}; 1024 is a good size")
         object.__setattr__(self, "classes", MappingProxyType(normalise_classes(self.classes)))
@@ -335,8 +337,9 @@ def evaluate_scene(
     s = settings if settings is not None else EvaluationSettings()
 
     # 1. Read both sides and measure them in one metric CRS.
-    pv = read_sources(pred, "predictions", layer=s.pred_layer, class_field=s.class_field, classes=s.classes,
-                      require_field=False)
+    pv = read_sources(
+        pred, "predictions", layer=s.pred_layer, class_field=s.class_field, classes=s.classes, require_field=False
+    )
     tv = read_sources(truth, "truth", layer=s.truth_layer, class_field=s.class_field, classes=s.classes)
     grid = raster if raster is None or isinstance(raster, RasterGrid) else RasterGrid.from_raster(raster)
     crs = choose_metric_crs(tv, pv, raster_crs=grid.crs if grid else None)
@@ -365,8 +368,10 @@ def evaluate_scene(
     if pixel_grid is not None:
         layers: dict[str, tuple[gpd.GeoSeries, gpd.GeoSeries]] = {}
         if tv.buildings is not None:
-            layers["building"] = (reproject(p_buildings, pixel_grid.crs, "buildings"),
-                                  reproject(tv.buildings, pixel_grid.crs, "buildings"))
+            layers["building"] = (
+                reproject(p_buildings, pixel_grid.crs, "buildings"),
+                reproject(tv.buildings, pixel_grid.crs, "buildings"),
+            )
         if t_roads is not None and p_roads is not None:
             layers["road"] = (reproject(p_roads, pixel_grid.crs, "roads"), reproject(t_roads, pixel_grid.crs, "roads"))
         pixels = windowed_pixel_counts(layers, pixel_grid, window_size=s.window_size)
@@ -416,11 +421,11 @@ def evaluate_many(
     for pair in pairs:
         try:
             if pair.pred:
-                scenes.append(evaluate_scene(list(pair.pred), list(pair.truth), s, raster=pair.raster,
-                                             scene=pair.name))
+                scenes.append(evaluate_scene(list(pair.pred), list(pair.truth), s, raster=pair.raster, scene=pair.name))
             else:
-                nothing = SceneVectors(buildings=gpd.GeoSeries([], crs="EPSG:4326"),
-                                       roads=gpd.GeoSeries([], crs="EPSG:4326"))
+                nothing = SceneVectors(
+                    buildings=gpd.GeoSeries([], crs="EPSG:4326"), roads=gpd.GeoSeries([], crs="EPSG:4326")
+                )
                 r = evaluate_scene(nothing, list(pair.truth), s, raster=pair.raster, scene=pair.name)
                 scenes.append(dataclasses.replace(r, missing_prediction=True))
         except (SceneReadError, OSError) as exc:

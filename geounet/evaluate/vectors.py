@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal, TypeAlias
 
 import geopandas as gpd
 import numpy as np
@@ -23,6 +23,7 @@ import pyogrio.errors
 from pyproj import CRS
 
 from geounet.errors import ConfigError, SceneReadError
+from geounet.export.layout import GPKG_NAME, geojson_name
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ __all__ = [
 DEFAULT_CLASSES: Mapping[str, str] = {"building": "Building", "road": "Road"}
 
 #: File names of one scene in geounet's output layout (``OUT/<scene>/...``).
-PRED_FILES = ("buildings.geojson", "roads.geojson")
-PRED_FALLBACK = "polygons.gpkg"
+PRED_FILES = (geojson_name("building"), geojson_name("road"))  # the scene folder's names (export.layout)
+PRED_FALLBACK = GPKG_NAME
 
 Role = Literal["buildings", "roads", "road_centerlines"]
 
@@ -65,8 +66,15 @@ class SceneVectors:
 
     def layers(self) -> dict[str, gpd.GeoSeries]:
         """The labelled layers by role (``None`` ones left out)."""
-        return {k: v for k, v in (("buildings", self.buildings), ("roads", self.roads),
-                                  ("road_centerlines", self.road_centerlines)) if v is not None}
+        return {
+            k: v
+            for k, v in (
+                ("buildings", self.buildings),
+                ("roads", self.roads),
+                ("road_centerlines", self.road_centerlines),
+            )
+            if v is not None
+        }
 
     def merged(self, other: SceneVectors, crs: CRS) -> SceneVectors:
         """Both scenes' layers reprojected to ``crs`` and concatenated role by role."""
@@ -160,8 +168,9 @@ def _read_layer(path: Path, layer: str | None) -> gpd.GeoDataFrame:
         raise SceneReadError(path, f"cannot be read as a vector file: {exc}") from None
 
 
-def _select_classes(df: gpd.GeoDataFrame, field_name: str, classes: Mapping[str, str], source: str,
-                    explicit: bool) -> SceneVectors:
+def _select_classes(
+    df: gpd.GeoDataFrame, field_name: str, classes: Mapping[str, str], source: str, explicit: bool
+) -> SceneVectors:
     """Rows whose ``field_name`` equals a class value (case-insensitive) become that class.
 
     A class whose value occurs nowhere in the layer is "not labelled" (``None``) rather than
@@ -197,8 +206,10 @@ def normalise_classes(classes: Mapping[str, str] | None) -> dict[str, str]:
     c = dict(DEFAULT_CLASSES if classes is None else classes)
     unknown = set(c) - {"building", "road"}
     if unknown:
-        raise ConfigError(f"classes keys must be 'building' and/or 'road', got {sorted(unknown)}; map those "
-                          "keys to values of the class field, e.g. {'building': 'Building', 'road': 'Road'}")
+        raise ConfigError(
+            f"classes keys must be 'building' and/or 'road', got {sorted(unknown)}; map those "
+            "keys to values of the class field, e.g. {'building': 'Building', 'road': 'Road'}"
+        )
     return c
 
 
@@ -285,8 +296,9 @@ def read_vectors(
         named = {n: _role_from_name(n) for n in names}
         recognised = {n: r for n, r in named.items() if r is not None}
         if len(names) > 1 and recognised:
-            return _merge_all([_split_by_geometry(_read_layer(p, n).geometry, r, f"{p}:{n}")
-                               for n, r in recognised.items()])
+            return _merge_all(
+                [_split_by_geometry(_read_layer(p, n).geometry, r, f"{p}:{n}") for n, r in recognised.items()]
+            )
         if len(names) > 1:
             raise ConfigError(
                 f"{p} has layers {', '.join(names)} and none is named buildings/roads/road_centerlines; "
@@ -308,11 +320,18 @@ def _classify_frame(df: gpd.GeoDataFrame, role: Role | None, source: str) -> Sce
     return _split_by_geometry(df.geometry, role, source)
 
 
-VectorSource = Union[str, Path, SceneVectors, gpd.GeoDataFrame, gpd.GeoSeries]
+VectorSource: TypeAlias = str | Path | SceneVectors | gpd.GeoDataFrame | gpd.GeoSeries
 
 
-def _read_one(src: VectorSource, what: str, *, layer: str | None, class_field: str | None,
-              classes: Mapping[str, str] | None, require_field: bool) -> SceneVectors:
+def _read_one(
+    src: VectorSource,
+    what: str,
+    *,
+    layer: str | None,
+    class_field: str | None,
+    classes: Mapping[str, str] | None,
+    require_field: bool,
+) -> SceneVectors:
     """One source: a :class:`SceneVectors` as it is, a frame in memory, else a path for :func:`read_vectors`."""
     if isinstance(src, SceneVectors):
         return src
@@ -347,8 +366,12 @@ def read_sources(
     items = list(srcs) if isinstance(srcs, (list, tuple)) else [srcs]
     if not items:
         return SceneVectors(sources=[])
-    return _merge_all([_read_one(s, what, layer=layer, class_field=class_field, classes=classes,
-                                 require_field=require_field) for s in items])
+    return _merge_all(
+        [
+            _read_one(s, what, layer=layer, class_field=class_field, classes=classes, require_field=require_field)
+            for s in items
+        ]
+    )
 
 
 def _merge_all(parts: Sequence[SceneVectors]) -> SceneVectors:

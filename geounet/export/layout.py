@@ -64,8 +64,11 @@ def is_complete(folder: Path, *, input_fingerprint: str, model_hash: str, config
     """True when ``scene.json`` records success for the same input, model and settings."""
     rec = read_scene_record(folder)
     return bool(
-        rec and rec.get("status") == "success" and rec.get("input_fingerprint") == input_fingerprint
-        and rec.get("model_hash") == model_hash and rec.get("config_hash") == config_hash
+        rec
+        and rec.get("status") == "success"
+        and rec.get("input_fingerprint") == input_fingerprint
+        and rec.get("model_hash") == model_hash
+        and rec.get("config_hash") == config_hash
     )
 
 

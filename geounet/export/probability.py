@@ -31,19 +31,31 @@ class ProbabilityWriter:
     Memory: one block at a time (plus GDAL's cache); the COG conversion streams too.
     """
 
-    def __init__(self, final: Path, *, width: int, height: int, crs_wkt: str,
-                 transform: Affine, class_names: Sequence[str]) -> None:
+    def __init__(
+        self, final: Path, *, width: int, height: int, crs_wkt: str, transform: Affine, class_names: Sequence[str]
+    ) -> None:
         self.final = Path(final)
         self.stage = partial_name(self.final.with_name(f"stage-{self.final.name}"))
         self.class_names = list(class_names)
         try:
             self.ds = rasterio.open(
-                self.stage, "w", driver="GTiff", width=width, height=height,
-                count=len(class_names), dtype="uint8", crs=crs_wkt, transform=transform,
+                self.stage,
+                "w",
+                driver="GTiff",
+                width=width,
+                height=height,
+                count=len(class_names),
+                dtype="uint8",
+                crs=crs_wkt,
+                transform=transform,
                 # uncompressed staging: blocks are written by the client while workers
                 # compute, so no CPU goes to compressing twice; the COG copy compresses once
-                tiled=True, blockxsize=512, blockysize=512, compress="none",
-                BIGTIFF="IF_SAFER", SPARSE_OK=True,
+                tiled=True,
+                blockxsize=512,
+                blockysize=512,
+                compress="none",
+                BIGTIFF="IF_SAFER",
+                SPARSE_OK=True,
             )
         except RASTER_WRITE_ERRORS as exc:
             raise OutputError(f"cannot write {self.final}: {exc}") from exc
@@ -68,9 +80,15 @@ class ProbabilityWriter:
             with atomic_output(self.final) as tmp:
                 try:
                     rasterio.shutil.copy(
-                        self.stage, tmp, driver="COG", COMPRESS="DEFLATE", LEVEL=COG_DEFLATE_LEVEL,
+                        self.stage,
+                        tmp,
+                        driver="COG",
+                        COMPRESS="DEFLATE",
+                        LEVEL=COG_DEFLATE_LEVEL,
                         NUM_THREADS="ALL_CPUS",
-                        BLOCKSIZE=512, OVERVIEWS="IGNORE_EXISTING", RESAMPLING="AVERAGE",
+                        BLOCKSIZE=512,
+                        OVERVIEWS="IGNORE_EXISTING",
+                        RESAMPLING="AVERAGE",
                         BIGTIFF="IF_SAFER",
                     )
                 except RASTER_WRITE_ERRORS as exc:

@@ -71,8 +71,7 @@ def _cell_sums(a: np.ndarray, row_off: int, col_off: int, factor: int) -> np.nda
     return part.reshape(k, rows, cols, factor).sum(axis=3, dtype=acc)
 
 
-def block_thumbnail(rgb: np.ndarray, valid: np.ndarray, *, row_off: int, col_off: int,
-                    factor: int) -> ThumbnailPart:
+def block_thumbnail(rgb: np.ndarray, valid: np.ndarray, *, row_off: int, col_off: int, factor: int) -> ThumbnailPart:
     """Cell sums of a block core ``rgb`` (3, h, w) whose top-left scene pixel is
     (``row_off``, ``col_off``); pixels where ``valid`` is False (nodata) count for nothing.
 
@@ -129,12 +128,14 @@ class ThumbnailCanvas:
 OUTLINE_CHUNK_VERTICES = 200_000
 
 
-def outline_mask(geoms: Sequence[Any], shape: tuple[int, int], *, factor: int,
-                 tolerance_px: float = 0.0) -> np.ndarray:
+def outline_mask(
+    geoms: Sequence[Any] | np.ndarray, shape: tuple[int, int], *, factor: int, tolerance_px: float = 0.0
+) -> np.ndarray:
     """Quicklook pixels crossed by the outlines (exterior and hole rings) of ``geoms``.
 
     ``geoms`` are polygons in scene pixel coordinates (x right, y down), as post-processing
-    keeps them beside the world ones (no CRS -> pixel round trip); quicklook pixel (r, c) covers scene pixels ``[c * factor, (c + 1) * factor)``
+    keeps them beside the world ones (no CRS -> pixel round trip); quicklook pixel (r, c)
+    covers scene pixels ``[c * factor, (c + 1) * factor)``
     and likewise for rows.
     Outlines are first simplified by ``tolerance_px`` quicklook pixels (detail finer than a
     quicklook pixel cannot show), then every ring segment is sampled at least twice per
@@ -146,15 +147,15 @@ def outline_mask(geoms: Sequence[Any], shape: tuple[int, int], *, factor: int,
         ``shape`` bool array, True on outline pixels.
     """
     out = np.zeros(shape, dtype=bool)
-    geoms = np.asarray(geoms, dtype=object)
-    if len(geoms) == 0:
+    arr = np.asarray(geoms, dtype=object)
+    if arr.size == 0:
         return out
     rows, cols = shape
     scale = 1.0 / factor
     # chunks of whole geometries holding about OUTLINE_CHUNK_VERTICES vertices each
-    ends = np.cumsum(shapely.get_num_coordinates(geoms))
+    ends = np.cumsum(shapely.get_num_coordinates(arr))
     cuts = np.searchsorted(ends, np.arange(OUTLINE_CHUNK_VERTICES, int(ends[-1]), OUTLINE_CHUNK_VERTICES))
-    for chunk in np.split(geoms, np.unique(cuts + 1)):
+    for chunk in np.split(arr, np.unique(cuts + 1)):
         if len(chunk) == 0:
             continue
         chunk = chunk[~shapely.is_empty(chunk)]
@@ -185,7 +186,12 @@ QUICKLOOK_TOLERANCE_PX = 0.25
 PNG_LEVEL = 1
 # Outline colours for the quicklook, by class index (RGB).
 CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
-    (255, 48, 48), (255, 214, 0), (0, 200, 255), (170, 80, 255), (60, 255, 90), (255, 130, 0),
+    (255, 48, 48),
+    (255, 214, 0),
+    (0, 200, 255),
+    (170, 80, 255),
+    (60, 255, 90),
+    (255, 130, 0),
 )
 # Pixels sampled (evenly spaced) for the quicklook's 2-98 % contrast stretch.
 STRETCH_SAMPLE = 250_000
@@ -198,7 +204,7 @@ def _stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
     for i, band in enumerate(rgb.astype(np.float32)):
         vals = band[valid] if valid.any() else band.ravel()
         vals = vals[:: max(1, vals.size // STRETCH_SAMPLE)]
-        lo, hi = (np.percentile(vals, (2, 98)) if vals.size else (0.0, 1.0))
+        lo, hi = np.percentile(vals, (2, 98)) if vals.size else (0.0, 1.0)
         if hi <= lo:
             hi = lo + 1.0
         band -= lo
@@ -208,7 +214,7 @@ def _stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_quicklook(canvas: ThumbnailCanvas, layers: Sequence[Sequence[Any]], final: Path) -> Path:
+def write_quicklook(canvas: ThumbnailCanvas, layers: Sequence[Sequence[Any] | np.ndarray], final: Path) -> Path:
     """Downsampled RGB (or grey) view with each class's outlines in :data:`CLASS_COLOURS`.
 
     ``canvas`` holds the scene's cell averages, gathered from the blocks the workers read

@@ -62,9 +62,16 @@ def write_geojson(gdf: gpd.GeoDataFrame, final: Path) -> None:
             except _NeedsCut:
                 tmp.unlink(missing_ok=True)
                 pyogrio.write_dataframe(  # layer= names the collection (else the temporary file's name)
-                    gdf, tmp, layer=final.stem, driver="GeoJSON", geometry_type="Unknown",
-                    layer_options={"RFC7946": "YES", "WRITE_BBOX": "YES",
-                                   "COORDINATE_PRECISION": str(GEOJSON_DECIMALS)},
+                    gdf,
+                    tmp,
+                    layer=final.stem,
+                    driver="GeoJSON",
+                    geometry_type="Unknown",
+                    layer_options={
+                        "RFC7946": "YES",
+                        "WRITE_BBOX": "YES",
+                        "COORDINATE_PRECISION": str(GEOJSON_DECIMALS),
+                    },
                 )
             trim_heap()  # the text and copies of a large layer are garbage now
         except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, OSError) as exc:
@@ -136,14 +143,17 @@ def _write_geojson_fast(gdf: gpd.GeoDataFrame, path: Path, *, name: str) -> None
                 if texts[j] is None or shapely.is_empty(geoms[j]):
                     f.write(f'{{"type": "Feature", "properties": {props}, "geometry": null}}')
                     continue
-                f.write(f'{{"type": "Feature", "properties": {props}, "bbox": {json.dumps(bounds[j].tolist())}, '
-                        '"geometry": ')
+                f.write(
+                    f'{{"type": "Feature", "properties": {props}, "bbox": {json.dumps(bounds[j].tolist())}, '
+                    '"geometry": '
+                )
                 f.write(texts[j])
                 f.write("}")
             ok = ~np.isnan(bounds).any(axis=1)
             if ok.any():
-                total = np.r_[np.minimum(total[:2], bounds[ok, :2].min(axis=0)),
-                              np.maximum(total[2:], bounds[ok, 2:].max(axis=0))]
+                total = np.r_[
+                    np.minimum(total[:2], bounds[ok, :2].min(axis=0)), np.maximum(total[2:], bounds[ok, 2:].max(axis=0))
+                ]
             del geoms, texts, bounds
         f.write("\n]")
         if np.isfinite(total).all():
@@ -166,8 +176,13 @@ def write_gpkg(layers: dict[str, gpd.GeoDataFrame], final: Path) -> None:
         try:
             for name, gdf in layers.items():
                 pyogrio.write_dataframe(
-                    gdf, tmp, layer=name, driver="GPKG", geometry_type="Polygon",
-                    append=tmp.exists(), promote_to_multi=False,
+                    gdf,
+                    tmp,
+                    layer=name,
+                    driver="GPKG",
+                    geometry_type="Polygon",
+                    append=tmp.exists(),
+                    promote_to_multi=False,
                 )
         except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, OSError) as exc:
             raise _io_error(final, exc) from exc

@@ -24,6 +24,7 @@ from geounet.scene.read import prepare_input, read_window
 from geounet.scene.source import SceneInfo
 from geounet.vectorize.polygonize import polygonize_block
 
+
 def run_model(
     model: SegmentationModel,
     x: np.ndarray | torch.Tensor,
@@ -38,9 +39,7 @@ def run_model(
     pin = device.type == "cuda"
     t = (t.pin_memory() if pin else t).to(device, non_blocking=pin)
     t = t.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast(
-        device_type=device.type, dtype=dtype, enabled=dtype != torch.float32
-    ):
+    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32):
         logits = model(t)
     return activate(logits.float(), model.spec.mode).cpu()
 
@@ -62,8 +61,11 @@ def infer_block(
     for i in range(0, len(tiles), batch_size):
         batch = tiles[i : i + batch_size]
         views = [
-            x[:, int(t.read.row_off) - rr : int(t.read.row_off + t.read.height) - rr,
-              int(t.read.col_off) - rc : int(t.read.col_off + t.read.width) - rc]
+            x[
+                :,
+                int(t.read.row_off) - rr : int(t.read.row_off + t.read.height) - rr,
+                int(t.read.col_off) - rc : int(t.read.col_off + t.read.width) - rc,
+            ]
             for t in batch
         ]
         # one tile: a view (run_model's channels-last copy is the only one made)
@@ -73,8 +75,11 @@ def infer_block(
             r0 = int(t.core.row_off - t.read.row_off)
             c0 = int(t.core.col_off - t.read.col_off)
             h, w = int(t.core.height), int(t.core.width)
-            out[:, int(t.core.row_off) - cr : int(t.core.row_off) - cr + h,
-                int(t.core.col_off) - cc : int(t.core.col_off) - cc + w] = p[:, r0 : r0 + h, c0 : c0 + w]
+            out[
+                :,
+                int(t.core.row_off) - cr : int(t.core.row_off) - cr + h,
+                int(t.core.col_off) - cc : int(t.core.col_off) - cc + w,
+            ] = p[:, r0 : r0 + h, c0 : c0 + w]
     return out
 
 
@@ -145,9 +150,13 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
     skipped = not core_valid.any()
     thumb = None
     if spec.quicklook_size is not None and not skipped:
-        thumb = block_thumbnail(display_bands(raw[:, cr : cr + h, cc : cc + w]), core_valid,
-                                row_off=int(block.core.row_off), col_off=int(block.core.col_off),
-                                factor=thumbnail_factor(scene.width, scene.height, spec.quicklook_size))
+        thumb = block_thumbnail(
+            display_bands(raw[:, cr : cr + h, cc : cc + w]),
+            core_valid,
+            row_off=int(block.core.row_off),
+            col_off=int(block.core.col_off),
+            factor=thumbnail_factor(scene.width, scene.height, spec.quicklook_size),
+        )
     if skipped:
         # Nothing valid to segment (a nodata collar, an empty or sparse region): the
         # outputs are defined without the model -- no polygons, probability 0.
@@ -158,16 +167,21 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
         x = prepare_input(raw, valid, spec.normalization)
         del raw
         t1 = time.perf_counter()
-        probs = infer_block(model, x, block, batch_size=resolve_batch_size(spec.batch_size, device),
-                            device=device, dtype=dtype)
+        probs = infer_block(
+            model, x, block, batch_size=resolve_batch_size(spec.batch_size, device), device=device, dtype=dtype
+        )
         del x
         t2 = time.perf_counter()
     cls_probs, labels = class_probabilities(probs, model.spec.mode)
     masks = class_masks(cls_probs, labels, core_valid, spec.thresholds)
     polys = [
         polygonize_block(
-            m, cls_probs[k], row_off=int(block.core.row_off), col_off=int(block.core.col_off),
-            scene_height=scene.height, scene_width=scene.width,
+            m,
+            cls_probs[k],
+            row_off=int(block.core.row_off),
+            col_off=int(block.core.col_off),
+            scene_height=scene.height,
+            scene_width=scene.width,
         )
         for k, m in enumerate(masks)
     ]

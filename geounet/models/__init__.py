@@ -5,6 +5,13 @@ from geounet.models.base import OUTPUT_MODES, ModelSpec, OutputMode, Segmentatio
 from geounet.models.registry import build, create_model, list_models, register
 
 __all__ = [
-    "OUTPUT_MODES", "ModelSpec", "OutputMode", "SegmentationModel", "activate",
-    "build", "create_model", "list_models", "register",
+    "OUTPUT_MODES",
+    "ModelSpec",
+    "OutputMode",
+    "SegmentationModel",
+    "activate",
+    "build",
+    "create_model",
+    "list_models",
+    "register",
 ]

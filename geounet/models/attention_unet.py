@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -28,9 +30,7 @@ class AttentionUNet(SegmentationModel):
         self.encoder = Encoder(spec.in_channels, spec.width, spec.depth)
         ch = self.encoder.channels
         levels = list(reversed(range(spec.depth)))
-        self.gates = nn.ModuleList(
-            AttentionGate(ch[i], ch[i + 1], max(1, round(ch[i] * ratio))) for i in levels
-        )
+        self.gates = nn.ModuleList(AttentionGate(ch[i], ch[i + 1], max(1, round(ch[i] * ratio))) for i in levels)
         self.decoder = nn.ModuleList(UpBlock(ch[i + 1], ch[i], ch[i]) for i in levels)
         self.head = nn.Conv2d(ch[0], spec.out_channels, 1)
 
@@ -44,7 +44,7 @@ class AttentionUNet(SegmentationModel):
         """Footprint of the logits along ``axis``, traced through the layers like ``forward``."""
         *skips, fp = self.encoder.trace_levels(Footprint(), axis)
         for gate, block, skip in zip(self.gates, self.decoder, reversed(skips)):
-            fp = block.trace_pair(fp, gate.trace_pair(skip, fp, axis), axis)
+            fp = cast(UpBlock, block).trace_pair(fp, cast(AttentionGate, gate).trace_pair(skip, fp, axis), axis)
         return trace(self.head, fp, axis)
 
     def _receptive_field_radius(self) -> int:

@@ -127,9 +127,7 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
-            raise ModelInputError(
-                f"{self.spec.arch} expects a 4-D tensor (N, C, H, W), got shape {tuple(x.shape)}"
-            )
+            raise ModelInputError(f"{self.spec.arch} expects a 4-D tensor (N, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != self.spec.in_channels:
             raise ModelInputError(
                 f"{self.spec.arch} was built for {self.spec.in_channels} input bands, "

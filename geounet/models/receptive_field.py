@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import cast
 
 from torch import nn
 
@@ -106,8 +107,15 @@ class Footprint:
 
 # Layers that act on each pixel independently (at inference: BatchNorm uses running stats).
 _POINTWISE = (
-    nn.BatchNorm2d, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Identity,
-    nn.Dropout, nn.Dropout2d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
 )
 
 
@@ -125,13 +133,14 @@ def _conv_offsets(module: nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d, axis: int) ->
     elif padding == "valid":
         pad = 0
     else:
-        pad = _pair(padding, axis)  # type: ignore[arg-type]
+        pad = _pair(padding, axis)  # type: ignore[arg-type]  # a str was handled above
     return stride, [-pad + dilation * t for t in range(k)]
 
 
 def _transposed_parents(module: nn.ConvTranspose2d, axis: int) -> tuple[int, Callable[[int], list[int]]]:
     k, s = _pair(module.kernel_size, axis), _pair(module.stride, axis)
-    pad, d = _pair(module.padding, axis), _pair(module.dilation, axis)
+    pad = _pair(module.padding, axis)  # type: ignore[arg-type]  # a transposed conv pads by numbers only
+    d = _pair(module.dilation, axis)
 
     def parents(q: int) -> list[int]:
         # output q receives input i through tap t when q = s*i - pad + d*t
@@ -154,6 +163,7 @@ def _interpolation_parents(module: nn.Upsample, axis: int) -> tuple[int, Callabl
     if mode == "nearest-exact":
         return s, lambda q: [math.floor(Fraction(2 * q + 1, 2 * s))]
     if mode == "bilinear" and not module.align_corners:
+
         def parents(q: int) -> list[int]:
             src = Fraction(2 * q + 1, 2 * s) - Fraction(1, 2)
             low = math.floor(src)
@@ -172,7 +182,7 @@ def trace(module: nn.Module, fp: Footprint, axis: int) -> Footprint:
     layer could widen the receptive field, and an underestimate would cause seams.
     """
     if hasattr(module, "trace_footprint"):
-        return module.trace_footprint(fp, axis)
+        return cast(Callable[[Footprint, int], Footprint], module.trace_footprint)(fp, axis)
     if isinstance(module, nn.Sequential):
         for child in module:
             fp = trace(child, fp, axis)

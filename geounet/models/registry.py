@@ -61,7 +61,12 @@ def create_model(
         **options: architecture-specific extras, stored in the spec.
     """
     spec = ModelSpec(
-        arch=name, in_channels=in_channels, classes=tuple(classes), mode=mode,
-        width=width, depth=depth, options=dict(options),
+        arch=name,
+        in_channels=in_channels,
+        classes=tuple(classes),
+        mode=mode,
+        width=width,
+        depth=depth,
+        options=dict(options),
     )
     return build(spec)

@@ -33,9 +33,7 @@ class ResUNet(SegmentationModel):
             + [ResidualUnit(ch[i - 1], ch[i], stride=2) for i in range(1, spec.depth + 1)]
         )
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
-        self.decoder = nn.ModuleList(
-            ResidualUnit(ch[i + 1] + ch[i], ch[i]) for i in reversed(range(spec.depth))
-        )
+        self.decoder = nn.ModuleList(ResidualUnit(ch[i + 1] + ch[i], ch[i]) for i in reversed(range(spec.depth)))
         self.head = nn.Sequential(nn.BatchNorm2d(ch[0]), nn.ReLU(inplace=True), nn.Conv2d(ch[0], spec.out_channels, 1))
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:

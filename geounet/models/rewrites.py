@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import cast
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ def prepare_for_inference(model: SegmentationModel) -> SegmentationModel:
     """
     model.eval()
     fold_batchnorm(model)
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit memory_format
     fuse_conv_relu(model)
     return model
 
@@ -128,12 +129,25 @@ class ConvReLU(nn.Module):
                 w, b = self._weights(dtype)
                 c = self.conv
                 try:
-                    return _FUSED_CONV(x.to(dtype), w, b, list(c.padding), list(c.stride), list(c.dilation),
-                                       c.groups, "relu", [None], "")
+                    return _FUSED_CONV(
+                        x.to(dtype),
+                        w,
+                        b,
+                        list(c.padding),
+                        list(c.stride),
+                        list(c.dilation),
+                        c.groups,
+                        "relu",
+                        [None],
+                        "",
+                    )
                 except RuntimeError as exc:  # oneDNN cannot build this primitive on this CPU
                     _FUSED_FAILED.add(dtype)
-                    log.warning("fused conv+relu unavailable for %s on this CPU (%s); running them apart",
-                                dtype, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    log.warning(
+                        "fused conv+relu unavailable for %s on this CPU (%s); running them apart",
+                        dtype,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                    )
         return torch.relu(self.conv(x))
 
     def trace_footprint(self, fp: Footprint, axis: int) -> Footprint:
@@ -141,8 +155,13 @@ class ConvReLU(nn.Module):
 
 
 def _fusable(conv: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
-            and conv.weight.device.type == "cpu" and conv.weight.dtype == torch.float32)
+    return (
+        type(conv) is nn.Conv2d
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and conv.weight.device.type == "cpu"
+        and conv.weight.dtype == torch.float32
+    )
 
 
 def fuse_conv_relu(model: nn.Module) -> int:
@@ -163,7 +182,7 @@ def fuse_conv_relu(model: nn.Module) -> int:
             while j < len(names) and isinstance(seq._modules[names[j]], nn.Identity):
                 j += 1
             if j < len(names) and type(seq._modules[names[j]]) is nn.ReLU:
-                seq._modules[a] = ConvReLU(seq._modules[a])
+                seq._modules[a] = ConvReLU(cast(nn.Conv2d, seq._modules[a]))  # _fusable: a Conv2d
                 seq._modules[names[j]] = nn.Identity()
                 fused += 1
     return fused

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -42,7 +44,7 @@ class UNet(SegmentationModel):
         """Footprint of the logits along ``axis``, traced through the layers like ``forward``."""
         *skips, fp = self.encoder.trace_levels(Footprint(), axis)
         for block, skip in zip(self.decoder, reversed(skips)):
-            fp = block.trace_pair(fp, skip, axis)
+            fp = cast(UpBlock, block).trace_pair(fp, skip, axis)
         return trace(self.head, fp, axis)
 
     def _receptive_field_radius(self) -> int:

@@ -20,7 +20,7 @@ Where nodata pixels must not take part, remove them before :func:`compute_normal
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
@@ -105,7 +105,7 @@ class Percentile(StrictModel):
         return len(self.low)
 
 
-Normalization = Annotated[Union[MeanStd, Percentile], Field(discriminator="kind")]
+Normalization = Annotated[MeanStd | Percentile, Field(discriminator="kind")]
 """Either normalization; the ``kind`` key (``meanstd`` or ``percentile``) selects which."""
 
 _ADAPTER: TypeAdapter[MeanStd | Percentile] = TypeAdapter(Normalization)
@@ -148,9 +148,7 @@ def apply_normalization(x: np.ndarray, norm: MeanStd | Percentile) -> np.ndarray
     """
     x = np.asarray(x)
     if x.ndim != 3:
-        raise ModelInputError(
-            f"normalization expects an array shaped (bands, height, width), got shape {x.shape}"
-        )
+        raise ModelInputError(f"normalization expects an array shaped (bands, height, width), got shape {x.shape}")
     if x.shape[0] != norm.band_count:
         raise ModelInputError(
             f"array has {x.shape[0]} bands (shape {x.shape}) but the normalization describes "
@@ -161,9 +159,7 @@ def apply_normalization(x: np.ndarray, norm: MeanStd | Percentile) -> np.ndarray
         scale = np.asarray(norm.std, dtype=np.float32)[:, None, None]
     else:
         offset = np.asarray(norm.low, dtype=np.float32)[:, None, None]
-        scale = (
-            np.asarray(norm.high, dtype=np.float32) - np.asarray(norm.low, dtype=np.float32)
-        )[:, None, None]
+        scale = (np.asarray(norm.high, dtype=np.float32) - np.asarray(norm.low, dtype=np.float32))[:, None, None]
     # One new float32 array; the divide runs in place on it.
     out = np.subtract(x, offset, dtype=np.float32)
     np.divide(out, scale, out=out)

@@ -140,8 +140,7 @@ def plan_tiles(
         )
     if halo % multiple:
         raise ConfigError(
-            f"halo {halo} must be a multiple of {multiple} (2**depth of the model); "
-            f"try {round_up(halo, multiple)}"
+            f"halo {halo} must be a multiple of {multiple} (2**depth of the model); try {round_up(halo, multiple)}"
         )
     core = tile_size - 2 * halo
     if core < multiple:
@@ -166,9 +165,7 @@ def plan_tiles(
                     )
             row_r = rows[r0 : r0 + k]
             col_r = cols[c0 : c0 + k]
-            core_w = Window(
-                col_r[0][2], row_r[0][2], col_r[-1][3] - col_r[0][2], row_r[-1][3] - row_r[0][2]
-            )
+            core_w = Window(col_r[0][2], row_r[0][2], col_r[-1][3] - col_r[0][2], row_r[-1][3] - row_r[0][2])
             read_c0 = min(c[0] for c in col_r)
             read_r0 = min(r[0] for r in row_r)
             read_w = Window(

@@ -58,7 +58,7 @@ def _dataset(path: str) -> rasterio.io.DatasetReader:
 def _close(ds: Any) -> None:
     try:
         ds.close()
-    except Exception:  # noqa: BLE001 - closing a broken handle must not mask the real error
+    except Exception:
         pass
 
 
@@ -131,7 +131,7 @@ def read_window(scene: SceneInfo, window: Window) -> tuple[np.ndarray, np.ndarra
         )
     if part.dtype.kind == "f":
         part_valid &= ~np.isnan(part).any(axis=0)
-    data[(slice(None), *sl)] = part
+    data[:, sl[0], sl[1]] = part
     valid[sl] = part_valid
     return data, valid
 
@@ -142,5 +142,3 @@ def prepare_input(raw: np.ndarray, valid: np.ndarray, normalization: Any) -> np.
     x = apply_normalization(raw, normalization)
     x[:, ~valid] = 0.0
     return x
-
-

@@ -107,7 +107,8 @@ def unique_stems(paths: Sequence[str]) -> list[str]:
             new.append(s)
         stems = new
     # Still colliding (identical paths): number them.
-    out, counts = [], {}
+    out: list[str] = []
+    counts: dict[str, int] = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
         out.append(s if counts[s] == 1 else f"{s}_{counts[s]}")
@@ -128,15 +129,15 @@ def _check_local_file(path: str) -> None:
         raise SceneError(path, "is empty (0 bytes)")
 
 
-def _choose_bands(path: str, ds: rasterio.io.DatasetReader, in_channels: int, bands: Sequence[int] | None) -> tuple[int, ...]:
+def _choose_bands(
+    path: str, ds: rasterio.io.DatasetReader, in_channels: int, bands: Sequence[int] | None
+) -> tuple[int, ...]:
     if bands is not None:
         bad = [b for b in bands if b > ds.count]
         if bad:
             raise SceneError(path, f"band(s) {bad} requested but the scene has only {ds.count} band(s)")
         if len(bands) != in_channels:
-            raise SceneError(
-                path, f"{len(bands)} band(s) {list(bands)} selected but the model takes {in_channels}"
-            )
+            raise SceneError(path, f"{len(bands)} band(s) {list(bands)} selected but the model takes {in_channels}")
         return tuple(int(b) for b in bands)
     if ds.count == in_channels:
         return tuple(range(1, ds.count + 1))
@@ -176,8 +177,7 @@ def open_scene(
     except RasterioError as exc:
         raise SceneError(
             path,
-            "cannot be opened as a GeoTIFF (only GTiff/COG files are read; VRT and other "
-            f"formats are refused): {exc}",
+            f"cannot be opened as a GeoTIFF (only GTiff/COG files are read; VRT and other formats are refused): {exc}",
         ) from None
     with ds:
         if ds.driver != SCENE_DRIVER:

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-
 from affine import Affine
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
@@ -52,8 +51,10 @@ def parse_crs(crs: str | CRS) -> CRS:
     try:
         parsed = crs if isinstance(crs, CRS) else CRS.from_user_input(crs)
     except (CRSError, ValueError) as exc:
-        raise ConfigError(f"crs {crs!r} is not a coordinate reference system GDAL knows ({exc}); "
-                          f"give e.g. EPSG:32633 (UTM 33N), EPSG:32733 (UTM 33S) or EPSG:4326") from None
+        raise ConfigError(
+            f"crs {crs!r} is not a coordinate reference system GDAL knows ({exc}); "
+            f"give e.g. EPSG:32633 (UTM 33N), EPSG:32733 (UTM 33S) or EPSG:4326"
+        ) from None
     if not (parsed.is_projected or parsed.is_geographic):
         raise ConfigError(f"crs {crs!r} is neither projected nor geographic; give e.g. EPSG:32633 or EPSG:4326")
     return parsed
@@ -83,8 +84,9 @@ def _default_lonlat(crs: CRS) -> tuple[float, float]:
     return lon, lat
 
 
-def make_grid(width: int, height: int, crs: str | CRS, resolution: float | None,
-              origin: tuple[float, float] | None) -> SceneGrid:
+def make_grid(
+    width: int, height: int, crs: str | CRS, resolution: float | None, origin: tuple[float, float] | None
+) -> SceneGrid:
     """Normalise CRS, resolution and origin into one north-up pixel grid."""
     parsed = parse_crs(crs)
     geographic = parsed.is_geographic
@@ -94,9 +96,11 @@ def make_grid(width: int, height: int, crs: str | CRS, resolution: float | None,
     if not (math.isfinite(resolution) and resolution > 0):
         raise ConfigError(f"resolution {resolution} must be a positive number of CRS units per pixel")
     if geographic and resolution > 0.01:
-        raise ConfigError(f"resolution {resolution} is in degrees for the geographic CRS {parsed.to_string()} "
-                          f"(about {resolution * METRES_PER_DEGREE / 1000:.0f} km per pixel); give degrees "
-                          f"such as 4.5e-06 (0.5 m) or leave it out")
+        raise ConfigError(
+            f"resolution {resolution} is in degrees for the geographic CRS {parsed.to_string()} "
+            f"(about {resolution * METRES_PER_DEGREE / 1000:.0f} km per pixel); give degrees "
+            f"such as 4.5e-06 (0.5 m) or leave it out"
+        )
     gsd = resolution * (METRES_PER_DEGREE if geographic else _metres_per_unit(parsed))
 
     if origin is None:
@@ -119,10 +123,12 @@ def make_grid(width: int, height: int, crs: str | CRS, resolution: float | None,
         if not (math.isfinite(x0) and math.isfinite(y0)):
             raise ConfigError(f"origin {origin!r} must be finite")
     if geographic and (y0 > 90.0 or y0 - height * resolution < -90.0):
-        raise ConfigError(f"scene from latitude {y0} down {height} rows of {resolution} deg leaves -90..90; "
-                          f"move the origin")
-    return SceneGrid(crs=parsed, transform=Affine(resolution, 0.0, x0, 0.0, -resolution, y0),
-                     width=width, height=height, gsd=gsd)
+        raise ConfigError(
+            f"scene from latitude {y0} down {height} rows of {resolution} deg leaves -90..90; move the origin"
+        )
+    return SceneGrid(
+        crs=parsed, transform=Affine(resolution, 0.0, x0, 0.0, -resolution, y0), width=width, height=height, gsd=gsd
+    )
 
 
 def pixel_to_crs(grid: SceneGrid) -> Callable[[np.ndarray], np.ndarray]:

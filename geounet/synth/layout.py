@@ -61,22 +61,26 @@ FLAT_ROOF_PROBABILITY = {HOUSE: 0.12, L_SHAPE: 0.12, T_SHAPE: 0.15, TERRACE: 0.0
 DENSITY_CELL_M = 600.0  # districts: building density varies over about this distance
 
 # Roof colours, RGB reflectance-like 0-1, with NIR-like value; (r, g, b, nir, weight).
-PITCHED_ROOFS = np.array([
-    (0.62, 0.30, 0.22, 0.52, 4.0),  # terracotta
-    (0.52, 0.24, 0.18, 0.45, 2.0),  # dark red tile
-    (0.68, 0.40, 0.30, 0.55, 1.5),  # faded tile
-    (0.44, 0.32, 0.25, 0.38, 2.0),  # brown
-    (0.30, 0.30, 0.32, 0.26, 2.0),  # anthracite
-    (0.36, 0.41, 0.48, 0.32, 1.5),  # blue-grey slate
-    (0.52, 0.52, 0.52, 0.45, 1.0),  # grey concrete tile
-])
-FLAT_ROOFS = np.array([
-    (0.84, 0.84, 0.82, 0.75, 3.0),  # white membrane
-    (0.66, 0.66, 0.64, 0.58, 2.0),  # light gravel
-    (0.50, 0.50, 0.49, 0.44, 1.5),  # concrete
-    (0.27, 0.27, 0.28, 0.23, 1.0),  # tar
-    (0.45, 0.52, 0.58, 0.40, 0.7),  # blue-grey metal
-])
+PITCHED_ROOFS = np.array(
+    [
+        (0.62, 0.30, 0.22, 0.52, 4.0),  # terracotta
+        (0.52, 0.24, 0.18, 0.45, 2.0),  # dark red tile
+        (0.68, 0.40, 0.30, 0.55, 1.5),  # faded tile
+        (0.44, 0.32, 0.25, 0.38, 2.0),  # brown
+        (0.30, 0.30, 0.32, 0.26, 2.0),  # anthracite
+        (0.36, 0.41, 0.48, 0.32, 1.5),  # blue-grey slate
+        (0.52, 0.52, 0.52, 0.45, 1.0),  # grey concrete tile
+    ]
+)
+FLAT_ROOFS = np.array(
+    [
+        (0.84, 0.84, 0.82, 0.75, 3.0),  # white membrane
+        (0.66, 0.66, 0.64, 0.58, 2.0),  # light gravel
+        (0.50, 0.50, 0.49, 0.44, 1.5),  # concrete
+        (0.27, 0.27, 0.28, 0.23, 1.0),  # tar
+        (0.45, 0.52, 0.58, 0.40, 0.7),  # blue-grey metal
+    ]
+)
 
 # --- tree model -------------------------------------------------------------------------
 GARDEN_CLUSTER_AREA_M2 = 2500.0  # one garden cluster per this much ground (tree_density=1)
@@ -184,8 +188,9 @@ def _pick_by_kind(kind: np.ndarray, table: dict[int, tuple[float, float]], u: np
 # --------------------------------------------------------------------------------------
 # 1. roads
 # --------------------------------------------------------------------------------------
-def road_network(rng: np.random.Generator, width: int, height: int, valid: tuple[int, int, int, int],
-                 gsd: float, spacing_m: float) -> Roads:
+def road_network(
+    rng: np.random.Generator, width: int, height: int, valid: tuple[int, int, int, int], gsd: float, spacing_m: float
+) -> Roads:
     """A connected, curved road network covering the scene (see the module docstring)."""
     spacing = spacing_m / gsd
     theta = rng.uniform(-0.4, 0.4)
@@ -212,8 +217,12 @@ def road_network(rng: np.random.Generator, width: int, height: int, valid: tuple
 
     # Keep edges near the scene only (an end within one spacing of it).
     def near(k: np.ndarray) -> np.ndarray:
-        return ((node_x[k] > -spacing) & (node_x[k] < width + spacing)
-                & (node_y[k] > -spacing) & (node_y[k] < height + spacing))
+        return (
+            (node_x[k] > -spacing)
+            & (node_x[k] < width + spacing)
+            & (node_y[k] > -spacing)
+            & (node_y[k] < height + spacing)
+        )
 
     keep_near = near(src) | near(dst)
     src, dst, line = src[keep_near], dst[keep_near], line[keep_near]
@@ -246,8 +255,13 @@ def road_network(rng: np.random.Generator, width: int, height: int, valid: tuple
     amp1 = rng.uniform(-0.09, 0.09, len(src)) * spacing * bend
     amp2 = rng.uniform(-0.04, 0.04, len(src)) * spacing * bend
     offset = amp1[:, None] * np.sin(np.pi * t) + amp2[:, None] * np.sin(2 * np.pi * t)
-    xy = np.stack([ax[:, None] + t * (bx - ax)[:, None] + offset * px[:, None],
-                   ay[:, None] + t * (by - ay)[:, None] + offset * py[:, None]], axis=-1)
+    xy = np.stack(
+        [
+            ax[:, None] + t * (bx - ax)[:, None] + offset * px[:, None],
+            ay[:, None] + t * (by - ay)[:, None] + offset * py[:, None],
+        ],
+        axis=-1,
+    )
 
     kind = np.where(dead_end, DEAD_END, np.where(is_main, MAIN, LOCAL)).astype(np.int8)
     width_m = np.where(dead_end, _uniform(rng, WIDTH_M[DEAD_END], len(src)), line_width[line])
@@ -255,8 +269,9 @@ def road_network(rng: np.random.Generator, width: int, height: int, valid: tuple
 
     # Only roads whose polygon may reach the scene.
     pad = width_px[:, None] / 2 + 2
-    inside = ((xy[..., 0] > -pad) & (xy[..., 0] < width + pad)
-              & (xy[..., 1] > -pad) & (xy[..., 1] < height + pad)).any(axis=1)
+    inside = ((xy[..., 0] > -pad) & (xy[..., 0] < width + pad) & (xy[..., 1] > -pad) & (xy[..., 1] < height + pad)).any(
+        axis=1
+    )
     xy, kind, width_px = xy[inside], kind[inside], width_px[inside]
     centre = shapely.linestrings(xy)
     keepout = shapely.buffer(centre, width_px / 2, quad_segs=4)
@@ -264,8 +279,17 @@ def road_network(rng: np.random.Generator, width: int, height: int, valid: tuple
     pieces, piece_road, intact = _connected_pieces(keepout, valid, MIN_TRUTH_AREA_M2 / gsd**2)
     lines, line_road = _centrelines(centre, pieces, piece_road, intact, valid)
     dashes = _dashes(xy, kind, gsd, keep_roads=np.unique(piece_road))
-    return Roads(pieces=pieces, piece_road=piece_road, lines=lines, line_road=line_road,
-                 width_px=width_px, kind=kind, keepout=keepout, dashes=dashes, centre_xy=xy)
+    return Roads(
+        pieces=pieces,
+        piece_road=piece_road,
+        lines=lines,
+        line_road=line_road,
+        width_px=width_px,
+        kind=kind,
+        keepout=keepout,
+        dashes=dashes,
+        centre_xy=xy,
+    )
 
 
 def _valid_box(valid: tuple[int, int, int, int]) -> shapely.Polygon:
@@ -300,8 +324,9 @@ def explode(geoms: np.ndarray, type_id: int) -> tuple[np.ndarray, np.ndarray]:
     return out[order], owner[order]
 
 
-def _connected_pieces(polygons: np.ndarray, valid: tuple[int, int, int, int],
-                      min_area: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _connected_pieces(
+    polygons: np.ndarray, valid: tuple[int, int, int, int], min_area: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clip road polygons to the valid area and keep the largest connected network.
 
     Returns the pieces, the road of each piece and, per road, whether it lay wholly inside.
@@ -320,8 +345,9 @@ def _connected_pieces(polygons: np.ndarray, valid: tuple[int, int, int, int],
     return parts[main], road[main], intact
 
 
-def _centrelines(centre: np.ndarray, pieces: np.ndarray, piece_road: np.ndarray, intact: np.ndarray,
-                 valid: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _centrelines(
+    centre: np.ndarray, pieces: np.ndarray, piece_road: np.ndarray, intact: np.ndarray, valid: tuple[int, int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Centreline parts inside the kept road pieces (LineStrings only)."""
     if len(pieces) == 0:
         return np.array([], dtype=object), np.array([], dtype=np.int64)
@@ -333,7 +359,7 @@ def _centrelines(centre: np.ndarray, pieces: np.ndarray, piece_road: np.ndarray,
     kept = pieces[order][first[cut]]
     for j in np.flatnonzero(count[cut] > 1):  # a road cut into several pieces (rare)
         k = cut[j]
-        kept[j] = shapely.union_all(pieces[order][first[k]:first[k] + count[k]])
+        kept[j] = shapely.union_all(pieces[order][first[k] : first[k] + count[k]])
     lines[cut] = shapely.intersection(clip_to_box(centre[roads[cut]], _valid_box(valid))[0], kept)
     parts, idx = explode(lines, shapely.GeometryType.LINESTRING.value)
     long = shapely.length(parts) > 0
@@ -370,8 +396,9 @@ def _along(xy: np.ndarray, road: np.ndarray, s: np.ndarray) -> tuple[np.ndarray,
     return xy[road, k, 0] + f * d[:, 0], xy[road, k, 1] + f * d[:, 1], tx, ty
 
 
-def _district_density(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, width: int, height: int,
-                      gsd: float) -> np.ndarray:
+def _district_density(
+    rng: np.random.Generator, x: np.ndarray, y: np.ndarray, width: int, height: int, gsd: float
+) -> np.ndarray:
     """A smooth field in [0, 1] at the points: random values every DENSITY_CELL_M, bilinear between."""
     cell = DENSITY_CELL_M / gsd
     field = rng.random((int(height / cell) + 3, int(width / cell) + 3))
@@ -379,8 +406,15 @@ def _district_density(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, wi
     return ndimage.map_coordinates(field, coords, order=1)
 
 
-def place_buildings(rng: np.random.Generator, roads: Roads, width: int, height: int,
-                    valid: tuple[int, int, int, int], gsd: float, density: float) -> Buildings:
+def place_buildings(
+    rng: np.random.Generator,
+    roads: Roads,
+    width: int,
+    height: int,
+    valid: tuple[int, int, int, int],
+    gsd: float,
+    density: float,
+) -> Buildings:
     """Buildings on plots along both sides of every road (see the module docstring)."""
     xy = roads.centre_xy
     n_roads = len(xy)
@@ -406,9 +440,20 @@ def place_buildings(rng: np.random.Generator, roads: Roads, width: int, height: 
     offset = roads.width_px[road] / 2 + setback + depth / 2
     cx, cy = x + nx * offset, y + ny * offset
 
-    polys, owner, parts, n_parts = _footprints(rng, kind[sel], frontage[sel], depth[sel],
-                                                           units[sel], cx[sel], cy[sel], tx[sel], ty[sel],
-                                                           nx[sel], ny[sel], metre)
+    polys, owner, parts, n_parts = _footprints(
+        rng,
+        kind[sel],
+        frontage[sel],
+        depth[sel],
+        units[sel],
+        cx[sel],
+        cy[sel],
+        tx[sel],
+        ty[sel],
+        nx[sel],
+        ny[sel],
+        metre,
+    )
     b = sel[owner]
     bkind = kind[b]
     group = np.where(bkind == TERRACE, b, -1 - np.arange(len(b)))  # terraced rows share a group
@@ -431,13 +476,26 @@ def place_buildings(rng: np.random.Generator, roads: Roads, width: int, height: 
     roof = _roof_colours(rng, flat, group)
 
     truth, truth_building = _clip_truth(polys, valid, MIN_TRUTH_AREA_M2 * metre**2)
-    return Buildings(truth=truth, truth_building=truth_building, cx=cx[b], cy=cy[b], tx=tx[b], ty=ty[b],
-                     nx=nx[b], ny=ny[b], parts=parts, n_parts=n_parts, kind=bkind.astype(np.int8),
-                     group=group, height_px=height_px, flat=flat, roof=roof)
+    return Buildings(
+        truth=truth,
+        truth_building=truth_building,
+        cx=cx[b],
+        cy=cy[b],
+        tx=tx[b],
+        ty=ty[b],
+        nx=nx[b],
+        ny=ny[b],
+        parts=parts,
+        n_parts=n_parts,
+        kind=bkind.astype(np.int8),
+        group=group,
+        height_px=height_px,
+        flat=flat,
+        roof=roof,
+    )
 
 
-def _plots(rng: np.random.Generator, xy: np.ndarray, road_kind: np.ndarray,
-           metre: float) -> tuple[np.ndarray, ...]:
+def _plots(rng: np.random.Generator, xy: np.ndarray, road_kind: np.ndarray, metre: float) -> tuple[np.ndarray, ...]:
     """Plots along both sides of each road: road, side, kind, frontage, units, arc position of the middle.
 
     Per road side, a run of plots with random frontage and gaps from one junction clearance to
@@ -457,21 +515,42 @@ def _plots(rng: np.random.Generator, xy: np.ndarray, road_kind: np.ndarray,
         kind = rng.choice(len(BUILDING_KINDS), size=(rows, slots), p=KIND_PROBABILITY)
         units = np.where(kind == TERRACE, rng.integers(TERRACE_UNITS[0], TERRACE_UNITS[1] + 1, (rows, slots)), 1)
         unit_w = _uniform(rng, TERRACE_UNIT_M, (rows, slots))
-        frontage = np.where(kind == TERRACE, units * unit_w,
-                            _pick_by_kind(kind, FRONTAGE_M, rng.random((rows, slots)))) * metre
+        frontage = (
+            np.where(kind == TERRACE, units * unit_w, _pick_by_kind(kind, FRONTAGE_M, rng.random((rows, slots))))
+            * metre
+        )
         step = frontage + _uniform(rng, PLOT_GAP_M, (rows, slots)) * metre
         start = clearance + np.cumsum(step, axis=1) - step
         road_of_row = np.repeat(np.arange(lo, hi), 2)
         r_idx, k_idx = np.nonzero(start + frontage <= usable[road_of_row][:, None])
         f = frontage[r_idx, k_idx]
-        out.append((road_of_row[r_idx], np.where(r_idx % 2 == 0, 1.0, -1.0), kind[r_idx, k_idx], f,
-                    units[r_idx, k_idx], start[r_idx, k_idx] + f / 2))
+        out.append(
+            (
+                road_of_row[r_idx],
+                np.where(r_idx % 2 == 0, 1.0, -1.0),
+                kind[r_idx, k_idx],
+                f,
+                units[r_idx, k_idx],
+                start[r_idx, k_idx] + f / 2,
+            )
+        )
     return tuple(np.concatenate(col) for col in zip(*out))
 
 
-def _footprints(rng: np.random.Generator, kind: np.ndarray, f: np.ndarray, d: np.ndarray, units: np.ndarray,
-                cx: np.ndarray, cy: np.ndarray, tx: np.ndarray, ty: np.ndarray, nx: np.ndarray, ny: np.ndarray,
-                metre: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _footprints(
+    rng: np.random.Generator,
+    kind: np.ndarray,
+    f: np.ndarray,
+    d: np.ndarray,
+    units: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    tx: np.ndarray,
+    ty: np.ndarray,
+    nx: np.ndarray,
+    ny: np.ndarray,
+    metre: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Footprint polygons in world pixels, built from explicit local vertices.
 
     Returns polygons, the plot each came from, parts ``(n, 2, 4)`` and part counts. Local
@@ -501,8 +580,13 @@ def _footprints(rng: np.random.Generator, kind: np.ndarray, f: np.ndarray, d: np
     # Plain rectangles: houses and large blocks.
     sel = np.flatnonzero((kind == HOUSE) | (kind == LARGE))
     hf, hd = f[sel, None] / 2, d[sel, None] / 2
-    emit(sel, np.hstack([-hf, hf, hf, -hf]), np.hstack([-hd, -hd, hd, hd]),
-         rect_parts(-hf[:, 0], hf[:, 0], -hd[:, 0], hd[:, 0]), 1)
+    emit(
+        sel,
+        np.hstack([-hf, hf, hf, -hf]),
+        np.hstack([-hd, -hd, hd, hd]),
+        rect_parts(-hf[:, 0], hf[:, 0], -hd[:, 0], hd[:, 0]),
+        1,
+    )
 
     # L: a front bar and a wing at one end running back from it.
     sel = np.flatnonzero(kind == L_SHAPE)
@@ -556,8 +640,12 @@ def _footprints(rng: np.random.Generator, kind: np.ndarray, f: np.ndarray, d: np
         emit(row, us, vs, rect_parts(u0, u1, -hd, hd), 1)
 
     if not out_polys:
-        return (np.array([], dtype=object), np.array([], dtype=np.int64), np.empty((0, 2, 4)),
-                np.array([], dtype=np.int8))
+        return (
+            np.array([], dtype=object),
+            np.array([], dtype=np.int64),
+            np.empty((0, 2, 4)),
+            np.array([], dtype=np.int8),
+        )
     return np.concatenate(out_polys), np.concatenate(out_owner), np.concatenate(out_parts), np.concatenate(out_nparts)
 
 
@@ -612,17 +700,31 @@ def _clip_truth(polys: np.ndarray, valid: tuple[int, int, int, int], min_area: f
 
 def _empty_buildings() -> Buildings:
     e = np.array([], dtype=np.float64)
-    return Buildings(truth=np.array([], dtype=object), truth_building=np.array([], dtype=np.int64), cx=e, cy=e,
-                     tx=e, ty=e, nx=e, ny=e, parts=np.empty((0, 2, 4)), n_parts=np.array([], dtype=np.int8),
-                     kind=np.array([], dtype=np.int8), group=np.array([], dtype=np.int64), height_px=e,
-                     flat=np.array([], dtype=bool), roof=np.empty((0, 4), dtype=np.float32))
+    return Buildings(
+        truth=np.array([], dtype=object),
+        truth_building=np.array([], dtype=np.int64),
+        cx=e,
+        cy=e,
+        tx=e,
+        ty=e,
+        nx=e,
+        ny=e,
+        parts=np.empty((0, 2, 4)),
+        n_parts=np.array([], dtype=np.int8),
+        kind=np.array([], dtype=np.int8),
+        group=np.array([], dtype=np.int64),
+        height_px=e,
+        flat=np.array([], dtype=bool),
+        roof=np.empty((0, 4), dtype=np.float32),
+    )
 
 
 # --------------------------------------------------------------------------------------
 # 3. trees
 # --------------------------------------------------------------------------------------
-def plant_trees(rng: np.random.Generator, roads: Roads, buildings: Buildings, width: int, height: int,
-                gsd: float, density: float) -> Trees:
+def plant_trees(
+    rng: np.random.Generator, roads: Roads, buildings: Buildings, width: int, height: int, gsd: float, density: float
+) -> Trees:
     """Clustered trees clear of roads and buildings (see the module docstring)."""
     metre = 1.0 / gsd
     margin = 20 * metre
@@ -657,8 +759,9 @@ def plant_trees(rng: np.random.Generator, roads: Roads, buildings: Buildings, wi
     buckets_x = width // TREE_BUCKET_PX + 3
     bucket = _tree_bucket(x, y, buckets_x)
     order = np.argsort(bucket, kind="stable")
-    return Trees(x=x[order], y=y[order], r=r[order], h=h[order], hue=hue[order], bucket=bucket[order],
-                 buckets_x=buckets_x)
+    return Trees(
+        x=x[order], y=y[order], r=r[order], h=h[order], hue=hue[order], bucket=bucket[order], buckets_x=buckets_x
+    )
 
 
 def _tree_bucket(x: np.ndarray, y: np.ndarray, buckets_x: int) -> np.ndarray:
@@ -684,11 +787,21 @@ def trees_near(trees: Trees, x0: float, y0: float, x1: float, y1: float) -> np.n
 # --------------------------------------------------------------------------------------
 # the whole layout
 # --------------------------------------------------------------------------------------
-def build_layout(*, width: int, height: int, valid: tuple[int, int, int, int], gsd: float, seed: int,
-                 building_density: float, road_spacing_m: float, tree_density: float) -> Layout:
+def build_layout(
+    *,
+    width: int,
+    height: int,
+    valid: tuple[int, int, int, int],
+    gsd: float,
+    seed: int,
+    building_density: float,
+    road_spacing_m: float,
+    tree_density: float,
+) -> Layout:
     """Roads, then buildings, then trees; each step draws from its own random stream."""
-    road_rng, building_rng, tree_rng, sun_rng = (np.random.default_rng(s)
-                                                 for s in np.random.SeedSequence(seed).spawn(4))
+    road_rng, building_rng, tree_rng, sun_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
+    )
     roads = road_network(road_rng, width, height, valid, gsd, road_spacing_m)
     buildings = place_buildings(building_rng, roads, width, height, valid, gsd, building_density)
     trees = plant_trees(tree_rng, roads, buildings, width, height, gsd, tree_density)
@@ -697,6 +810,16 @@ def build_layout(*, width: int, height: int, valid: tuple[int, int, int, int], g
     azimuth = sun_rng.uniform(0, 2 * math.pi)
     length = sun_rng.uniform(0.35, 0.7)
     shadow = (length * math.cos(azimuth), length * math.sin(azimuth))
-    return Layout(width=width, height=height, valid=valid, gsd=gsd, shadow=shadow, roads=roads,
-                  buildings=buildings, trees=trees, road_index=shapely.STRtree(roads.pieces),
-                  building_index=shapely.STRtree(buildings.truth), dash_index=shapely.STRtree(roads.dashes))
+    return Layout(
+        width=width,
+        height=height,
+        valid=valid,
+        gsd=gsd,
+        shadow=shadow,
+        roads=roads,
+        buildings=buildings,
+        trees=trees,
+        road_index=shapely.STRtree(roads.pieces),
+        building_index=shapely.STRtree(buildings.truth),
+        dash_index=shapely.STRtree(roads.dashes),
+    )

@@ -46,8 +46,9 @@ MARKING = np.array((0.86, 0.86, 0.84, 0.78), dtype=np.float32)
 SHADOW = np.array((0.42, 0.46, 0.56, 0.38), dtype=np.float32)  # multiplies what lies below
 CROWN = np.array((0.14, 0.24, 0.09, 0.62), dtype=np.float32)
 # 16 crown hues: from blue-green to yellow-green, as multipliers of CROWN.
-CROWN_HUES = np.stack([np.linspace(0.85, 1.25, 16), np.linspace(0.95, 1.1, 16),
-                       np.linspace(1.3, 0.75, 16), np.ones(16)], axis=1).astype(np.float32)
+CROWN_HUES = np.stack(
+    [np.linspace(0.85, 1.25, 16), np.linspace(0.95, 1.1, 16), np.linspace(1.3, 0.75, 16), np.ones(16)], axis=1
+).astype(np.float32)
 
 # Noise scales, metres.
 VEGETATION_SCALES_M = (150.0, 45.0)
@@ -64,7 +65,7 @@ class NoiseKeys:
     grain: int
 
     @classmethod
-    def from_seed(cls, seed: int) -> "NoiseKeys":
+    def from_seed(cls, seed: int) -> NoiseKeys:
         return cls(*(derive_key(seed, k) for k in (11, 12, 13, 14)))
 
 
@@ -82,8 +83,9 @@ class Window:
         return shapely.box(self.col, self.row, self.col + self.width, self.row + self.height)
 
     def grown(self, margin: float) -> shapely.Polygon:
-        return shapely.box(self.col - margin, self.row - margin,
-                           self.col + self.width + margin, self.row + self.height + margin)
+        return shapely.box(
+            self.col - margin, self.row - margin, self.col + self.width + margin, self.row + self.height + margin
+        )
 
     @property
     def transform(self) -> Affine:
@@ -111,8 +113,7 @@ def _cell(metres: float, gsd: float) -> float:
     return max(metres / gsd, MIN_CELL_PX)
 
 
-def _ground(img: np.ndarray, layout: Layout, keys: NoiseKeys, win: Window, x: np.ndarray,
-            y: np.ndarray) -> np.ndarray:
+def _ground(img: np.ndarray, layout: Layout, keys: NoiseKeys, win: Window, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Paint soil and grass; returns the fine texture field (0-1) that later layers reuse."""
     gsd = layout.gsd
     veg = fbm(x, y, tuple(_cell(s, gsd) for s in VEGETATION_SCALES_M), (0.65, 0.35), keys.vegetation)
@@ -148,8 +149,9 @@ def _query(index: shapely.STRtree, area: shapely.Polygon) -> np.ndarray:
 
 
 def _burn(shapes: np.ndarray, values: np.ndarray, win: Window, dtype: str) -> np.ndarray:
-    return rasterize(zip(shapes, values.tolist()), out_shape=(win.height, win.width), transform=win.transform,
-                     fill=0, dtype=dtype)
+    return rasterize(
+        zip(shapes, values.tolist()), out_shape=(win.height, win.width), transform=win.transform, fill=0, dtype=dtype
+    )
 
 
 def _roads(flat: np.ndarray, layout: Layout, win: Window, tex: np.ndarray) -> None:
@@ -216,7 +218,7 @@ def _crowns(layout: Layout, win: Window, shift: float = 0.0) -> _Stencil | None:
     cx = t.x[near] + lift * layout.shadow[0]
     cy = t.y[near] + lift * layout.shadow[1]
     r = t.r[near]
-    hit = ((cx + r > win.col) & (cx - r < win.col + win.width) & (cy + r > win.row) & (cy - r < win.row + win.height))
+    hit = (cx + r > win.col) & (cx - r < win.col + win.width) & (cy + r > win.row) & (cy - r < win.row + win.height)
     if not hit.any():
         return None
     near, cx, cy, r = near[hit], cx[hit], cy[hit], r[hit]
@@ -255,7 +257,7 @@ def _trees(flat: np.ndarray, layout: Layout, win: Window, tex: np.ndarray) -> No
     norm = float(np.hypot(*layout.shadow)) or 1.0
     sun_x, sun_y = -layout.shadow[0] / norm, -layout.shadow[1] / norm
     cap = np.sqrt(1.0 - st.d2)
-    lit = (st.dx * sun_x + st.dy * sun_y)
+    lit = st.dx * sun_x + st.dy * sun_y
     bright = 0.8 + 0.3 * lit - 0.2 * st.d2 + 0.35 * (tex[st.pixel] - 0.5)
     # The highest crown surface wins: pack (height, hue, brightness) into one sortable key.
     z = t.h[st.tree] - t.r[st.tree] * (1.0 - cap)
@@ -288,8 +290,9 @@ def _roofs(flat: np.ndarray, layout: Layout, win: Window, tex: np.ndarray) -> No
     u = ox * b.tx[k] + oy * b.ty[k]
     v = ox * b.nx[k] + oy * b.ny[k]
     second = b.parts[k, 1]
-    in_second = ((b.n_parts[k] == 2) & (u >= second[:, 0]) & (u <= second[:, 1])
-                 & (v >= second[:, 2]) & (v <= second[:, 3]))
+    in_second = (
+        (b.n_parts[k] == 2) & (u >= second[:, 0]) & (u <= second[:, 1]) & (v >= second[:, 2]) & (v <= second[:, 3])
+    )
     part = np.where(in_second[:, None], second, b.parts[k, 0])
     u0, u1, v0, v1 = part.T
     metre = 1.0 / layout.gsd

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import geopandas as gpd
 import numpy as np
 import rasterio
 import shapely
@@ -79,22 +80,39 @@ def _paths(out_dir: Path, name: str) -> dict[str, Path]:
     }
 
 
-def _check_options(*, name: str, seed: int, width: int, height: int, bands: int, dtype: str,
-                   building_density: float, road_spacing_m: float, tree_density: float,
-                   nodata: float | None, nodata_border: int, block_size: int) -> float | None:
+def _check_options(
+    *,
+    name: str,
+    seed: int,
+    width: int,
+    height: int,
+    bands: int,
+    dtype: str,
+    building_density: float,
+    road_spacing_m: float,
+    tree_density: float,
+    nodata: float | None,
+    nodata_border: int,
+    block_size: int,
+) -> float | None:
     """Validate options; returns the nodata value as the scene's dtype will store it."""
     if not name or os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
         raise ConfigError(f"name {name!r} must be a plain file name without folders")
-    for label, v, lo, hi in (("seed", seed, 0, 2**63 - 1), ("width", width, 16, 1_000_000),
-                             ("height", height, 16, 1_000_000), ("block_size", block_size, 16, 16384)):
+    for label, v, lo, hi in (
+        ("seed", seed, 0, 2**63 - 1),
+        ("width", width, 16, 1_000_000),
+        ("height", height, 16, 1_000_000),
+        ("block_size", block_size, 16, 16384),
+    ):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not lo <= v <= hi:
             unit = "" if label == "seed" else " of pixels"
             raise ConfigError(f"{label} {v!r} must be a whole number{unit} from {lo} to {hi}")
     if bands not in BAND_NAMES:
         raise ConfigError(f"bands {bands!r} must be 1 (gray), 3 (red, green, blue) or 4 (red, green, blue, nir)")
     if dtype not in FULL_SCALE:
-        raise ConfigError(f"dtype {dtype!r} must be one of uint8 (0-255), uint16 (12-bit, 0-4095) "
-                          f"or float32 (reflectance 0-1)")
+        raise ConfigError(
+            f"dtype {dtype!r} must be one of uint8 (0-255), uint16 (12-bit, 0-4095) or float32 (reflectance 0-1)"
+        )
     if not 0.0 <= building_density <= 1.0:
         raise ConfigError(f"building_density {building_density} must be from 0 (no buildings) to 1 (every plot built)")
     if not 40.0 <= road_spacing_m <= 5000.0:
@@ -102,12 +120,13 @@ def _check_options(*, name: str, seed: int, width: int, height: int, bands: int,
     if not 0.0 <= tree_density <= 10.0:
         raise ConfigError(f"tree_density {tree_density} must be from 0 (no trees) to 10 (1 is typical)")
     if not isinstance(nodata_border, (int, np.integer)) or nodata_border < 0 or 2 * nodata_border >= min(width, height):
-        raise ConfigError(f"nodata_border {nodata_border!r} must be a whole number of pixels from 0 to "
-                          f"{(min(width, height) - 1) // 2} for a {width}x{height} scene")
+        raise ConfigError(
+            f"nodata_border {nodata_border!r} must be a whole number of pixels from 0 to "
+            f"{(min(width, height) - 1) // 2} for a {width}x{height} scene"
+        )
     if nodata is None:
         if nodata_border:
-            raise ConfigError(f"nodata_border {nodata_border} needs a nodata value to fill it; give nodata "
-                              f"(e.g. 0)")
+            raise ConfigError(f"nodata_border {nodata_border} needs a nodata value to fill it; give nodata (e.g. 0)")
         return None
     value = float(nodata)
     if dtype == "float32":
@@ -180,18 +199,30 @@ def synthesize_scene(
         OutputError: the outputs cannot be written (disk full, read-only folder).
     """
     # 1. options
-    nodata_value = _check_options(name=name, seed=seed, width=width, height=height, bands=bands, dtype=dtype,
-                                  building_density=building_density, road_spacing_m=road_spacing_m,
-                                  tree_density=tree_density, nodata=nodata, nodata_border=nodata_border,
-                                  block_size=block_size)
+    nodata_value = _check_options(
+        name=name,
+        seed=seed,
+        width=width,
+        height=height,
+        bands=bands,
+        dtype=dtype,
+        building_density=building_density,
+        road_spacing_m=road_spacing_m,
+        tree_density=tree_density,
+        nodata=nodata,
+        nodata_border=nodata_border,
+        block_size=block_size,
+    )
     grid = make_grid(width, height, crs, resolution, origin)
     out = Path(out_dir).absolute()
     paths = _paths(out, name)
     if not overwrite:
         existing = [str(p) for p in paths.values() if p.exists()]
         if existing:
-            raise ConfigError(f"scene {name}: output file(s) already exist: {', '.join(existing)}; pass "
-                              f"overwrite=True (--overwrite) to replace them, or choose another name or folder")
+            raise ConfigError(
+                f"scene {name}: output file(s) already exist: {', '.join(existing)}; pass "
+                f"overwrite=True (--overwrite) to replace them, or choose another name or folder"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -199,24 +230,56 @@ def synthesize_scene(
 
     # 2. vector layout, in global pixel coordinates
     b = nodata_border
-    layout = build_layout(width=width, height=height, valid=(b, b, width - b, height - b), gsd=grid.gsd, seed=seed,
-                          building_density=building_density, road_spacing_m=road_spacing_m,
-                          tree_density=tree_density)
+    layout = build_layout(
+        width=width,
+        height=height,
+        valid=(b, b, width - b, height - b),
+        gsd=grid.gsd,
+        seed=seed,
+        building_density=building_density,
+        road_spacing_m=road_spacing_m,
+        tree_density=tree_density,
+    )
 
     # 3. raster, window by window; 4. truth
     try:
-        _write_image(paths["image"], grid, layout, seed=seed, bands=bands, dtype=dtype, nodata=nodata_value,
-                     block_size=block_size, progress=progress, name=name)
+        _write_image(
+            paths["image"],
+            grid,
+            layout,
+            seed=seed,
+            bands=bands,
+            dtype=dtype,
+            nodata=nodata_value,
+            block_size=block_size,
+            progress=progress,
+            name=name,
+        )
         counts = _write_truth(paths, grid, layout)
     except OSError as exc:
         raise OutputError(f"scene {name}: cannot write outputs in {out}: {exc.strerror or exc}") from None
-    return SynthScene(name=name, **paths, width=width, height=height, crs=grid.crs.to_string(),
-                      transform=grid.transform, gsd=grid.gsd, bands=bands, dtype=dtype, nodata=nodata_value,
-                      seed=seed, **counts)
+    return SynthScene(
+        name=name,
+        image=paths["image"],
+        truth=paths["truth"],
+        buildings_geojson=paths["buildings_geojson"],
+        roads_geojson=paths["roads_geojson"],
+        width=width,
+        height=height,
+        crs=grid.crs.to_string(),
+        transform=grid.transform,
+        gsd=grid.gsd,
+        bands=bands,
+        dtype=dtype,
+        nodata=nodata_value,
+        seed=seed,
+        n_buildings=counts["n_buildings"],
+        n_roads=counts["n_roads"],
+        n_centerlines=counts["n_centerlines"],
+    )
 
 
-def synthesize_set(out_dir: str | Path, n: int, *, seed: int = 0, prefix: str = "synth",
-                   **kw: Any) -> list[SynthScene]:
+def synthesize_set(out_dir: str | Path, n: int, *, seed: int = 0, prefix: str = "synth", **kw: Any) -> list[SynthScene]:
     """``n`` scenes named ``<prefix>_0000`` ...; scene ``i`` uses seed ``seed + i``.
 
     Other keywords go to :func:`synthesize_scene`.
@@ -226,12 +289,18 @@ def synthesize_set(out_dir: str | Path, n: int, *, seed: int = 0, prefix: str = 
     if "name" in kw:
         raise ConfigError("synthesize_set names scenes itself (<prefix>_0000, ...); pass prefix instead of name")
     if not kw.get("overwrite", False):  # refuse before writing anything, not after scene i
-        existing = [str(p) for i in range(n) for p in _paths(Path(out_dir).absolute(), f"{prefix}_{i:04d}").values()
-                    if p.exists()]
+        existing = [
+            str(p)
+            for i in range(n)
+            for p in _paths(Path(out_dir).absolute(), f"{prefix}_{i:04d}").values()
+            if p.exists()
+        ]
         if existing:
             more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
-            raise ConfigError(f"{len(existing)} output file(s) already exist: {', '.join(existing[:3])}{more}; "
-                              f"pass overwrite=True (--overwrite) to replace them, or choose another prefix or folder")
+            raise ConfigError(
+                f"{len(existing)} output file(s) already exist: {', '.join(existing[:3])}{more}; "
+                f"pass overwrite=True (--overwrite) to replace them, or choose another prefix or folder"
+            )
     return [synthesize_scene(out_dir, name=f"{prefix}_{i:04d}", seed=seed + i, **kw) for i in range(n)]
 
 
@@ -268,31 +337,62 @@ def to_dtype(img: np.ndarray, bands: int, dtype: str, nodata: float | None) -> n
     return stored
 
 
-def _write_image(path: Path, grid: SceneGrid, layout: Layout, *, seed: int, bands: int, dtype: str,
-                 nodata: float | None, block_size: int, progress: bool | None, name: str) -> None:
+def _write_image(
+    path: Path,
+    grid: SceneGrid,
+    layout: Layout,
+    *,
+    seed: int,
+    bands: int,
+    dtype: str,
+    nodata: float | None,
+    block_size: int,
+    progress: bool | None,
+    name: str,
+) -> None:
     profile: dict[str, Any] = dict(
-        driver="GTiff", width=grid.width, height=grid.height, count=bands, dtype=dtype, crs=grid.crs,
-        transform=grid.transform, nodata=nodata, tiled=True, blockxsize=TILE, blockysize=TILE,
-        compress="deflate", zlevel=1, predictor=3 if dtype == "float32" else 2, bigtiff="IF_SAFER",
+        driver="GTiff",
+        width=grid.width,
+        height=grid.height,
+        count=bands,
+        dtype=dtype,
+        crs=grid.crs,
+        transform=grid.transform,
+        nodata=nodata,
+        tiled=True,
+        blockxsize=TILE,
+        blockysize=TILE,
+        compress="deflate",
+        zlevel=1,
+        predictor=3 if dtype == "float32" else 2,
+        bigtiff="IF_SAFER",
         interleave="pixel",
     )
     keys = NoiseKeys.from_seed(seed)
     x0, y0, x1, y1 = layout.valid
     wins = list(windows(grid.width, grid.height, block_size))
-    with atomic_output(path) as tmp, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), \
-            rasterio.open(tmp, "w", **profile) as dst:
+    with (
+        atomic_output(path) as tmp,
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+        rasterio.open(tmp, "w", **profile) as dst,
+    ):
         dst.colorinterp = COLOR_INTERP[bands]
         for i, band in enumerate(BAND_NAMES[bands], start=1):
             dst.set_band_description(i, band)
-        dst.update_tags(GEOUNET_SYNTH_SEED=str(seed), GEOUNET_SYNTH_GSD_M=f"{grid.gsd:.6g}",
-                        GEOUNET_SYNTH_FULL_SCALE=f"{FULL_SCALE[dtype]:g}",
-                        GEOUNET_SYNTH_VERSION=str(CONTENT_VERSION))
-        for win in tqdm(wins, desc=f"synth {name}", unit="window", disable=None if progress is None else not progress,
-                        leave=False):
+        dst.update_tags(
+            GEOUNET_SYNTH_SEED=str(seed),
+            GEOUNET_SYNTH_GSD_M=f"{grid.gsd:.6g}",
+            GEOUNET_SYNTH_FULL_SCALE=f"{FULL_SCALE[dtype]:g}",
+            GEOUNET_SYNTH_VERSION=str(CONTENT_VERSION),
+        )
+        for win in tqdm(
+            wins, desc=f"synth {name}", unit="window", disable=None if progress is None else not progress, leave=False
+        ):
             img = paint_window(layout, keys, win, nir=bands == 4)
             data = to_dtype(img, bands, dtype, nodata)
-            if nodata is not None and (win.col < x0 or win.row < y0 or win.col + win.width > x1
-                                       or win.row + win.height > y1):
+            if nodata is not None and (
+                win.col < x0 or win.row < y0 or win.col + win.width > x1 or win.row + win.height > y1
+            ):
                 cols = win.col + np.arange(win.width)
                 rows = win.row + np.arange(win.height)
                 outside = ((rows < y0) | (rows >= y1))[:, None] | ((cols < x0) | (cols >= x1))[None, :]
@@ -303,8 +403,7 @@ def _write_image(path: Path, grid: SceneGrid, layout: Layout, *, seed: int, band
 # --------------------------------------------------------------------------------------
 # truth
 # --------------------------------------------------------------------------------------
-def _frame(geoms: np.ndarray, columns: dict[str, Any], grid: SceneGrid):  # type: ignore[no-untyped-def]
-    import geopandas as gpd
+def _frame(geoms: np.ndarray, columns: dict[str, Any], grid: SceneGrid) -> gpd.GeoDataFrame:
 
     crs_geoms = shapely.transform(geoms, pixel_to_crs(grid)) if len(geoms) else geoms
     return gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries(crs_geoms, crs=grid.crs.to_wkt()))
@@ -314,19 +413,25 @@ def truth_frames(grid: SceneGrid, layout: Layout) -> dict[str, Any]:
     """The truth layers as GeoDataFrames in the scene CRS: buildings, roads, road_centerlines."""
     b, r = layout.buildings, layout.roads
     k = b.truth_building
-    buildings = _frame(b.truth, {
-        "id": k.astype(np.int64),
-        "kind": np.array(BUILDING_KINDS, dtype=object)[b.kind[k]] if len(k) else np.array([], dtype=object),
-        "roof": np.where(b.flat[k], "flat", "pitched").astype(object),
-        "height_m": np.round(b.height_px[k] * grid.gsd, 2),
-        "terrace_row": np.where(b.group[k] >= 0, b.group[k], -1).astype(np.int64),
-    }, grid)
+    buildings = _frame(
+        b.truth,
+        {
+            "id": k.astype(np.int64),
+            "kind": np.array(BUILDING_KINDS, dtype=object)[b.kind[k]] if len(k) else np.array([], dtype=object),
+            "roof": np.where(b.flat[k], "flat", "pitched").astype(object),
+            "height_m": np.round(b.height_px[k] * grid.gsd, 2),
+            "terrace_row": np.where(b.group[k] >= 0, b.group[k], -1).astype(np.int64),
+        },
+        grid,
+    )
     kinds = np.array(ROAD_KINDS, dtype=object)
 
     def road_columns(idx: np.ndarray) -> dict[str, Any]:
-        return {"id": idx.astype(np.int64),
-                "kind": kinds[r.kind[idx]] if len(idx) else np.array([], dtype=object),
-                "width_m": np.round(r.width_px[idx] * grid.gsd, 3)}
+        return {
+            "id": idx.astype(np.int64),
+            "kind": kinds[r.kind[idx]] if len(idx) else np.array([], dtype=object),
+            "width_m": np.round(r.width_px[idx] * grid.gsd, 3),
+        }
 
     roads = _frame(r.pieces, road_columns(r.piece_road), grid)
     lines = _frame(r.lines, road_columns(r.line_road), grid)
@@ -345,17 +450,22 @@ def _write_truth(paths: dict[str, Path], grid: SceneGrid, layout: Layout) -> dic
         for key, layer in (("buildings_geojson", "buildings"), ("roads_geojson", "roads")):
             with atomic_output(paths[key]) as tmp:
                 pyogrio.write_dataframe(frames[layer], tmp, driver="GeoJSON", geometry_type=types[layer])
-    return {"n_buildings": len(frames["buildings"]), "n_roads": len(frames["roads"]),
-            "n_centerlines": len(frames["road_centerlines"])}
+    return {
+        "n_buildings": len(frames["buildings"]),
+        "n_roads": len(frames["roads"]),
+        "n_centerlines": len(frames["road_centerlines"]),
+    }
 
 
 def describe(scene: SynthScene) -> str:
     """One line per written file, for the command line."""
     size = f"{scene.width}x{scene.height} px, {scene.bands} band(s) {scene.dtype}, {scene.crs}, {scene.gsd:g} m/px"
-    return "\n".join([
-        f"{scene.image}  ({size})",
-        f"{scene.truth}  ({scene.n_buildings} buildings, {scene.n_roads} road polygons, "
-        f"{scene.n_centerlines} centrelines)",
-        f"{scene.buildings_geojson}",
-        f"{scene.roads_geojson}",
-    ])
+    return "\n".join(
+        [
+            f"{scene.image}  ({size})",
+            f"{scene.truth}  ({scene.n_buildings} buildings, {scene.n_roads} road polygons, "
+            f"{scene.n_centerlines} centrelines)",
+            f"{scene.buildings_geojson}",
+            f"{scene.roads_geojson}",
+        ]
+    )

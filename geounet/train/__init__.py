@@ -28,8 +28,13 @@ from geounet.train.loop import EpochCallback, TrainResult, run
 __all__ = ["TrainingSettings", "TrainResult", "load_training_settings", "train"]
 
 
-def train(settings: TrainingSettings, *, resume: str | Path | None = None, progress: bool | None = None,
-          on_epoch: EpochCallback | None = None) -> TrainResult:
+def train(
+    settings: TrainingSettings,
+    *,
+    resume: str | Path | None = None,
+    progress: bool | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
     """Train as ``settings`` says and return where the checkpoints and logs are.
 
     See :func:`geounet.train.loop.run` for the steps, the arguments and the errors.

@@ -23,7 +23,9 @@ __all__ = ["flip_rotate", "elastic", "brightness_contrast", "gamma", "grayscale"
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def flip_rotate(image: np.ndarray, labels: np.ndarray, valid: np.ndarray, *, k: int, flip_x: bool, flip_y: bool) -> Arrays:
+def flip_rotate(
+    image: np.ndarray, labels: np.ndarray, valid: np.ndarray, *, k: int, flip_x: bool, flip_y: bool
+) -> Arrays:
     """Rotate by ``k`` quarter turns (counter-clockwise) then flip; same for all three arrays."""
 
     def f(a: np.ndarray) -> np.ndarray:
@@ -57,8 +59,9 @@ def displacement(shape: tuple[int, int], rng: np.random.Generator, alpha: float,
     return field
 
 
-def elastic(image: np.ndarray, labels: np.ndarray, valid: np.ndarray, rng: np.random.Generator, *,
-            alpha: float, sigma: float) -> Arrays:
+def elastic(
+    image: np.ndarray, labels: np.ndarray, valid: np.ndarray, rng: np.random.Generator, *, alpha: float, sigma: float
+) -> Arrays:
     """Elastic deformation (Simard et al. 2003): every pixel is moved by a smooth random field.
 
     The image is resampled with bilinear interpolation, labels and valid mask with nearest
@@ -85,8 +88,9 @@ def _stats(image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return px.mean(axis=1), px.min(axis=1), px.max(axis=1)
 
 
-def brightness_contrast(image: np.ndarray, valid: np.ndarray, rng: np.random.Generator, *,
-                        brightness: float, contrast: float) -> np.ndarray:
+def brightness_contrast(
+    image: np.ndarray, valid: np.ndarray, rng: np.random.Generator, *, brightness: float, contrast: float
+) -> np.ndarray:
     """``(x - mean) * c + mean + b`` with ``c ~ U(1 - contrast, 1 + contrast)``, ``b ~ U(-brightness, brightness)``."""
     c = rng.uniform(1.0 - contrast, 1.0 + contrast) if contrast > 0 else 1.0
     b = rng.uniform(-brightness, brightness) if brightness > 0 else 0.0
@@ -108,8 +112,9 @@ def grayscale(image: np.ndarray) -> np.ndarray:
     return np.repeat(image.mean(axis=0, keepdims=True), image.shape[0], axis=0).astype(np.float32, copy=False)
 
 
-def augment(image: np.ndarray, labels: np.ndarray, valid: np.ndarray, rng: np.random.Generator,
-            cfg: AugmentSettings) -> Arrays:
+def augment(
+    image: np.ndarray, labels: np.ndarray, valid: np.ndarray, rng: np.random.Generator, cfg: AugmentSettings
+) -> Arrays:
     """All enabled augmentations in a fixed order: flip/rotate, elastic, photometric, grayscale.
 
     Args:

@@ -13,19 +13,18 @@ folder when they do not exist relative to the current directory (the convention 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from geounet.config import StrictModel, load_config
 from geounet.errors import ConfigError
+from geounet.settings import Device, Precision
 
-Device = Literal["auto", "cpu", "cuda"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Mode = Literal["binary", "multilabel", "multiclass"]
 Role = Literal["auto", "train", "val"]
 BestMetric = Literal["score", "building_f1", "mean_iou", "val_loss"]
-LabelPaths = Union[str, list[str], dict[str, Union[str, list[str]]]]
+LabelPaths = str | list[str] | dict[str, str | list[str]]
 
 
 # -- data -----------------------------------------------------------------------------------

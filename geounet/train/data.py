@@ -80,9 +80,19 @@ class TrainScene:
     @cached_property
     def _info(self) -> SceneInfo:
         return SceneInfo(
-            path=str(self.path), stem=self.path.stem, width=self.width, height=self.height, count=self.count,
-            dtype=self.dtype, crs_wkt=self.crs.to_wkt(), epsg=self.crs.to_epsg(), transform=tuple(self.transform)[:6],
-            bands=tuple(range(1, self.count + 1)), nodata=self.nodata, has_mask=self.has_mask, fingerprint="",
+            path=str(self.path),
+            stem=self.path.stem,
+            width=self.width,
+            height=self.height,
+            count=self.count,
+            dtype=self.dtype,
+            crs_wkt=self.crs.to_wkt(),
+            epsg=self.crs.to_epsg(),
+            transform=tuple(self.transform)[:6],
+            bands=tuple(range(1, self.count + 1)),
+            nodata=self.nodata,
+            has_mask=self.has_mask,
+            fingerprint="",
         )
 
     def scene_info(self, bands: Sequence[int], use_nodata: bool = True) -> SceneInfo:
@@ -92,8 +102,9 @@ class TrainScene:
         mask: every pixel is valid unless it is NaN. The fingerprint is left empty (training
         records its own in the provenance).
         """
-        return dataclasses.replace(self._info, bands=tuple(int(b) for b in bands),
-                                   has_mask=use_nodata and self.has_mask)
+        return dataclasses.replace(
+            self._info, bands=tuple(int(b) for b in bands), has_mask=use_nodata and self.has_mask
+        )
 
     def read(self, ref: WindowRef, bands: Sequence[int], use_nodata: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Raw pixels ``(bands, h, w)`` of a window inside the scene and its valid mask ``(h, w)``.
@@ -185,8 +196,14 @@ def synthetic_sources(cfg: SyntheticData, progress: bool = False) -> list[tuple[
 # -- opening ---------------------------------------------------------------------------------
 
 
-def open_scene(index: int, path: Path, role: str, label_files: dict[str, list[str]], settings: TrainingSettings,
-               bands: Sequence[int] | None) -> TrainScene:
+def open_scene(
+    index: int,
+    path: Path,
+    role: str,
+    label_files: dict[str, list[str]],
+    settings: TrainingSettings,
+    bands: Sequence[int] | None,
+) -> TrainScene:
     """Validate a raster and read its labels (reprojected to its CRS)."""
     if not path.exists():
         raise ConfigError(f"{settings.source}: scene image {path} does not exist; check data.scenes[].image")
@@ -201,8 +218,19 @@ def open_scene(index: int, path: Path, role: str, label_files: dict[str, list[st
                 raise SceneReadError(path, f"bands have different dtypes {sorted(dtypes)}")
             flags = [set(f) for f in ds.mask_flag_enums]
             has_mask = any(f != {rasterio.enums.MaskFlags.all_valid} for f in flags)
-            scene = TrainScene(index, path, role, ds.width, ds.height, ds.count, ds.dtypes[0],
-                               CRS.from_wkt(ds.crs.to_wkt()), ds.transform, has_mask, ds.nodata)
+            scene = TrainScene(
+                index,
+                path,
+                role,
+                ds.width,
+                ds.height,
+                ds.count,
+                ds.dtypes[0],
+                CRS.from_wkt(ds.crs.to_wkt()),
+                ds.transform,
+                has_mask,
+                ds.nodata,
+            )
     except RasterioError as exc:
         raise SceneReadError(path, f"cannot be opened as a GeoTIFF: {exc}") from None
     want = bands or list(range(1, scene.count + 1))
@@ -256,9 +284,15 @@ def bands_of(settings: TrainingSettings, scenes: Sequence[TrainScene]) -> list[i
 # -- normalization ---------------------------------------------------------------------------
 
 
-def estimate_normalization(scenes: Sequence[TrainScene], rects: Sequence[Rect], bands: Sequence[int],
-                           cfg: NormalizationSettings, window: int, seed: int, use_nodata: bool = True,
-                           ) -> MeanStd | Percentile:
+def estimate_normalization(
+    scenes: Sequence[TrainScene],
+    rects: Sequence[Rect],
+    bands: Sequence[int],
+    cfg: NormalizationSettings,
+    window: int,
+    seed: int,
+    use_nodata: bool = True,
+) -> MeanStd | Percentile:
     """Per-band statistics from ``cfg.sample_windows`` random training windows (never a full scene).
 
     Valid pixels only; at most ``cfg.max_pixels`` per band, drawn at random. ``kind: auto``
@@ -295,9 +329,17 @@ def pixel_weights(valid: np.ndarray, gaps: np.ndarray, separation_weight: float 
     return w
 
 
-def load_window(scene: TrainScene, ref: WindowRef, bands: Sequence[int], norm: MeanStd | Percentile, *,
-                use_nodata: bool = True, aug: AugmentSettings | None = None, rng: np.random.Generator | None = None,
-                separation_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_window(
+    scene: TrainScene,
+    ref: WindowRef,
+    bands: Sequence[int],
+    norm: MeanStd | Percentile,
+    *,
+    use_nodata: bool = True,
+    aug: AugmentSettings | None = None,
+    rng: np.random.Generator | None = None,
+    separation_weight: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training sample: normalized image ``(bands, h, w)``, label stack ``(classes, h, w)``
     and loss weights ``(h, w)`` (0 where invalid, see :func:`pixel_weights`), augmented if ``aug``."""
     raw, valid = scene.read(ref, bands, use_nodata)
@@ -311,10 +353,19 @@ def load_window(scene: TrainScene, ref: WindowRef, bands: Sequence[int], norm: M
     return x, y, pixel_weights(valid, gaps, separation_weight)
 
 
-def load_batch(scenes: Sequence[TrainScene], refs: Sequence[WindowRef], bands: Sequence[int],
-               norm: MeanStd | Percentile, *, use_nodata: bool, aug: AugmentSettings | None,
-               seed: int, epoch: int, first: int, separation_weight: float = 1.0,
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_batch(
+    scenes: Sequence[TrainScene],
+    refs: Sequence[WindowRef],
+    bands: Sequence[int],
+    norm: MeanStd | Percentile,
+    *,
+    use_nodata: bool,
+    aug: AugmentSettings | None,
+    seed: int,
+    epoch: int,
+    first: int,
+    separation_weight: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stacked ``(x, y, weights)`` of windows ``first, first + 1, ...`` of an epoch.
 
     Window ``j`` of epoch ``e`` is augmented with ``default_rng([seed, e, 17, j])``, so a
@@ -323,8 +374,16 @@ def load_batch(scenes: Sequence[TrainScene], refs: Sequence[WindowRef], bands: S
     xs, ys, vs = [], [], []
     for j, ref in enumerate(refs):
         rng = np.random.default_rng([seed, epoch, 17, first + j])
-        x, y, v = load_window(scenes[ref.scene], ref, bands, norm, use_nodata=use_nodata, aug=aug, rng=rng,
-                              separation_weight=separation_weight)
+        x, y, v = load_window(
+            scenes[ref.scene],
+            ref,
+            bands,
+            norm,
+            use_nodata=use_nodata,
+            aug=aug,
+            rng=rng,
+            separation_weight=separation_weight,
+        )
         xs.append(x)
         ys.append(y)
         vs.append(v)

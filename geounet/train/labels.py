@@ -33,8 +33,20 @@ from geounet.train.config import ClassLabels
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClassGeometries", "choose_layer", "read_class_geometries", "window_box", "burn", "burn_ids",
-           "burn_with_gaps", "cut_touching", "id_stack", "split_stack", "rasterize_window", "to_class_index"]
+__all__ = [
+    "ClassGeometries",
+    "choose_layer",
+    "read_class_geometries",
+    "window_box",
+    "burn",
+    "burn_ids",
+    "burn_with_gaps",
+    "cut_touching",
+    "id_stack",
+    "split_stack",
+    "rasterize_window",
+    "to_class_index",
+]
 
 
 @dataclass
@@ -172,7 +184,7 @@ def read_class_geometries(paths: Sequence[str | Path], selector: ClassLabels, ds
             raise ConfigError(f"label file {path} (class {selector.name!r}) does not exist; check data.scenes[].labels")
         try:
             info = pyogrio.list_layers(path)
-        except Exception as exc:  # noqa: BLE001 - GDAL raises many types for bad files
+        except Exception as exc:
             raise SceneReadError(path, f"cannot be read as a vector file: {exc}") from None
         layers = [str(n) for n in info[:, 0]] if len(info) else []
         if not layers:
@@ -181,7 +193,7 @@ def read_class_geometries(paths: Sequence[str | Path], selector: ClassLabels, ds
         source = f"{path}:{layer}"
         try:
             df = gpd.read_file(path, layer=layer, engine="pyogrio")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise SceneReadError(path, f"layer {layer!r} cannot be read: {exc}") from None
         df = _select(df, selector, source)
         df = df[~(df.geometry.isna() | df.geometry.is_empty)]
@@ -266,8 +278,9 @@ def cut_touching(ids: np.ndarray, separation_px: int = 1, margin: int = 0) -> tu
     return ((core != 0) & ~cut).astype(np.uint8), cut
 
 
-def burn_with_gaps(cg: ClassGeometries, transform: Affine, shape: tuple[int, int], *,
-                   separate: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def burn_with_gaps(
+    cg: ClassGeometries, transform: Affine, shape: tuple[int, int], *, separate: bool | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 mask (h, w) of ``cg``'s features on one window, and the bool separation gaps cut from it.
 
     A pixel belongs to a feature when its centre is inside. With ``separate`` (default: the

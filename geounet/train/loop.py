@@ -109,8 +109,13 @@ class TrainResult:
     exported: Path | None = None
 
 
-def run(settings: TrainingSettings, *, resume: str | Path | None = None, progress: bool | None = None,
-        on_epoch: EpochCallback | None = None) -> TrainResult:
+def run(
+    settings: TrainingSettings,
+    *,
+    resume: str | Path | None = None,
+    progress: bool | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
     """Train a model as ``settings`` says; see the module docstring for the steps.
 
     Args:
@@ -138,11 +143,21 @@ def run(settings: TrainingSettings, *, resume: str | Path | None = None, progres
     fit = build_fit(settings, data.bands, device, dtype, earlier)
     state = start_progress(settings, out, earlier)
     folder = RunFolder(
-        out=out, settings=settings, bands=data.bands, normalization=norm,
+        out=out,
+        settings=settings,
+        bands=data.bands,
+        normalization=norm,
         thresholds=dict.fromkeys(settings.class_names, settings.validation.threshold),
-        provenance=run_provenance(settings, data.scenes, data.bands, device=device, dtype=dtype,
-                                  train_rects=data.train_rects, val_rects=data.val_rects,
-                                  val_tiles=len(data.tiles)),
+        provenance=run_provenance(
+            settings,
+            data.scenes,
+            data.bands,
+            device=device,
+            dtype=dtype,
+            train_rects=data.train_rects,
+            val_rects=data.val_rects,
+            val_tiles=len(data.tiles),
+        ),
         resumed_from=earlier.path if earlier is not None else None,
     )
     train_epochs(settings, data, norm, fit, state, folder, show=show, on_epoch=on_epoch)
@@ -238,9 +253,15 @@ def open_data(settings: TrainingSettings, show: bool = False) -> TrainData:
     bands = bands_of(settings, scenes)
     train_rects, val_rects = split_areas(scenes, settings)
     sc = settings.sampling
-    sampler = WindowSampler(train_rects, sc.window, sc.windows_per_epoch, settings.compute.seed,
-                            balance=sc.balance, candidates=sc.candidates,
-                            presence=partial(class_presence, scenes, min_pixels=sc.min_class_pixels))
+    sampler = WindowSampler(
+        train_rects,
+        sc.window,
+        sc.windows_per_epoch,
+        settings.compute.seed,
+        balance=sc.balance,
+        candidates=sc.candidates,
+        presence=partial(class_presence, scenes, min_pixels=sc.min_class_pixels),
+    )
     tiles = spread(tile_rects(val_rects, settings.validation.tile), settings.validation.max_tiles)
     return TrainData(scenes, bands, train_rects, val_rects, sampler, tiles)
 
@@ -255,9 +276,19 @@ def split_areas(scenes: Sequence[TrainScene], settings: TrainingSettings) -> tup
     val: list[Rect] = []
     sp = settings.split
     for s in scenes:
-        t, v = split_scene(s.index, s.height, s.width, s.role, kind=sp.kind, val_fraction=sp.val_fraction,
-                           cell=sp.cell, gap=settings.gap, window=settings.sampling.window,
-                           seed=settings.compute.seed, name=str(s.path))
+        t, v = split_scene(
+            s.index,
+            s.height,
+            s.width,
+            s.role,
+            kind=sp.kind,
+            val_fraction=sp.val_fraction,
+            cell=sp.cell,
+            gap=settings.gap,
+            window=settings.sampling.window,
+            seed=settings.compute.seed,
+            name=str(s.path),
+        )
         train += t
         val += v
     if not train:
@@ -286,8 +317,15 @@ def choose_normalization(settings: TrainingSettings, data: TrainData, earlier: R
             raise CheckpointError(earlier.path, f"was trained on bands {meta.bands}, the config gives {data.bands}")
         norm = meta.normalization
     else:
-        norm = estimate_normalization(data.scenes, data.train_rects, data.bands, settings.normalization,
-                                      settings.sampling.window, settings.compute.seed, settings.data.use_nodata)
+        norm = estimate_normalization(
+            data.scenes,
+            data.train_rects,
+            data.bands,
+            settings.normalization,
+            settings.sampling.window,
+            settings.compute.seed,
+            settings.data.use_nodata,
+        )
     log.info("normalization: %s", norm.model_dump())
     return norm
 
@@ -341,8 +379,9 @@ class Fit:
             self.opt.step()
 
 
-def build_fit(settings: TrainingSettings, bands: Sequence[int], device: torch.device, dtype: torch.dtype,
-              earlier: Resume | None) -> Fit:
+def build_fit(
+    settings: TrainingSettings, bands: Sequence[int], device: torch.device, dtype: torch.dtype, earlier: Resume | None
+) -> Fit:
     """A new model seeded by ``compute.seed`` (or the resumed one), its loss and its optimizer
     (AdamW; the resumed optimizer state restored)."""
     torch.manual_seed(settings.compute.seed)
@@ -350,9 +389,16 @@ def build_fit(settings: TrainingSettings, bands: Sequence[int], device: torch.de
         model = earlier.model
     else:
         m = settings.model
-        model = create_model(m.arch, in_channels=len(bands), classes=tuple(settings.class_names), mode=m.mode,
-                             width=m.width, depth=m.depth, **m.options)
-    model = model.to(device).to(memory_format=torch.channels_last)
+        model = create_model(
+            m.arch,
+            in_channels=len(bands),
+            classes=tuple(settings.class_names),
+            mode=m.mode,
+            width=m.width,
+            depth=m.depth,
+            **m.options,
+        )
+    model = model.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit memory_format
     model.train()
     loss_fn = loss_for(model.spec, **loss_kwargs(settings)).to(device)
     opt = torch.optim.AdamW(param_groups(model, settings.optim.weight_decay), lr=settings.optim.lr)
@@ -361,9 +407,17 @@ def build_fit(settings: TrainingSettings, bands: Sequence[int], device: torch.de
     scaler = torch.amp.GradScaler("cuda") if (device.type == "cuda" and dtype == torch.float16) else None
     sc = settings.sampling
     steps_per_epoch = math.ceil(sc.windows_per_epoch / sc.batch_size)
-    return Fit(model=model, loss_fn=loss_fn, opt=opt, scaler=scaler, device=device, dtype=dtype,
-               grad_clip=settings.optim.grad_clip, steps_per_epoch=steps_per_epoch,
-               total_steps=settings.optim.epochs * steps_per_epoch)
+    return Fit(
+        model=model,
+        loss_fn=loss_fn,
+        opt=opt,
+        scaler=scaler,
+        device=device,
+        dtype=dtype,
+        grad_clip=settings.optim.grad_clip,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=settings.optim.epochs * steps_per_epoch,
+    )
 
 
 def start_progress(settings: TrainingSettings, out: Path, earlier: Resume | None) -> Progress:
@@ -373,8 +427,11 @@ def start_progress(settings: TrainingSettings, out: Path, earlier: Resume | None
         return Progress(metric=metric)
     state = Progress.from_record(earlier.record, metric, best_exists=(out / BEST).exists())
     if state.epoch >= settings.optim.epochs:
-        log.warning("the checkpoint already holds %d epochs (optim.epochs = %d); nothing to train",
-                    state.epoch, settings.optim.epochs)
+        log.warning(
+            "the checkpoint already holds %d epochs (optim.epochs = %d); nothing to train",
+            state.epoch,
+            settings.optim.epochs,
+        )
     return state
 
 
@@ -394,15 +451,27 @@ class BatchLoader:
         self.settings = settings
         self.data = data
         self.norm = norm
-        self.executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="geounet-train-data")
-                         if settings.compute.prefetch else None)
+        self.executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="geounet-train-data")
+            if settings.compute.prefetch
+            else None
+        )
 
     def load(self, epoch: int, first: int, refs: Sequence[WindowRef]) -> Batch:
         """Windows ``first, first + 1, ...`` of ``epoch``, read, augmented and stacked."""
         s = self.settings
-        return load_batch(self.data.scenes, refs, self.data.bands, self.norm, use_nodata=s.data.use_nodata,
-                          aug=s.augment, seed=s.compute.seed, epoch=epoch, first=first,
-                          separation_weight=s.loss.separation_weight)
+        return load_batch(
+            self.data.scenes,
+            refs,
+            self.data.bands,
+            self.norm,
+            use_nodata=s.data.use_nodata,
+            aug=s.augment,
+            seed=s.compute.seed,
+            epoch=epoch,
+            first=first,
+            separation_weight=s.loss.separation_weight,
+        )
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """Every batch of ``epoch`` in order (``sampling.batch_size`` windows each, the last may be short)."""
@@ -428,8 +497,9 @@ class BatchLoader:
         close_datasets()
 
 
-def train_epoch(fit: Fit, loader: BatchLoader, epoch: int, state: Progress, optim: OptimSettings,
-                bar: tqdm, note: str = "") -> tuple[float, float]:
+def train_epoch(
+    fit: Fit, loader: BatchLoader, epoch: int, state: Progress, optim: OptimSettings, bar: tqdm, note: str = ""
+) -> tuple[float, float]:
     """Train on every batch of ``epoch`` (0-based); advances ``state.step`` per batch.
 
     Returns:
@@ -485,26 +555,53 @@ class RunFolder:
         if improved:
             self._checkpoint(fit, self.out / BEST, prov)
         digest = self._checkpoint(fit, self.out / LAST, prov)
-        save_state(self.out / LAST, fit.opt, {
-            **state.to_record(), "total_steps": fit.total_steps, "checkpoint_hash": digest,
-            "seed": self.settings.compute.seed, "schedule": self.settings.optim.model_dump(mode="json"),
-        })
+        save_state(
+            self.out / LAST,
+            fit.opt,
+            {
+                **state.to_record(),
+                "total_steps": fit.total_steps,
+                "checkpoint_hash": digest,
+                "seed": self.settings.compute.seed,
+                "schedule": self.settings.optim.model_dump(mode="json"),
+            },
+        )
         write_csv(self.out / LOG_CSV, state.history)
         plot_curves(self.out / CURVES, state.history, self.settings.class_names)
         return improved
 
     def _checkpoint(self, fit: Fit, path: Path, provenance: dict[str, Any]) -> str:
-        return save_checkpoint(fit.model, path, bands=self.bands, normalization=self.normalization,
-                               thresholds=self.thresholds, provenance=provenance)
+        return save_checkpoint(
+            fit.model,
+            path,
+            bands=self.bands,
+            normalization=self.normalization,
+            thresholds=self.thresholds,
+            provenance=provenance,
+        )
 
 
-def train_epochs(settings: TrainingSettings, data: TrainData, norm: MeanStd | Percentile, fit: Fit, state: Progress,
-                 folder: RunFolder, *, show: bool = False, on_epoch: EpochCallback | None = None) -> None:
+def train_epochs(
+    settings: TrainingSettings,
+    data: TrainData,
+    norm: MeanStd | Percentile,
+    fit: Fit,
+    state: Progress,
+    folder: RunFolder,
+    *,
+    show: bool = False,
+    on_epoch: EpochCallback | None = None,
+) -> None:
     """Each remaining epoch: train it, validate, save, report (log line, ``on_epoch``)."""
     names = settings.class_names
     loader = BatchLoader(settings, data, norm)
-    bar = tqdm(total=max(settings.optim.epochs - state.epoch, 0) * fit.steps_per_epoch, disable=not show,
-               unit="step", dynamic_ncols=True, desc="training")
+    bar = tqdm(
+        total=max(settings.optim.epochs - state.epoch, 0) * fit.steps_per_epoch,
+        disable=not show,
+        unit="step",
+        dynamic_ncols=True,
+        desc="training",
+    )
     elapsed_before, run_t0 = state.elapsed_s, time.perf_counter()
     note = ""
     try:
@@ -512,13 +609,29 @@ def train_epochs(settings: TrainingSettings, data: TrainData, norm: MeanStd | Pe
             te = time.perf_counter()
             train_loss, lr = train_epoch(fit, loader, epoch, state, settings.optim, bar, note)
             tv = time.perf_counter()
-            val = validate(fit.model, data.scenes, data.tiles, data.bands, norm, settings, device=fit.device,
-                           dtype=fit.dtype, loss_fn=fit.loss_fn)
+            val = validate(
+                fit.model,
+                data.scenes,
+                data.tiles,
+                data.bands,
+                norm,
+                settings,
+                device=fit.device,
+                dtype=fit.dtype,
+                loss_fn=fit.loss_fn,
+            )
             val_time = time.perf_counter() - tv
-            row: dict[str, Any] = {"epoch": epoch + 1, "step": state.step, "lr": lr, "train_loss": train_loss,
-                                   **val, "train_time_s": tv - te, "val_time_s": val_time,
-                                   "epoch_time_s": time.perf_counter() - te,
-                                   "elapsed_s": elapsed_before + (time.perf_counter() - run_t0)}
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "step": state.step,
+                "lr": lr,
+                "train_loss": train_loss,
+                **val,
+                "train_time_s": tv - te,
+                "val_time_s": val_time,
+                "epoch_time_s": time.perf_counter() - te,
+                "elapsed_s": elapsed_before + (time.perf_counter() - run_t0),
+            }
             improved = folder.save_epoch(fit, state, row)
             note = f" | val {state.metric} {row.get(state.metric, math.nan):.3f}"
             line = format_row(row, names) + ("  *best*" if improved else "")
@@ -549,11 +662,19 @@ def finish(out: Path, settings: TrainingSettings, state: Progress, t0: float) ->
         raise GeounetError(f"no best checkpoint in {out}; every validation metric was NaN")
     best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), state.history[-1])
     exported = export_best(out / BEST, settings.output.export)
-    return TrainResult(out_dir=out, best_checkpoint=out / BEST, last_checkpoint=out / LAST,
-                       best_epoch=state.best_epoch, metric=state.metric,
-                       best_value=float(state.best_value) if state.best_value is not None else math.nan,
-                       metrics=best_row, history=state.history, epochs=state.history[-1]["epoch"],
-                       wall_time_s=time.perf_counter() - t0, exported=exported)
+    return TrainResult(
+        out_dir=out,
+        best_checkpoint=out / BEST,
+        last_checkpoint=out / LAST,
+        best_epoch=state.best_epoch,
+        metric=state.metric,
+        best_value=float(state.best_value) if state.best_value is not None else math.nan,
+        metrics=best_row,
+        history=state.history,
+        epochs=state.history[-1]["epoch"],
+        wall_time_s=time.perf_counter() - t0,
+        exported=exported,
+    )
 
 
 def export_best(best: Path, dest: str | Path | None) -> Path | None:

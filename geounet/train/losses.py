@@ -65,6 +65,8 @@ def soft_dice_loss(
 
 
 class BCEDiceLoss(nn.Module):
+    pos_weight: torch.Tensor | None  # a buffer: moves with .to(device)
+
     """Binary cross-entropy on logits plus soft Dice, for ``binary`` and ``multilabel`` modes.
 
     Each channel is an independent yes/no question (building? road?), hence one sigmoid per
@@ -91,9 +93,7 @@ class BCEDiceLoss(nn.Module):
         pw = None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32)
         self.register_buffer("pos_weight", pw, persistent=False)
 
-    def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar loss.
 
         Args:
@@ -104,9 +104,7 @@ class BCEDiceLoss(nn.Module):
         if target.ndim == 3 and logits.ndim == 4 and logits.shape[1] == 1:
             target = target.unsqueeze(1)
         if target.shape != logits.shape:
-            raise ModelInputError(
-                f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}"
-            )
+            raise ModelInputError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
         logits, target = logits.float(), target.float()
         weights = _valid_weights(valid, logits)
         pw = None if self.pos_weight is None else self.pos_weight.view(1, -1, 1, 1)
@@ -122,6 +120,8 @@ class BCEDiceLoss(nn.Module):
 
 
 class CEDiceLoss(nn.Module):
+    class_weights: torch.Tensor | None  # a buffer: moves with .to(device)
+
     """Cross-entropy plus optional soft Dice over the softmax, for ``multiclass`` mode.
 
     Classes compete for each pixel (a pixel is background, building *or* road). Channel 0
@@ -155,9 +155,7 @@ class CEDiceLoss(nn.Module):
         cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", cw, persistent=False)
 
-    def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar loss.
 
         Args:

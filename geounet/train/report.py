@@ -113,8 +113,13 @@ def git_commit() -> str | None:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -125,37 +130,65 @@ def data_record(scenes: Sequence[TrainScene]) -> list[dict[str, Any]]:
     Costs one small read per scene (the fingerprint hashes the first MiB)."""
     out = []
     for s in scenes:
-        out.append({
-            "image": str(s.path), "role": s.role, "size": [s.width, s.height], "crs": s.crs.to_string(),
-            "dtype": s.dtype, "fingerprint": fingerprint(str(s.path)),
-            "labels": {c.name: c.sources for c in s.classes},
-            "features": {c.name: int(len(c.geoms)) for c in s.classes},
-        })
+        out.append(
+            {
+                "image": str(s.path),
+                "role": s.role,
+                "size": [s.width, s.height],
+                "crs": s.crs.to_string(),
+                "dtype": s.dtype,
+                "fingerprint": fingerprint(str(s.path)),
+                "labels": {c.name: c.sources for c in s.classes},
+                "features": {c.name: int(len(c.geoms)) for c in s.classes},
+            }
+        )
     return out
 
 
-def run_provenance(settings: TrainingSettings, scenes: Sequence[TrainScene], bands: Sequence[int], *,
-                   device: torch.device, dtype: torch.dtype, train_rects: Sequence[Rect],
-                   val_rects: Sequence[Rect], val_tiles: int) -> dict[str, Any]:
+def run_provenance(
+    settings: TrainingSettings,
+    scenes: Sequence[TrainScene],
+    bands: Sequence[int],
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    train_rects: Sequence[Rect],
+    val_rects: Sequence[Rect],
+    val_tiles: int,
+) -> dict[str, Any]:
     """The part of the provenance that is the same for every checkpoint of a run."""
     return {
-        "trainer": "geounet.train", "geounet_version": __version__, "torch_version": torch.__version__,
-        "config_file": settings.source, "config": settings.model_dump(mode="json"), "data": data_record(scenes),
-        "bands": list(bands), "seed": settings.compute.seed, "git_commit": git_commit(), "device": str(device),
-        "precision": str(dtype).replace("torch.", ""), "python": platform.python_version(),
+        "trainer": "geounet.train",
+        "geounet_version": __version__,
+        "torch_version": torch.__version__,
+        "config_file": settings.source,
+        "config": settings.model_dump(mode="json"),
+        "data": data_record(scenes),
+        "bands": list(bands),
+        "seed": settings.compute.seed,
+        "git_commit": git_commit(),
+        "device": str(device),
+        "precision": str(dtype).replace("torch.", ""),
+        "python": platform.python_version(),
         "train_area_px": int(sum(r.height * r.width for r in train_rects)),
         "val_area_px": int(sum(r.height * r.width for r in val_rects)),
         "val_tiles": val_tiles,
     }
 
 
-def epoch_provenance(base: dict[str, Any], row: dict[str, Any], *, metric: str,
-                     resumed_from: str | Path | None) -> dict[str, Any]:
+def epoch_provenance(
+    base: dict[str, Any], row: dict[str, Any], *, metric: str, resumed_from: str | Path | None
+) -> dict[str, Any]:
     """``base`` completed with an epoch's row: epochs, metrics (NaN as None), training time, date."""
-    return {**base, "epochs": row["epoch"], "metrics": finite(row), "best_metric": metric,
-            "training_time_s": round(row["elapsed_s"], 1),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "resumed_from": str(resumed_from) if resumed_from is not None else None}
+    return {
+        **base,
+        "epochs": row["epoch"],
+        "metrics": finite(row),
+        "best_metric": metric,
+        "training_time_s": round(row["elapsed_s"], 1),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "resumed_from": str(resumed_from) if resumed_from is not None else None,
+    }
 
 
 def finite(row: dict[str, Any]) -> dict[str, Any]:

@@ -32,8 +32,15 @@ from rasterio.windows import Window
 from geounet.errors import ConfigError
 
 __all__ = [
-    "Rect", "WindowRef", "strip_split", "checkerboard_split", "split_scene", "random_windows",
-    "tile_rects", "balanced_weights", "WindowSampler",
+    "Rect",
+    "WindowRef",
+    "strip_split",
+    "checkerboard_split",
+    "split_scene",
+    "random_windows",
+    "tile_rects",
+    "balanced_weights",
+    "WindowSampler",
 ]
 
 
@@ -130,8 +137,16 @@ def strip_split(
 
 
 def checkerboard_split(
-    scene: int, height: int, width: int, *, cell: int, val_fraction: float, gap: int, window: int,
-    seed: int, name: str = "",
+    scene: int,
+    height: int,
+    width: int,
+    *,
+    cell: int,
+    val_fraction: float,
+    gap: int,
+    window: int,
+    seed: int,
+    name: str = "",
 ) -> tuple[list[Rect], list[Rect]]:
     """Square cells of ``cell`` px; a seeded random ``val_fraction`` of them (at least one) validate.
 
@@ -165,9 +180,13 @@ def checkerboard_split(
             role = grid[i, j]
             # shrink sides bordering the other role (8-neighbourhood: corners count too)
             top = any(grid[i - 1, jj] != role for jj in range(max(j - 1, 0), min(j + 2, cols))) if i > 0 else False
-            bottom = any(grid[i + 1, jj] != role for jj in range(max(j - 1, 0), min(j + 2, cols))) if i < rows - 1 else False
+            bottom = (
+                any(grid[i + 1, jj] != role for jj in range(max(j - 1, 0), min(j + 2, cols))) if i < rows - 1 else False
+            )
             left = any(grid[ii, j - 1] != role for ii in range(max(i - 1, 0), min(i + 2, rows))) if j > 0 else False
-            right = any(grid[ii, j + 1] != role for ii in range(max(i - 1, 0), min(i + 2, rows))) if j < cols - 1 else False
+            right = (
+                any(grid[ii, j + 1] != role for ii in range(max(i - 1, 0), min(i + 2, rows))) if j < cols - 1 else False
+            )
             rect = Rect(scene, r0 + half * top, c0 + half * left, r1 - half * bottom, c1 - half * right)
             if rect.height <= 0 or rect.width <= 0:
                 continue
@@ -183,8 +202,18 @@ def checkerboard_split(
 
 
 def split_scene(
-    scene: int, height: int, width: int, role: str, *, kind: str, val_fraction: float, cell: int, gap: int,
-    window: int, seed: int, name: str = "",
+    scene: int,
+    height: int,
+    width: int,
+    role: str,
+    *,
+    kind: str,
+    val_fraction: float,
+    cell: int,
+    gap: int,
+    window: int,
+    seed: int,
+    name: str = "",
 ) -> tuple[list[Rect], list[Rect]]:
     """Training and validation areas of one scene given its role and the split kind."""
     whole = Rect(scene, 0, 0, height, width)
@@ -199,8 +228,9 @@ def split_scene(
     if kind == "strip":
         return strip_split(scene, height, width, val_fraction=val_fraction, gap=gap, window=window, name=name)
     if kind == "checkerboard":
-        return checkerboard_split(scene, height, width, cell=cell, val_fraction=val_fraction, gap=gap,
-                                  window=window, seed=seed, name=name)
+        return checkerboard_split(
+            scene, height, width, cell=cell, val_fraction=val_fraction, gap=gap, window=window, seed=seed, name=name
+        )
     raise ConfigError(f"split.kind {kind!r} is not one of strip, checkerboard, scenes")
 
 
@@ -284,8 +314,17 @@ class WindowSampler:
         presence: ``windows -> (n, n_classes) bool`` telling which classes each window holds.
     """
 
-    def __init__(self, rects: Sequence[Rect], size: int, per_epoch: int, seed: int, *, balance: float = 0.0,
-                 candidates: int = 8, presence: PresenceFn | None = None) -> None:
+    def __init__(
+        self,
+        rects: Sequence[Rect],
+        size: int,
+        per_epoch: int,
+        seed: int,
+        *,
+        balance: float = 0.0,
+        candidates: int = 8,
+        presence: PresenceFn | None = None,
+    ) -> None:
         self.rects = [r for r in rects if r.fits(size)]
         if not self.rects:
             raise ConfigError(f"no training area fits a window of {size} px; lower sampling.window")

@@ -71,9 +71,15 @@ class Progress:
         """The progress a state sidecar recorded. The best is forgotten (the next epoch sets it)
         when it was chosen by another metric or its checkpoint is not in the output folder."""
         best = record.get("best", {})
-        progress = cls(metric=metric, epoch=int(record["epoch"]), step=int(record["step"]),
-                       history=list(record.get("history", [])), best_value=best.get("value"),
-                       best_epoch=int(best.get("epoch", 0)), elapsed_s=float(record.get("elapsed_s", 0.0)))
+        progress = cls(
+            metric=metric,
+            epoch=int(record["epoch"]),
+            step=int(record["step"]),
+            history=list(record.get("history", [])),
+            best_value=best.get("value"),
+            best_epoch=int(best.get("epoch", 0)),
+            elapsed_s=float(record.get("elapsed_s", 0.0)),
+        )
         if best.get("metric") not in (None, metric) or not best_exists:
             progress.best_value, progress.best_epoch = None, 0
         return progress
@@ -92,8 +98,13 @@ class Progress:
 
     def to_record(self) -> dict[str, Any]:
         """The JSON part of the sidecar that :meth:`from_record` reads back."""
-        return {"epoch": self.epoch, "step": self.step, "elapsed_s": self.elapsed_s, "history": self.history,
-                "best": {"metric": self.metric, "value": self.best_value, "epoch": self.best_epoch}}
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "elapsed_s": self.elapsed_s,
+            "history": self.history,
+            "best": {"metric": self.metric, "value": self.best_value, "epoch": self.best_epoch},
+        }
 
 
 def state_paths(checkpoint: Path) -> tuple[Path, Path]:
@@ -124,8 +135,9 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
         state.setdefault(int(idx), {})[key] = t
     for idx, sc in meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(sc)
-    groups = [{**g, "betas": tuple(g["betas"])} if isinstance(g.get("betas"), list) else g
-              for g in meta["param_groups"]]
+    groups = [
+        {**g, "betas": tuple(g["betas"])} if isinstance(g.get("betas"), list) else g for g in meta["param_groups"]
+    ]
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
@@ -173,6 +185,6 @@ def read_state(checkpoint: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
         )
     try:
         tensors = load_tensors(str(tpath))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+    except Exception as exc:
         raise CheckpointError(tpath, f"cannot be read as safetensors: {exc}") from None
     return info, tensors

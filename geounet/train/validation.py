@@ -59,8 +59,9 @@ def predicted_polygons(mask: np.ndarray, scene: TrainScene, ref: WindowRef) -> n
     scene, then the scene's affine transform)."""
     if not mask.any():
         return np.empty(0, dtype=object)
-    block = polygonize_block(mask, None, row_off=ref.row, col_off=ref.col,
-                             scene_height=scene.height, scene_width=scene.width)
+    block = polygonize_block(
+        mask, None, row_off=ref.row, col_off=ref.col, scene_height=scene.height, scene_width=scene.width
+    )
     return to_world(block.geoms, scene.transform)
 
 
@@ -74,8 +75,15 @@ def truth_polygons(scene: TrainScene, k: int, ref: WindowRef) -> list[shapely.Ge
     return [g for g in clipped if not g.is_empty and shapely.area(g) > 0]
 
 
-def tile_loss(loss_fn: torch.nn.Module, logits: torch.Tensor, scene: TrainScene, ref: WindowRef,
-              valid: np.ndarray, mode: str, separation_weight: float) -> float:
+def tile_loss(
+    loss_fn: torch.nn.Module,
+    logits: torch.Tensor,
+    scene: TrainScene,
+    ref: WindowRef,
+    valid: np.ndarray,
+    mode: str,
+    separation_weight: float,
+) -> float:
     """The training loss of one tile (same targets and pixel weights as in training)."""
     target, gaps = scene.targets(ref)
     device = logits.device
@@ -88,9 +96,18 @@ def tile_loss(loss_fn: torch.nn.Module, logits: torch.Tensor, scene: TrainScene,
         return float(loss_fn(logits, tt, weights))
 
 
-def validate(model: SegmentationModel, scenes: Sequence[TrainScene], tiles: Sequence[WindowRef],
-             bands: Sequence[int], norm: MeanStd | Percentile, settings: TrainingSettings, *,
-             device: torch.device, dtype: torch.dtype, loss_fn: torch.nn.Module | None = None) -> dict[str, Any]:
+def validate(
+    model: SegmentationModel,
+    scenes: Sequence[TrainScene],
+    tiles: Sequence[WindowRef],
+    bands: Sequence[int],
+    norm: MeanStd | Percentile,
+    settings: TrainingSettings,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    loss_fn: torch.nn.Module | None = None,
+) -> dict[str, Any]:
     """Score ``model`` on validation tiles; returns a flat dict of metrics.
 
     Keys: ``val_loss``; per class ``<class>_iou``, ``<class>_f1`` (pixel F1 = Dice),
@@ -139,8 +156,13 @@ def validate(model: SegmentationModel, scenes: Sequence[TrainScene], tiles: Sequ
     return summarize(names, counts, matches, bidx, loss_sum / loss_px if loss_px else math.nan)
 
 
-def summarize(names: Sequence[str], counts: Sequence[PixelCounts], matches: Sequence[MatchResult],
-              building: int | None, val_loss: float) -> dict[str, Any]:
+def summarize(
+    names: Sequence[str],
+    counts: Sequence[PixelCounts],
+    matches: Sequence[MatchResult],
+    building: int | None,
+    val_loss: float,
+) -> dict[str, Any]:
     """The flat metrics dict of :func:`validate` from summed pixel counts and building matches."""
     out: dict[str, Any] = {"val_loss": val_loss}
     ious = []

@@ -19,8 +19,6 @@ import shapely
 SIDES = ("top", "bottom", "left", "right")
 
 
-
-
 def _empty_geoms() -> np.ndarray:
     return np.empty(0, dtype=object)
 
@@ -157,5 +155,3 @@ def _overlaps(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray) ->
     hi = np.searchsorted(b0, a1, side="left")
     count = np.maximum(hi - lo, 0)
     return np.repeat(np.arange(len(a0)), count), _ranges(lo, count)
-
-

@@ -213,4 +213,3 @@ def polygonize_block(
         edges=edges,
         touches_edge=touches_edge[1:],
     )
-

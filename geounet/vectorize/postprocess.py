@@ -239,13 +239,13 @@ def postprocess(
     sums = np.asarray(prob_sum, dtype=np.float64).reshape(-1)
     if not len(geoms) == len(count) == len(sums):
         raise ValueError(
-            f"pixel_geoms, pixel_count and prob_sum differ in length: "
-            f"{len(geoms)}, {len(count)}, {len(sums)}"
+            f"pixel_geoms, pixel_count and prob_sum differ in length: {len(geoms)}, {len(count)}, {len(sums)}"
         )
     if len(geoms) == 0:
         empty = np.zeros(0, dtype=np.float64)
-        return WorldPolygons(np.empty(0, dtype=object), empty, empty.copy(), np.zeros(0, np.int64),
-                             np.empty(0, dtype=object))
+        return WorldPolygons(
+            np.empty(0, dtype=object), empty, empty.copy(), np.zeros(0, np.int64), np.empty(0, dtype=object)
+        )
 
     with np.errstate(divide="ignore", invalid="ignore"):
         score = np.where(count > 0, sums / np.maximum(count, 1), np.nan)
@@ -263,9 +263,7 @@ def postprocess(
         tolerance_px = simplify_m / pixel_size_m(t, crs, center)
         # Canonical rings (start at the lowest vertex, no collinear vertices), so that the
         # same shape simplifies the same way however its rings were built.
-        canonical = shapely.normalize(
-            shapely.simplify(shapely.normalize(geoms), 0.0, preserve_topology=False)
-        )
+        canonical = shapely.normalize(shapely.simplify(shapely.normalize(geoms), 0.0, preserve_topology=False))
         geoms = _polygonal(shapely.simplify(canonical, tolerance_px, preserve_topology=True))
 
     world = to_world(geoms, t)

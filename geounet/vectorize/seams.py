@@ -59,7 +59,6 @@ __all__ = ["BlockPolygons", "Polygons", "merge_seams"]
 MergeMethod = Literal["stitch", "union"]
 
 
-
 def _merged_intervals(intervals: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
     """``(line, start, end)`` intervals -> maximal non-overlapping ones per line."""
     out: list[tuple[int, int, int]] = []
@@ -306,9 +305,13 @@ def _cancel_on_sides(edges: _Edges, on_side: np.ndarray, line_stride: int) -> _E
     x1 = np.where(vert_u, line_u, p1).astype(np.int32)
     y1 = np.where(vert_u, p1, line_u).astype(np.int32)
     rest = edges.take(np.flatnonzero(~on_side))
-    return _Edges(np.concatenate([rest.x0, x0]), np.concatenate([rest.y0, y0]),
-                  np.concatenate([rest.x1, x1]), np.concatenate([rest.y1, y1]),
-                  np.concatenate([rest.group, group_u]))
+    return _Edges(
+        np.concatenate([rest.x0, x0]),
+        np.concatenate([rest.y0, y0]),
+        np.concatenate([rest.x1, x1]),
+        np.concatenate([rest.y1, y1]),
+        np.concatenate([rest.group, group_u]),
+    )
 
 
 def _link(edges: _Edges, strides: tuple[int, int]) -> np.ndarray:
@@ -381,9 +384,7 @@ def _walk(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, ring_id
 
 
-def _assemble(
-    edges: _Edges, order: np.ndarray, ring_id: np.ndarray, n_groups: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _assemble(edges: _Edges, order: np.ndarray, ring_id: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Rings -> one polygon per group (exterior first, then holes), corners only.
 
     Returns ``(polygons, ok)``; a group whose rings do not hold exactly one exterior gets
@@ -464,9 +465,7 @@ def _stitch(
 def _union_groups(pieces: np.ndarray, group: np.ndarray) -> np.ndarray:
     """Fallback: ``shapely.union_all`` per group, rings oriented like GDAL's."""
     bounds = np.flatnonzero(np.diff(group)) + 1
-    merged = np.array(
-        [shapely.union_all(members) for members in np.split(pieces, bounds)], dtype=object
-    )
+    merged = np.array([shapely.union_all(members) for members in np.split(pieces, bounds)], dtype=object)
     # Drop the vertices the seams leave on straight edges; the point set is unchanged.
     merged = shapely.simplify(merged, 0.0, preserve_topology=False)
     return shapely.orient_polygons(merged, exterior_cw=True)

@@ -191,8 +191,9 @@ def test_fused_conv_relu_computes_the_same_function(arch: str) -> None:
     assert fuse_conv_relu(fused) == 0  # nothing left to fuse
 
 
-def test_fused_conv_relu_falls_back_where_onednn_refuses(monkeypatch: pytest.MonkeyPatch,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_fused_conv_relu_falls_back_where_onednn_refuses(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A CPU on which oneDNN cannot build the fused primitive gets the two layers apart, with
     one warning, and the same outputs."""
     import copy

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from geounet.errors import ModelInputError
-from geounet.train.losses import BCEDiceLoss, CEDiceLoss, loss_for
 from geounet.models import ModelSpec
+from geounet.train.losses import BCEDiceLoss, CEDiceLoss, loss_for
 
 
 @pytest.fixture(autouse=True)
@@ -83,11 +83,17 @@ def test_ce_ignored_pixels_do_not_count(use_index: bool) -> None:
     if use_index:
         loss = CEDiceLoss(ignore_index=255)
         a = loss(logits, torch.where(ignored, 255, target))
-        b = loss(torch.where(ignored.unsqueeze(1), torch.randn_like(logits) * 9, logits), torch.where(ignored, 255, target))
+        b = loss(
+            torch.where(ignored.unsqueeze(1), torch.randn_like(logits) * 9, logits), torch.where(ignored, 255, target)
+        )
     else:
         loss = CEDiceLoss()
         a = loss(logits, target, valid=~ignored)
-        b = loss(torch.where(ignored.unsqueeze(1), -logits, logits), torch.where(ignored, (target + 1) % 3, target), valid=~ignored)
+        b = loss(
+            torch.where(ignored.unsqueeze(1), -logits, logits),
+            torch.where(ignored, (target + 1) % 3, target),
+            valid=~ignored,
+        )
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, loss(logits, target))
 

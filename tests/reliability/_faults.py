@@ -21,14 +21,26 @@ from affine import Affine
 from tests.conftest import REPO, write_tif
 
 UTM33 = ("EPSG:32633", Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0))
-SCENE_OUTPUTS = ("buildings.geojson", "roads.geojson", "polygons.gpkg", "probability.tif",
-                 "quicklook.png", "scene.json")
+SCENE_OUTPUTS = (
+    "buildings.geojson",
+    "roads.geojson",
+    "polygons.gpkg",
+    "probability.tif",
+    "quicklook.png",
+    "scene.json",
+)
 
 
 # --------------------------------------------------------------------------- good scenes
-def bright_rect_scene(path: Path, rect: tuple[int, int, int, int] = (10, 8, 40, 30), *,
-                      shape: tuple[int, int] = (48, 64), crs: str = UTM33[0],
-                      transform: Affine = UTM33[1], bands: int = 3) -> Path:
+def bright_rect_scene(
+    path: Path,
+    rect: tuple[int, int, int, int] = (10, 8, 40, 30),
+    *,
+    shape: tuple[int, int] = (48, 64),
+    crs: str = UTM33[0],
+    transform: Affine = UTM33[1],
+    bands: int = 3,
+) -> Path:
     """Band 1 is 255 inside ``rect`` (col0, row0, col1, row1), other bands 90: the probe
     model's polygon is exactly that rectangle."""
     img = np.zeros((bands, *shape), np.uint8)
@@ -107,16 +119,26 @@ def corrupt_tile(path: Path, src: Path, col: int, row: int, *, where: str = "mid
     return path
 
 
-def sparse_scene(path: Path, width: int, height: int, *, block: int, sparse: bool = True,
-                 bands: int = 3) -> Path:
+def sparse_scene(path: Path, width: int, height: int, *, block: int, sparse: bool = True, bands: int = 3) -> Path:
     """A GeoTIFF that declares ``width x height`` pixels but is tiny on disk.
 
     ``sparse=True``: no tile is written (GDAL ``SPARSE_OK``); ``sparse=False``: every tile is a
     real DEFLATE stream of zeros (a ~1000:1 decompression bomb).
     """
-    profile = dict(driver="GTiff", width=width, height=height, count=bands, dtype="uint8",
-                   crs=UTM33[0], transform=UTM33[1], tiled=True, blockxsize=block,
-                   blockysize=block, compress="deflate", BIGTIFF="YES")
+    profile = dict(
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=bands,
+        dtype="uint8",
+        crs=UTM33[0],
+        transform=UTM33[1],
+        tiled=True,
+        blockxsize=block,
+        blockysize=block,
+        compress="deflate",
+        BIGTIFF="YES",
+    )
     if sparse:
         profile["SPARSE_OK"] = True
     with rasterio.open(path, "w", **profile):
@@ -156,9 +178,11 @@ def malicious_torch_zip(path: Path, marker: Path) -> Path:
 
 def payload_runs(path: Path, marker: Path) -> bool:
     """Sanity check in a throwaway process: does loading ``path`` naively create ``marker``?"""
-    code = ("import pickle, sys, torch\np = sys.argv[1]\n"
-            "try:\n    torch.load(p, weights_only=False)\n"
-            "except Exception:\n    pickle.load(open(p, 'rb'))\n")
+    code = (
+        "import pickle, sys, torch\np = sys.argv[1]\n"
+        "try:\n    torch.load(p, weights_only=False)\n"
+        "except Exception:\n    pickle.load(open(p, 'rb'))\n"
+    )
     subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, timeout=60)
     return marker.exists()
 
@@ -231,8 +255,10 @@ def geounet_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "geounet.cli", *args]
 
 
-def run_cli(args: list[str], *, timeout: int = 240, prefix: list[str] | None = None,
-            **kw: object) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], *, timeout: int = 240, prefix: list[str] | None = None, **kw: object
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([*(prefix or []), *geounet_cmd(*args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, env=env, **kw)
+    return subprocess.run(
+        [*(prefix or []), *geounet_cmd(*args)], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, **kw
+    )

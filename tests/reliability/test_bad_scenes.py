@@ -17,9 +17,9 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
+from geounet.batch.run import run_scenes
 from geounet.errors import SceneReadError
 from geounet.scene.read import read_window
-from geounet.batch.run import run_scenes
 from geounet.scene.source import open_scene
 from geounet.settings import InferenceSettings
 from tests.conftest import make_checkpoint, write_tif
@@ -44,8 +44,7 @@ SETTINGS = InferenceSettings(tile_size=64, halo=0, tiles_per_block=1)
 
 @pytest.fixture(scope="module")
 def probe_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("probe") / "probe.safetensors", arch="probe",
-                           width=1, depth=4)
+    return make_checkpoint(tmp_path_factory.mktemp("probe") / "probe.safetensors", arch="probe", width=1, depth=4)
 
 
 def _img(bands: int = 3, dtype: str = "uint8") -> np.ndarray:
@@ -54,8 +53,10 @@ def _img(bands: int = 3, dtype: str = "uint8") -> np.ndarray:
 
 def _unreadable(d: Path, good: Path) -> Path:
     if os.geteuid() == 0:
-        pytest.skip("running as root, which reads mode-000 files anyway; the unreadable file is "
-                    "tested through the CLI with CAP_DAC_OVERRIDE dropped (test_cli_faults.py)")
+        pytest.skip(
+            "running as root, which reads mode-000 files anyway; the unreadable file is "
+            "tested through the CLI with CAP_DAC_OVERRIDE dropped (test_cli_faults.py)"
+        )
     p = write_tif(d / "locked.tif", _img())
     p.chmod(0)
     return p
@@ -77,12 +78,15 @@ REFUSED: dict[str, tuple[Callable[[Path, Path], Path], tuple[str, ...]]] = {
         ("1000000 x 1000000", "above the pixel budget", "max_pixels"),
     ),
     "no-crs": (lambda d, g: write_tif(d / "nocrs.tif", _img(), crs=None), ("has no CRS",)),
-    "no-geotransform": (lambda d, g: write_tif(d / "notransform.tif", _img(), transform=None),
-                        ("has no geotransform",)),
-    "complex-dtype": (lambda d, g: write_tif(d / "complex.tif", _img(dtype="complex64")),
-                      ("data type complex64",)),
-    "two-bands-for-three": (lambda d, g: write_tif(d / "two.tif", _img(bands=2)),
-                            ("band(s) [3] requested", "only 2 band(s)")),
+    "no-geotransform": (
+        lambda d, g: write_tif(d / "notransform.tif", _img(), transform=None),
+        ("has no geotransform",),
+    ),
+    "complex-dtype": (lambda d, g: write_tif(d / "complex.tif", _img(dtype="complex64")), ("data type complex64",)),
+    "two-bands-for-three": (
+        lambda d, g: write_tif(d / "two.tif", _img(bands=2)),
+        ("band(s) [3] requested", "only 2 band(s)"),
+    ),
     "dangling-symlink": (lambda d, g: dangling_link(d / "link.tif"), ("dangling symbolic link",)),
     "directory": (_directory, ("is not a regular file",)),
     "mode-000": (_unreadable, ("not readable", "permission denied")),
@@ -160,8 +164,9 @@ def test_scene_failing_mid_read_fails_alone(tmp_path: Path, dask_local, probe_ck
     out = tmp_path / "out"
     # One block at a time, in order: eight blocks succeed (and stream into the probability
     # raster) before the first failing one.
-    res = run_scenes([str(bad), str(good)], probe_ckpt, out, SETTINGS, client=dask_local,
-                     progress=False, max_in_flight=1)
+    res = run_scenes(
+        [str(bad), str(good)], probe_ckpt, out, SETTINGS, client=dask_local, progress=False, max_in_flight=1
+    )
     assert [r.status for r in res] == ["failed", "success"], [r.error for r in res]
     err = res[0].error or ""
     assert err.startswith(f"scene {bad}: reading columns "), err

@@ -62,8 +62,9 @@ def test_batch_with_bad_scenes_exits_1(tmp_path: Path, unet: Path) -> None:
         vrt_named_tif(tmp_path / "innocent.tif", good): "only GTiff/COG files are read",
         sparse_scene(tmp_path / "huge.tif", 10**6, 10**6, block=16384): "above the pixel budget",
         dangling_link(tmp_path / "link.tif"): "dangling symbolic link",
-        truncated_after(tmp_path / "truncated.tif", multiblock_scene(tmp_path / "whole.tif"), 2):
-            "got 100 bytes, expected",
+        truncated_after(
+            tmp_path / "truncated.tif", multiblock_scene(tmp_path / "whole.tif"), 2
+        ): "got 100 bytes, expected",
     }
     prefix = _without_dac_override()
     if prefix is not None:
@@ -71,8 +72,7 @@ def test_batch_with_bad_scenes_exits_1(tmp_path: Path, unet: Path) -> None:
         locked.chmod(0)
         bad[locked] = "is not readable (permission denied)"
     out = tmp_path / "out"
-    proc = run_cli(["predict", str(good), *map(str, bad), "-m", str(unet), "-o", str(out), *FAST],
-                   prefix=prefix)
+    proc = run_cli(["predict", str(good), *map(str, bad), "-m", str(unet), "-o", str(out), *FAST], prefix=prefix)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"{1 + len(bad)} scene(s): 1 done, 0 skipped (already complete), {len(bad)} failed" in proc.stdout
     failed = [line for line in proc.stderr.splitlines() if line.startswith("FAILED ")]
@@ -84,8 +84,11 @@ def test_batch_with_bad_scenes_exits_1(tmp_path: Path, unet: Path) -> None:
     assert_complete(out / "good")
     assert no_partials(out) == []
     if prefix is None:
-        warnings.warn("mode-000 scene left out: running as root and setpriv is missing, so file "
-                      "modes cannot be enforced", pytest.PytestWarning, stacklevel=1)
+        warnings.warn(
+            "mode-000 scene left out: running as root and setpriv is missing, so file modes cannot be enforced",
+            pytest.PytestWarning,
+            stacklevel=1,
+        )
 
 
 # --------------------------------------------------------------------------- model files
@@ -135,6 +138,6 @@ def test_untrusted_model_fails_before_any_scene(tmp_path: Path, unet: Path, case
     assert f"error: checkpoint {model}: " in proc.stderr and words in proc.stderr, proc.stderr
     # No geounet traceback. (Dask may log one of its own when the embedded cluster, started
     # before the checkpoint is read, is torn down under load: "heartbeat ... Traceback".)
-    assert "geounet/" not in "".join(l for l in proc.stderr.splitlines() if l.lstrip().startswith("File "))
+    assert "geounet/" not in "".join(line for line in proc.stderr.splitlines() if line.lstrip().startswith("File "))
     assert not (tmp_path / "PWNED").exists(), "the pickle's payload ran"
     assert not out.exists() or list(out.iterdir()) == [], "a scene was started"

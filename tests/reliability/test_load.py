@@ -61,8 +61,15 @@ def test_200_small_and_2_large_scenes_flat_memory_and_no_leaked_fds(tmp_path: Pa
     th = threading.Thread(target=sample, daemon=True)
     th.start()
     try:
-        res = run_scenes(order, ckpt, tmp_path / "out", s, client=dask_local, progress=False,
-                         on_outcome=lambda o: done.__setitem__(0, done[0] + 1))
+        res = run_scenes(
+            order,
+            ckpt,
+            tmp_path / "out",
+            s,
+            client=dask_local,
+            progress=False,
+            on_outcome=lambda o: done.__setitem__(0, done[0] + 1),
+        )
     finally:
         stop.set()
         th.join()
@@ -70,6 +77,7 @@ def test_200_small_and_2_large_scenes_flat_memory_and_no_leaked_fds(tmp_path: Pa
     assert [r.status for r in res].count("success") == 202
     assert res[100].polygons["building"] == 32
     assert _fds() == fds_before, "a run must leave no open file descriptors behind"
+
     # flat: memory does not grow with the number of scenes done once warmed up. Compare two
     # phases of small scenes after the large ones (which raise the high-water mark once).
     def median_rss(lo: int, hi: int) -> float:

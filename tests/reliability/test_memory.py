@@ -16,9 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from geounet.errors import SceneError
-from geounet.checkpoint import read_metadata
 from geounet.batch.run import make_plan, run_scenes
+from geounet.checkpoint import read_metadata
+from geounet.errors import SceneError
 from geounet.scene.source import open_scene
 from geounet.settings import InferenceSettings
 from tests.conftest import REPO, make_checkpoint
@@ -75,21 +75,37 @@ def test_memory_does_not_grow_with_the_scene(tmp_path: Path, dask_local) -> None
     out = tmp_path / "out"
     run_scenes([str(warm)], ckpt, out, s, client=dask_local, progress=False)  # model cache, imports
     grown_small, res_small = _rss_peak_during(
-        lambda: run_scenes([str(small)], ckpt, out, s, client=dask_local, progress=False), psutil.Process())
+        lambda: run_scenes([str(small)], ckpt, out, s, client=dask_local, progress=False), psutil.Process()
+    )
     grown, res = _rss_peak_during(
-        lambda: run_scenes([str(bomb)], ckpt, out, s, client=dask_local, progress=False), psutil.Process())
+        lambda: run_scenes([str(bomb)], ckpt, out, s, client=dask_local, progress=False), psutil.Process()
+    )
     assert res_small[0].status == "success" and res[0].status == "success", res[0].error
     assert res[0].blocks == 48 * 48
     assert grown - grown_small < 100 * MB, (
-        f"peak RSS grew by {grown_small / MB:.0f} MB at 4096^2 but {grown / MB:.0f} MB at 12288^2")
+        f"peak RSS grew by {grown_small / MB:.0f} MB at 4096^2 but {grown / MB:.0f} MB at 12288^2"
+    )
     assert grown < 302 * MB, f"peak RSS grew by {grown / MB:.0f} MB"
 
 
 def _predict_peak_rss(scene: Path, ckpt: Path, out: Path) -> tuple[float, float, float]:
     """Run ``geounet predict`` on ``scene``; (wall s, peak RSS of the process tree, peak RSS of
     its largest process), sampled every 0.1 s."""
-    cmd = geounet_cmd("predict", str(scene), "-m", str(ckpt), "-o", str(out), "--workers", "1",
-                      "--max-pixels", str(2 * 10**9), "--tile-size", "1024", "--no-progress")
+    cmd = geounet_cmd(
+        "predict",
+        str(scene),
+        "-m",
+        str(ckpt),
+        "-o",
+        str(out),
+        "--workers",
+        "1",
+        "--max-pixels",
+        str(2 * 10**9),
+        "--tile-size",
+        "1024",
+        "--no-progress",
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
     proc = psutil.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -125,9 +141,11 @@ def test_40000_squared_bomb_runs_in_bounded_memory(tmp_path: Path) -> None:
     out = tmp_path / "out"
     wall, peak_tree, peak_one = _predict_peak_rss(bomb, ckpt, out)
     rec = json.loads((out / "bomb" / "scene.json").read_text())
-    print(f"40000^2 bomb: {wall:.0f} s, peak RSS {peak_tree / MB:.0f} MB (tree; 4096^2: "
-          f"{small_tree / MB:.0f} MB), {peak_one / MB:.0f} MB (largest process); "
-          f"timings {rec['timings_s']}")
+    print(
+        f"40000^2 bomb: {wall:.0f} s, peak RSS {peak_tree / MB:.0f} MB (tree; 4096^2: "
+        f"{small_tree / MB:.0f} MB), {peak_one / MB:.0f} MB (largest process); "
+        f"timings {rec['timings_s']}"
+    )
     assert rec["size"]["width"] == 40000 and rec["tiling"]["blocks"] >= 400
     assert peak_one < 1.6e9, f"a process reached {peak_one / MB:.0f} MB"
     assert peak_tree - small_tree < 0.6e9, (peak_tree, small_tree)

@@ -27,8 +27,7 @@ SETTINGS = InferenceSettings(tile_size=64, halo=0, tiles_per_block=1)
 
 @pytest.fixture(scope="module")
 def probe_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("probe") / "probe.safetensors", arch="probe",
-                           width=1, depth=4)
+    return make_checkpoint(tmp_path_factory.mktemp("probe") / "probe.safetensors", arch="probe", width=1, depth=4)
 
 
 def _run(scenes: list[Path], ckpt: Path, out: Path, dask_local, settings: InferenceSettings = SETTINGS):
@@ -120,12 +119,12 @@ def test_antimeridian_polygon_is_split_and_valid(tmp_path: Path, dask_local, pro
         assert "crosses_antimeridian" not in validate_geometries(nudged)["problematic"]
         assert {g.centroid.x > 0 for g in geom.geoms} == {True, False}
         # Put the western part back beside the eastern one: the union is the forced region.
-        east = shapely.union_all([
-            g if g.centroid.x > 0 else shapely.transform(g, lambda xy: xy + [360.0, 0.0]) for g in geom.geoms
-        ])
+        east = shapely.union_all(
+            [g if g.centroid.x > 0 else shapely.transform(g, lambda xy: xy + [360.0, 0.0]) for g in geom.geoms]
+        )
         to_ll = Transformer.from_crs("EPSG:32660", "EPSG:4326", always_xy=True)
         want = shapely.segmentize(_pixel_outline(t, rect), 10.0)
-        want_ll = shapely.transform(want, lambda xy: np.column_stack(to_ll.transform(xy[:, 0], xy[:, 1])))
+        want_ll = shapely.transform(want, lambda xy, tr=to_ll: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
         want_ll = shapely.transform(want_ll, lambda xy: np.where(xy < 0, xy + [360.0, 0.0], xy))
         assert east.symmetric_difference(want_ll).area < 2e-3 * want_ll.area
         assert feats[0]["properties"]["area_m2"] == pytest.approx(70 * 40 * 100.0, rel=1e-6)
@@ -199,7 +198,8 @@ def test_nan_pixels_are_never_in_polygons(tmp_path: Path, dask_local, probe_ckpt
     assert covered.intersection(nan_area).area == pytest.approx(0.0, abs=1e-9)
     roads = gpd.read_file(folder / "polygons.gpkg", layer="roads")
     assert shapely.union_all(roads.geometry.values).equals(
-        shapely.union_all([_pixel_outline(t, (10, 10, 60, 50))]).difference(nan_area))
+        shapely.union_all([_pixel_outline(t, (10, 10, 60, 50))]).difference(nan_area)
+    )
     for name in ("buildings.geojson", "roads.geojson", "scene.json"):
         json.loads((folder / name).read_text(), parse_constant=_no_constant)  # NaN/Infinity refused
     for f in _features(folder / "buildings.geojson"):

@@ -49,8 +49,13 @@ class Job:
 def start(job: Job, *args: str, preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[str]:
     """``geounet run WORKFLOW *args`` in a new session (its pgid is its pid)."""
     return subprocess.Popen(
-        [str(GEOUNET), "run", str(job.workflow), *args], cwd=job.root, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=preexec_fn,
+        [str(GEOUNET), "run", str(job.workflow), *args],
+        cwd=job.root,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=preexec_fn,
     )
 
 
@@ -96,8 +101,13 @@ def kill_session(proc: subprocess.Popen[str]) -> None:
         pass
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02,
-             proc: subprocess.Popen[str] | None = None) -> object:
+def wait_for(
+    condition: Callable[[], object],
+    timeout: float,
+    what: str,
+    interval: float = 0.02,
+    proc: subprocess.Popen[str] | None = None,
+) -> object:
     """Poll ``condition`` until it is truthy; fail after ``timeout`` s or when ``proc`` ends."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -179,5 +189,8 @@ def digest(folder: Path) -> dict[str, str]:
     """Content hash of every file under ``folder`` (to prove nothing was touched)."""
     import hashlib
 
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }

@@ -27,8 +27,15 @@ def _touch_tif(path: Path) -> Path:
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     root = tmp_path / "data"
-    for rel in ("x.tif", "B.TIFF", "sub/x.tif", "sub/deeper/y.tif", ".hidden.tif", "sub/.partial-1-z.tif",
-                "out/x/probability.tif"):
+    for rel in (
+        "x.tif",
+        "B.TIFF",
+        "sub/x.tif",
+        "sub/deeper/y.tif",
+        ".hidden.tif",
+        "sub/.partial-1-z.tif",
+        "out/x/probability.tif",
+    ):
         _touch_tif(root / rel)
     (root / "notes.txt").write_text("not a scene")
     (root / "folder.tif").mkdir()  # a folder named like a scene is no scene
@@ -48,17 +55,26 @@ def test_folder_is_searched_recursively_for_tif_and_tiff_any_case(tree: Path) ->
 
 
 def test_glob_list_file_urls_and_missing_paths(tree: Path, tmp_path: Path) -> None:
-    assert discover_scenes(str(tree / "sub" / "**" / "*.tif")) == [str(tree / "sub/deeper/y.tif"),
-                                                                   str(tree / "sub/x.tif")]
+    assert discover_scenes(str(tree / "sub" / "**" / "*.tif")) == [
+        str(tree / "sub/deeper/y.tif"),
+        str(tree / "sub/x.tif"),
+    ]
     listing = tree / "sub" / "list.txt"
-    listing.write_text("# scenes for tonight\n\nx.tif\ndeeper/y.tif\n/vsis3/bucket/scene.tif\n"
-                       "https://example.org/c.tif\n../missing.tif\n")
+    listing.write_text(
+        "# scenes for tonight\n\nx.tif\ndeeper/y.tif\n/vsis3/bucket/scene.tif\n"
+        "https://example.org/c.tif\n../missing.tif\n"
+    )
     assert discover_scenes(str(listing)) == [
-        str(tree / "sub/x.tif"), str(tree / "sub/deeper/y.tif"), "/vsis3/bucket/scene.tif",
-        "https://example.org/c.tif", os.path.abspath(tree / "sub/../missing.tif")]
+        str(tree / "sub/x.tif"),
+        str(tree / "sub/deeper/y.tif"),
+        "/vsis3/bucket/scene.tif",
+        "https://example.org/c.tif",
+        os.path.abspath(tree / "sub/../missing.tif"),
+    ]
     # several sources: order kept, duplicates dropped; a relative source found from `base`
-    got = discover_scenes(["/vsicurl/https://example.org/a.tif", "sub/x.tif", str(tree / "x.tif"),
-                           str(tree / "sub/x.tif")], base=tree)
+    got = discover_scenes(
+        ["/vsicurl/https://example.org/a.tif", "sub/x.tif", str(tree / "x.tif"), str(tree / "sub/x.tif")], base=tree
+    )
     assert got == ["/vsicurl/https://example.org/a.tif", str(tree / "sub/x.tif"), str(tree / "x.tif")]
     # relative globs are tried from the current folder, then from `base`
     assert discover_scenes("sub/deeper/*.tif", base=tree) == [str(tree / "sub/deeper/y.tif")]
@@ -72,8 +88,10 @@ def test_dry_run_lists_what_would_happen_and_computes_nothing(job: Job, referenc
     bad = tmp_path / "bad.tif"
     bad.write_text("not a tiff")
     listing = tmp_path / "scenes.txt"
-    listing.write_text(f"{job.scenes / 'a.tif'}\n{job.scenes / 'sub1/b.tif'}\n{job.scenes / 'sub2/b.tif'}\n"
-                       "bad.tif\n/vsicurl/http://127.0.0.1:9/remote.tif\n")
+    listing.write_text(
+        f"{job.scenes / 'a.tif'}\n{job.scenes / 'sub1/b.tif'}\n{job.scenes / 'sub2/b.tif'}\n"
+        "bad.tif\n/vsicurl/http://127.0.0.1:9/remote.tif\n"
+    )
     rc, stdout, stderr = run(job, "--out", str(out), "--scenes", str(listing), "--dry-run", timeout=120)
     assert rc == 0, stderr[-3000:]
     lines = dict(ln.split(": ", 1) for ln in stdout.splitlines())
@@ -85,22 +103,33 @@ def test_dry_run_lists_what_would_happen_and_computes_nothing(job: Job, referenc
     assert digest(out) == before and sorted(p.name for p in out.iterdir()) == ["a", "sub1_b"]
     assert "Dask" not in stderr
     # --force: complete scenes would run again
-    rc, stdout, _ = run(job, "--out", str(out), "--scenes", str(job.scenes / "a.tif"), "--dry-run", "--force",
-                        timeout=120)
+    rc, stdout, _ = run(
+        job, "--out", str(out), "--scenes", str(job.scenes / "a.tif"), "--dry-run", "--force", timeout=120
+    )
     assert rc == 0 and stdout.startswith("a: would run")
 
 
 def test_cli_paths_are_relative_to_the_current_folder(job: Job, tmp_path: Path) -> None:
     """--out and --scenes given on the command line are taken from the current folder, not
     from the workflow file's folder (paths inside the file are)."""
-    r = subprocess.run([str(GEOUNET), "run", str(job.workflow), "--scenes", "scenes/sub1", "--out", "o",
-                        "--dry-run"], cwd=job.root, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(GEOUNET), "run", str(job.workflow), "--scenes", "scenes/sub1", "--out", "o", "--dry-run"],
+        cwd=job.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == f"b: would run ({job.scenes / 'sub1' / 'b.tif'})"
     work = tmp_path / "elsewhere"
     shutil.copytree(job.scenes / "sub2", work / "mine")
-    r = subprocess.run([str(GEOUNET), "run", str(job.workflow), "--scenes", "mine", "--dry-run"], cwd=work,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(GEOUNET), "run", str(job.workflow), "--scenes", "mine", "--dry-run"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == f"b: would run ({work / 'mine' / 'b.tif'})"
 
@@ -123,10 +152,18 @@ def test_shipped_workflow_loads_validates_and_comments_every_key() -> None:
 
 def test_config_errors_exit_2_naming_file_key_and_value(job: Job, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(job.workflow.read_text().replace("  tile_size: 192\n", "  tile_sise: 192\n")
-                   .replace("  workers: 1\n", "  workers: two\n"))
-    r = subprocess.run([str(GEOUNET), "run", str(bad), "--out", str(tmp_path / "out")], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=120)
+    bad.write_text(
+        job.workflow.read_text()
+        .replace("  tile_size: 192\n", "  tile_sise: 192\n")
+        .replace("  workers: 1\n", "  workers: two\n")
+    )
+    r = subprocess.run(
+        [str(GEOUNET), "run", str(bad), "--out", str(tmp_path / "out")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr
     assert f"{bad}: unknown key 'inference.tile_sise' (value 192)" in r.stderr
     assert f"{bad}: key 'cluster.workers' = 'two'" in r.stderr

@@ -155,8 +155,9 @@ def _model_loads() -> tuple[int, list]:
 
 
 @pytest.mark.timeout(240)
-def test_model_reaches_each_worker_once_and_scenes_overlap(cluster, job: Job, reference: Reference,
-                                                           tmp_path: Path) -> None:
+def test_model_reaches_each_worker_once_and_scenes_overlap(
+    cluster, job: Job, reference: Reference, tmp_path: Path
+) -> None:
     from distributed import get_task_stream
 
     client = cluster
@@ -196,15 +197,19 @@ def test_model_reaches_each_worker_once_and_scenes_overlap(cluster, job: Job, re
 def _block_progress(dask_scheduler, prefix: str) -> tuple[int, list[str]]:  # type: ignore[no-untyped-def]
     """On the scheduler: finished blocks with ``prefix`` and the workers processing one."""
     done = sum(1 for k, ts in dask_scheduler.tasks.items() if str(k).startswith(prefix) and ts.state == "memory")
-    busy = [ws.address for ws in dask_scheduler.workers.values()
-            if any(str(t.key).startswith(prefix) for t in ws.processing)]
+    busy = [
+        ws.address
+        for ws in dask_scheduler.workers.values()
+        if any(str(t.key).startswith(prefix) for t in ws.processing)
+    ]
     return done, busy
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_worker_killed_mid_scene_is_replaced_and_outputs_are_unchanged(cluster, job: Job, reference: Reference,
-                                                                       tmp_path: Path) -> None:
+def test_worker_killed_mid_scene_is_replaced_and_outputs_are_unchanged(
+    cluster, job: Job, reference: Reference, tmp_path: Path
+) -> None:
     client = cluster
     client.wait_for_workers(2, timeout=120)
     pids = client.run(os.getpid)
@@ -234,14 +239,19 @@ def test_worker_killed_mid_scene_is_replaced_and_outputs_are_unchanged(cluster, 
     assert_same_outputs(out, reference.out)
     assert_clean(out)
     client.wait_for_workers(2, timeout=120)  # the nanny replaced the dead worker
-    wait_for(lambda: len(client.run(os.getpid)) == 2 and killed[0] not in client.run(os.getpid).values(),
-             60, "the killed worker to be replaced", interval=0.2)
+    wait_for(
+        lambda: len(client.run(os.getpid)) == 2 and killed[0] not in client.run(os.getpid).values(),
+        60,
+        "the killed worker to be replaced",
+        interval=0.2,
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_scene_that_kills_its_worker_fails_alone(cluster, job: Job, reference: Reference, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scene_that_kills_its_worker_fails_alone(
+    cluster, job: Job, reference: Reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A real crash: the task of one scene SIGKILLs the worker process running it, on every
     attempt. The wrapper reaches the worker processes through cloudpickle (a closure is
     pickled by value); it never runs in this process.
@@ -266,8 +276,9 @@ def test_scene_that_kills_its_worker_fails_alone(cluster, job: Job, reference: R
     scenes = [str(job.scenes / f) for f in SCENE_FILES]
     # one block in flight at a time: the other scenes' blocks never sit on a worker that
     # the crashing task kills (they would be counted as suspects too)
-    outcomes = geounet.batch.run.run_scenes(scenes, job.model, tmp_path / "out", wf.inference, client=client,
-                                           progress=False, max_in_flight=1)
+    outcomes = geounet.batch.run.run_scenes(
+        scenes, job.model, tmp_path / "out", wf.inference, client=client, progress=False, max_in_flight=1
+    )
     by = {o.stem: o for o in outcomes}
     assert set(by) == set(STEMS), [(o.stem, o.status, o.error) for o in outcomes]
     error = by["sub1_b"].error or ""
@@ -282,8 +293,7 @@ def test_scene_that_kills_its_worker_fails_alone(cluster, job: Job, reference: R
 # --------------------------------------------------------------------------- external cluster
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_same_job_on_an_external_cluster_gives_the_same_outputs(job: Job, reference: Reference,
-                                                                 tmp_path: Path) -> None:
+def test_same_job_on_an_external_cluster_gives_the_same_outputs(job: Job, reference: Reference, tmp_path: Path) -> None:
     from distributed import Client
 
     sched_file = tmp_path / "scheduler.json"
@@ -293,19 +303,48 @@ def test_same_job_on_an_external_cluster_gives_the_same_outputs(job: Job, refere
 
     def spawn(name: str, *args: str) -> None:
         with open(logs / f"{name}.log", "w") as log:
-            procs.append(subprocess.Popen([str(DASK), *args], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    [str(DASK), *args], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            )
 
     try:
-        spawn("scheduler", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-              "--scheduler-file", str(sched_file))
-        wait_for(lambda: sched_file.exists() and "address" in sched_file.read_text(), 120,
-                 "the scheduler to start", interval=0.1)
+        spawn(
+            "scheduler",
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(sched_file),
+        )
+        wait_for(
+            lambda: sched_file.exists() and "address" in sched_file.read_text(),
+            120,
+            "the scheduler to start",
+            interval=0.1,
+        )
         address = read_json(sched_file)["address"]
         assert address.startswith("tcp://127.0.0.1:")
         for i in range(2):
-            spawn(f"worker{i}", "worker", "--scheduler-file", str(sched_file), "--host", "127.0.0.1",
-                  "--nthreads", "1", "--nworkers", "1", "--no-dashboard", "--name", f"w{i}")
+            spawn(
+                f"worker{i}",
+                "worker",
+                "--scheduler-file",
+                str(sched_file),
+                "--host",
+                "127.0.0.1",
+                "--nthreads",
+                "1",
+                "--nworkers",
+                "1",
+                "--no-dashboard",
+                "--name",
+                f"w{i}",
+            )
         with Client(address, timeout="60s") as c:
             c.wait_for_workers(2, timeout=120)
         out = tmp_path / "out"

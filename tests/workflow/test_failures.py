@@ -86,16 +86,25 @@ def _files_up_to(limit: int) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("limit", [400_000, 150_000], ids=["vector-writer", "raster-flush"])
-def test_disk_full_stops_with_exit_4_and_earlier_outputs_stay_intact(job: Job, reference: Reference,
-                                                                     tmp_path: Path, limit: int) -> None:
+def test_disk_full_stops_with_exit_4_and_earlier_outputs_stay_intact(
+    job: Job, reference: Reference, tmp_path: Path, limit: int
+) -> None:
     out = tmp_path / "out"
     shutil.copytree(reference.out, out)  # earlier, complete outputs
     before = {k: v for k, v in digest(out).items() if k.split("/")[0] in STEMS}
     listing = tmp_path / "scenes.txt"
-    listing.write_text("".join(f"{job.scenes / f}\n" for f in ("a.tif", "sub1/b.tif", "sub2/b.tif"))
-                       + f"{job.more / 'm1.tif'}\n")
-    rc, stdout, stderr = run(job, "--out", str(out), "--scenes", str(listing), "--no-progress",
-                             preexec_fn=functools.partial(_files_up_to, limit))
+    listing.write_text(
+        "".join(f"{job.scenes / f}\n" for f in ("a.tif", "sub1/b.tif", "sub2/b.tif")) + f"{job.more / 'm1.tif'}\n"
+    )
+    rc, stdout, stderr = run(
+        job,
+        "--out",
+        str(out),
+        "--scenes",
+        str(listing),
+        "--no-progress",
+        preexec_fn=functools.partial(_files_up_to, limit),
+    )
     assert rc == 4, stderr[-3000:]
     assert f"error: cannot write {out / 'm1'}" in stderr, stderr[-3000:]
     after = {k: v for k, v in digest(out).items() if k.split("/")[0] in STEMS}
@@ -115,8 +124,9 @@ def read_only_mount(tmp_path: Path) -> Iterator[Path]:
     through chmod 555, not through a read-only mount). Skipped where mounting is not allowed."""
     mnt = tmp_path / "ro"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], capture_output=True, text=True, timeout=30
+    )
     if r.returncode:
         pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); see the ENOTDIR test")
     try:

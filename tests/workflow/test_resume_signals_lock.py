@@ -58,7 +58,13 @@ def test_uninterrupted_run_shows_progress_summary_and_records_everything(job: Jo
         assert scene["status"] == "success" and scene["config_hash"] == rec["config_hash"]
         assert scene["input_fingerprint"] and scene["model_hash"]
         assert {p.name for p in (out / stem).iterdir()} == {
-            "buildings.geojson", "roads.geojson", "polygons.gpkg", "probability.tif", "quicklook.png", "scene.json"}
+            "buildings.geojson",
+            "roads.geojson",
+            "polygons.gpkg",
+            "probability.tif",
+            "quicklook.png",
+            "scene.json",
+        }
     assert_clean(out)
 
 
@@ -76,8 +82,9 @@ def test_complete_scenes_are_skipped_and_force_recomputes(job: Job, reference: R
     assert "no Dask cluster was started" in (out / "geounet.log").read_text()  # nothing to do: no cluster
 
     mtime = (out / "a" / "scene.json").stat().st_mtime_ns
-    rc, stdout, stderr = run(job, "--out", str(out), "--scenes", str(job.scenes / "a.tif"), "--force",
-                             "--no-progress", timeout=180)
+    rc, stdout, stderr = run(
+        job, "--out", str(out), "--scenes", str(job.scenes / "a.tif"), "--force", "--no-progress", timeout=180
+    )
     assert rc == 0, stderr[-3000:]
     assert read_json(out / "run.json")["counts"] == {"success": 1, "skipped": 0, "failed": 0}
     assert (out / "a" / "scene.json").stat().st_mtime_ns > mtime  # really recomputed ...
@@ -92,7 +99,8 @@ def _scene_jsons_newer_than(out: Path, t: float) -> list[Path]:
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(
-        job: Job, reference: Reference, tmp_path: Path, sessions: list) -> None:
+    job: Job, reference: Reference, tmp_path: Path, sessions: list
+) -> None:
     seed = int(os.environ.get("GEOUNET_TEST_SEED", "20261124"))
     rng = random.Random(seed)
     out = tmp_path / "out"
@@ -130,7 +138,7 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(
         if what != "random moment":  # the first three moments come before the run can end
             assert rc == -signal.SIGKILL, f"seed {seed}: run ended with {rc} before {what}\n{err[-3000:]}"
         # the embedded cluster's worker processes notice their parent is gone and exit
-        wait_for(lambda: not session_pids(proc.pid), 60, "the killed run's worker processes to exit")
+        wait_for(lambda pid=proc.pid: not session_pids(pid), 60, "the killed run's worker processes to exit")
     assert killed[:3] == [m[0] for m in moments[:3]], killed
 
     # a lock left by a SIGKILLed run blocks nothing; the restarted run finishes the job
@@ -152,8 +160,13 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_exit_130(job: Job, tmp_path: Path,
     # (its staging raster appears before its first block is submitted)
     proc = start(job, "--out", str(out), "--scenes", str(job.more), "--no-progress")
     sessions.append(proc)
-    wait_for(lambda: (out / "m2").is_dir() and any((out / "m2").glob(".partial-*stage*")), 180,
-             "the second scene to start", interval=0.005, proc=proc)
+    wait_for(
+        lambda: (out / "m2").is_dir() and any((out / "m2").glob(".partial-*stage*")),
+        180,
+        "the second scene to start",
+        interval=0.005,
+        proc=proc,
+    )
     if how == "SIGTERM":
         os.kill(proc.pid, signal.SIGTERM)  # systemctl stop, kill
     else:
@@ -179,13 +192,19 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_exit_130(job: Job, tmp_path: Path,
 
 
 @pytest.mark.timeout(300)
-def test_overlapping_run_exits_3_and_a_killed_runs_lock_blocks_nothing(job: Job, tmp_path: Path, sessions: list) -> None:
+def test_overlapping_run_exits_3_and_a_killed_runs_lock_blocks_nothing(
+    job: Job, tmp_path: Path, sessions: list
+) -> None:
     out = tmp_path / "out"
     lock = out / ".geounet.lock"
     first = start(job, "--out", str(out), "--no-progress")
     sessions.append(first)
-    wait_for(lambda: lock.exists() and f"pid {first.pid} " in lock.read_text(), 120, "the first run to take the lock",
-             proc=first)
+    wait_for(
+        lambda: lock.exists() and f"pid {first.pid} " in lock.read_text(),
+        120,
+        "the first run to take the lock",
+        proc=first,
+    )
     os.kill(first.pid, signal.SIGSTOP)  # holds the lock for as long as the test needs
     try:
         t = time.monotonic()

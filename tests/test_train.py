@@ -20,7 +20,7 @@ from geounet.errors import CheckpointError, ConfigError
 from geounet.train import load_training_settings, train
 from geounet.train.config import OptimSettings
 from geounet.train.data import TrainScene, estimate_normalization, load_window, open_scenes
-from geounet.train.loop import split_areas
+from geounet.train.inputs import split_areas
 from geounet.train.optim import lr_at
 from geounet.train.sampling import WindowRef
 from geounet.train.state import optimizer_state, restore_optimizer, state_paths

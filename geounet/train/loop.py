@@ -7,11 +7,11 @@
    state sidecar (:mod:`geounet.train.state`).
 2. :func:`prepare_output`: refuse to start over an earlier run unless ``output.overwrite``
    (or ``--resume`` continues it).
-3. :func:`open_data`: generate the synthetic set if configured, open every raster, read the
+3. :func:`~geounet.train.inputs.open_data`: generate the synthetic set if configured, open every raster, read the
    labels of each class (:mod:`geounet.train.data`, :mod:`geounet.train.labels`); split
    training and validation areas with a gap; the window sampler and the validation tiles
    (:mod:`geounet.train.sampling`).
-4. :func:`choose_normalization`: per-band statistics from sampled training windows (or,
+4. :func:`~geounet.train.inputs.choose_normalization`: per-band statistics from sampled training windows (or,
    when resuming, the statistics stored in the checkpoint).
 5. :func:`build_fit`: ``create_model``, ``loss_for`` (BCE+Dice or CE+Dice), AdamW (no weight
    decay on biases and BatchNorm), a per-step learning-rate schedule (:mod:`geounet.train.optim`).
@@ -41,10 +41,8 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,20 +51,18 @@ import torch
 from tqdm import tqdm
 
 from geounet.atomic import describe_os_error, write_bytes
-from geounet.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from geounet.checkpoint import load_checkpoint, save_checkpoint
 from geounet.compute import resolve_device, resolve_precision
 from geounet.errors import CheckpointError, ConfigError, GeounetError, OutputError
 from geounet.models.base import SegmentationModel
 from geounet.models.registry import create_model
 from geounet.scene.normalize import MeanStd, Percentile
-from geounet.scene.read import close_datasets
 from geounet.train.config import OptimSettings, TrainingSettings
-from geounet.train.data import TrainScene, bands_of, class_presence, estimate_normalization, load_batch, open_scenes
+from geounet.train.inputs import Batch, BatchLoader, TrainData, choose_normalization, open_data
 from geounet.train.labels import to_class_index
 from geounet.train.losses import loss_for
 from geounet.train.optim import loss_kwargs, lr_at, param_groups
 from geounet.train.report import CURVES, LOG_CSV, epoch_provenance, format_row, plot_curves, run_provenance, write_csv
-from geounet.train.sampling import Rect, WindowRef, WindowSampler, split_scene, spread, tile_rects
 from geounet.train.state import Progress, read_state, restore_optimizer, save_state, state_paths
 from geounet.train.validation import validate
 
@@ -75,7 +71,6 @@ log = logging.getLogger(__name__)
 BEST = "best.safetensors"
 LAST = "last.safetensors"
 
-Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # images, label stacks, pixel weights
 EpochCallback = Callable[[dict[str, Any]], None]
 
 
@@ -139,7 +134,7 @@ def run(
     prepare_output(out, resuming=earlier is not None, overwrite=settings.output.overwrite)
     device, dtype = setup_compute(settings)
     data = open_data(settings, show)
-    norm = choose_normalization(settings, data, earlier)
+    norm = choose_normalization(settings, data, earlier.path if earlier is not None else None)
     fit = build_fit(settings, data.bands, device, dtype, earlier)
     state = start_progress(settings, out, earlier)
     folder = RunFolder(
@@ -228,106 +223,6 @@ def setup_compute(settings: TrainingSettings) -> tuple[torch.device, torch.dtype
 
 
 # -- 3. data ---------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainData:
-    """The scenes of a run and the windows drawn from them."""
-
-    scenes: list[TrainScene]
-    bands: list[int]  # 1-based, fed to the model
-    train_rects: list[Rect]
-    val_rects: list[Rect]
-    sampler: WindowSampler  # training windows of each epoch
-    tiles: list[WindowRef]  # validation tiles, the same every epoch
-
-
-def open_data(settings: TrainingSettings, show: bool = False) -> TrainData:
-    """Open the scenes with their labels, split them and set up training windows and validation tiles.
-
-    Raises:
-        ConfigError: a missing file, bad bands, a class without features, or no training or
-            validation area.
-    """
-    scenes = open_scenes(settings, progress=show)
-    bands = bands_of(settings, scenes)
-    train_rects, val_rects = split_areas(scenes, settings)
-    sc = settings.sampling
-    sampler = WindowSampler(
-        train_rects,
-        sc.window,
-        sc.windows_per_epoch,
-        settings.compute.seed,
-        balance=sc.balance,
-        candidates=sc.candidates,
-        presence=partial(class_presence, scenes, min_pixels=sc.min_class_pixels),
-    )
-    tiles = spread(tile_rects(val_rects, settings.validation.tile), settings.validation.max_tiles)
-    return TrainData(scenes, bands, train_rects, val_rects, sampler, tiles)
-
-
-def split_areas(scenes: Sequence[TrainScene], settings: TrainingSettings) -> tuple[list[Rect], list[Rect]]:
-    """Training and validation rectangles of every scene (``split``), a gap between them.
-
-    Raises:
-        ConfigError: no training area, or no validation area.
-    """
-    train: list[Rect] = []
-    val: list[Rect] = []
-    sp = settings.split
-    for s in scenes:
-        t, v = split_scene(
-            s.index,
-            s.height,
-            s.width,
-            s.role,
-            kind=sp.kind,
-            val_fraction=sp.val_fraction,
-            cell=sp.cell,
-            gap=settings.gap,
-            window=settings.sampling.window,
-            seed=settings.compute.seed,
-            name=str(s.path),
-        )
-        train += t
-        val += v
-    if not train:
-        raise ConfigError(f"{settings.source}: no training area: every scene has role 'val'")
-    if not val:
-        raise ConfigError(
-            f"{settings.source}: no validation area: with split.kind 'scenes' give at least one scene "
-            "role 'val' (or synthetic.val), or use split.kind strip / checkerboard"
-        )
-    return train, val
-
-
-# -- 4. statistics ---------------------------------------------------------------------------
-
-
-def choose_normalization(settings: TrainingSettings, data: TrainData, earlier: Resume | None) -> MeanStd | Percentile:
-    """The resumed checkpoint's statistics, else statistics of sampled training windows.
-
-    Raises:
-        CheckpointError: the resumed checkpoint was trained on other bands.
-        ConfigError: the sampled windows hold no valid pixel.
-    """
-    if earlier is not None:
-        meta = read_metadata(earlier.path)
-        if list(meta.bands) != list(data.bands):
-            raise CheckpointError(earlier.path, f"was trained on bands {meta.bands}, the config gives {data.bands}")
-        norm = meta.normalization
-    else:
-        norm = estimate_normalization(
-            data.scenes,
-            data.train_rects,
-            data.bands,
-            settings.normalization,
-            settings.sampling.window,
-            settings.compute.seed,
-            settings.data.use_nodata,
-        )
-    log.info("normalization: %s", norm.model_dump())
-    return norm
 
 
 # -- 5. model, loss, optimizer ---------------------------------------------------------------
@@ -436,65 +331,6 @@ def start_progress(settings: TrainingSettings, out: Path, earlier: Resume | None
 
 
 # -- 6. epochs -------------------------------------------------------------------------------
-
-
-class BatchLoader:
-    """The batches of an epoch, each built one ahead on a data thread when ``compute.prefetch``.
-
-    Batches are the same whichever thread builds them (:func:`~geounet.train.data.load_batch`
-    seeds each window by ``(seed, epoch, index)``). The data thread reads through its own
-    dataset handles (:mod:`geounet.scene.read` keeps them per thread); :meth:`close` closes
-    them on that thread, then this thread's.
-    """
-
-    def __init__(self, settings: TrainingSettings, data: TrainData, norm: MeanStd | Percentile) -> None:
-        self.settings = settings
-        self.data = data
-        self.norm = norm
-        self.executor = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="geounet-train-data")
-            if settings.compute.prefetch
-            else None
-        )
-
-    def load(self, epoch: int, first: int, refs: Sequence[WindowRef]) -> Batch:
-        """Windows ``first, first + 1, ...`` of ``epoch``, read, augmented and stacked."""
-        s = self.settings
-        return load_batch(
-            self.data.scenes,
-            refs,
-            self.data.bands,
-            self.norm,
-            use_nodata=s.data.use_nodata,
-            aug=s.augment,
-            seed=s.compute.seed,
-            epoch=epoch,
-            first=first,
-            separation_weight=s.loss.separation_weight,
-        )
-
-    def epoch(self, epoch: int) -> Iterator[Batch]:
-        """Every batch of ``epoch`` in order (``sampling.batch_size`` windows each, the last may be short)."""
-        size = self.settings.sampling.batch_size
-        refs = self.data.sampler.epoch(epoch)
-        batches = [(i, refs[i : i + size]) for i in range(0, len(refs), size)]
-        if self.executor is None:
-            for first, chunk in batches:
-                yield self.load(epoch, first, chunk)
-            return
-        pending = self.executor.submit(self.load, epoch, *batches[0])
-        for k in range(len(batches)):
-            batch = pending.result()
-            if k + 1 < len(batches):
-                pending = self.executor.submit(self.load, epoch, *batches[k + 1])
-            yield batch
-
-    def close(self) -> None:
-        """Close the dataset handles of the data thread and of this thread; stop the data thread."""
-        if self.executor is not None:
-            self.executor.submit(close_datasets).result()
-            self.executor.shutdown(wait=True)
-        close_datasets()
 
 
 def train_epoch(

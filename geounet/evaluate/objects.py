@@ -17,7 +17,7 @@ import shapely
 
 from geounet.errors import ConfigError
 from geounet.evaluate.geometry import GeometryInput, check_same_crs, geometry_array, polygonal
-from geounet.evaluate.ratios import ratio
+from geounet.evaluate.ratios import Confusion
 
 __all__ = ["MatchResult", "building_f1"]
 
@@ -25,7 +25,7 @@ _EPS_IOU = 1e-9  # tolerance on the IoU threshold: reprojection rounding must no
 
 
 @dataclass(frozen=True)
-class MatchResult:
+class MatchResult(Confusion):
     """Outcome of matching predicted to true polygons.
 
     Attributes:
@@ -45,25 +45,6 @@ class MatchResult:
     iou_sum: float = 0.0
     iou_threshold: float = 0.5
     matches: tuple[tuple[int, int, float], ...] = ()
-
-    @property
-    def _empty(self) -> bool:
-        return self.tp + self.fp + self.fn == 0
-
-    @property
-    def precision(self) -> float:
-        """TP / (TP + FP); 0 when nothing was predicted but truth exists; NaN when both are empty."""
-        return ratio(self.tp, self.tp + self.fp, self._empty)
-
-    @property
-    def recall(self) -> float:
-        """TP / (TP + FN); 0 when there is no truth but predictions exist; NaN when both are empty."""
-        return ratio(self.tp, self.tp + self.fn, self._empty)
-
-    @property
-    def f1(self) -> float:
-        """2·TP / (2·TP + FP + FN), the harmonic mean of precision and recall."""
-        return ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn, self._empty)
 
     @property
     def mean_iou(self) -> float:

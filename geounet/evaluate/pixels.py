@@ -25,13 +25,13 @@ from pyproj import CRS
 
 from geounet.errors import ConfigError, SceneReadError
 from geounet.evaluate.geometry import GeometryInput, geometry_array, polygonal
-from geounet.evaluate.ratios import ratio
+from geounet.evaluate.ratios import Confusion, ratio
 
 __all__ = ["PixelCounts", "RasterGrid", "burn", "pixel_counts", "pixel_metrics", "windowed_pixel_counts"]
 
 
 @dataclass(frozen=True)
-class PixelCounts:
+class PixelCounts(Confusion):
     """Confusion counts of one class over some pixels; add them to accumulate windows/scenes."""
 
     tp: int = 0
@@ -43,10 +43,6 @@ class PixelCounts:
         return PixelCounts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
 
     @property
-    def _empty(self) -> bool:
-        return self.tp + self.fp + self.fn == 0
-
-    @property
     def iou(self) -> float:
         """TP / (TP + FP + FN) (Jaccard); NaN when the class is absent from both masks."""
         return ratio(self.tp, self.tp + self.fp + self.fn, self._empty)
@@ -54,17 +50,7 @@ class PixelCounts:
     @property
     def dice(self) -> float:
         """2·TP / (2·TP + FP + FN) (= pixel F1)."""
-        return ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn, self._empty)
-
-    @property
-    def precision(self) -> float:
-        """TP / (TP + FP)."""
-        return ratio(self.tp, self.tp + self.fp, self._empty)
-
-    @property
-    def recall(self) -> float:
-        """TP / (TP + FN)."""
-        return ratio(self.tp, self.tp + self.fn, self._empty)
+        return self.f1
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: counts and ratios, NaN kept (the JSON writer turns it into ``null``)."""

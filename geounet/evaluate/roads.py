@@ -246,18 +246,40 @@ def road_surfaces(geoms: GeometryInput, road_width_m: float) -> np.ndarray:
     return polygonal(out)
 
 
-def _centerline_scores(
-    matched_truth: float, truth: float, matched_pred: float, pred: float
-) -> tuple[float, float, float]:
-    """Completeness, correctness and their harmonic mean from matched and total amounts."""
-    nothing = truth == 0 and pred == 0
-    completeness = ratio(matched_truth, truth, nothing)
-    correctness = ratio(matched_pred, pred, nothing)
-    return completeness, correctness, ratio(2 * completeness * correctness, completeness + correctness, nothing)
+class CenterlineScores:
+    """Completeness, correctness and their harmonic mean (Wiedemann 1998) from the matched
+    and total amounts that a subclass gives by :meth:`_amounts` (pixels or metres)."""
+
+    def _amounts(self) -> tuple[float, float, float, float]:
+        """``(matched truth, truth, matched prediction, prediction)``."""
+        raise NotImplementedError
+
+    @property
+    def _centerline(self) -> tuple[float, float, float]:
+        matched_truth, truth, matched_pred, pred = self._amounts()
+        nothing = truth == 0 and pred == 0
+        completeness = ratio(matched_truth, truth, nothing)
+        correctness = ratio(matched_pred, pred, nothing)
+        return completeness, correctness, ratio(2 * completeness * correctness, completeness + correctness, nothing)
+
+    @property
+    def completeness(self) -> float:
+        """Share of the truth's centerline within the snap distance of the prediction's."""
+        return self._centerline[0]
+
+    @property
+    def correctness(self) -> float:
+        """Share of the prediction's centerline within the snap distance of the truth's."""
+        return self._centerline[1]
+
+    @property
+    def centerline_f1(self) -> float:
+        """Harmonic mean of completeness and correctness."""
+        return self._centerline[2]
 
 
 @dataclass(frozen=True)
-class RoadTopology:
+class RoadTopology(CenterlineScores):
     """Road scores of one scene; :func:`road_topology` explains what each one measures.
 
     Attributes:
@@ -286,26 +308,8 @@ class RoadTopology:
     snap_m: float
     spacing_m: float
 
-    @property
-    def completeness(self) -> float:
-        """Share of the truth skeleton within ``snap_m`` of the prediction (Wiedemann 1998)."""
-        return self._centerline[0]
-
-    @property
-    def correctness(self) -> float:
-        """Share of the predicted skeleton within ``snap_m`` of the truth."""
-        return self._centerline[1]
-
-    @property
-    def centerline_f1(self) -> float:
-        """Harmonic mean of completeness and correctness."""
-        return self._centerline[2]
-
-    @property
-    def _centerline(self) -> tuple[float, float, float]:
-        return _centerline_scores(
-            self.matched_truth_pixels, self.truth_pixels, self.matched_pred_pixels, self.pred_pixels
-        )
+    def _amounts(self) -> tuple[float, float, float, float]:
+        return (self.matched_truth_pixels, self.truth_pixels, self.matched_pred_pixels, self.pred_pixels)
 
     @property
     def truth_length_m(self) -> float:
@@ -350,7 +354,7 @@ class RoadTopology:
 
 
 @dataclass(frozen=True)
-class RoadTotals:
+class RoadTotals(CenterlineScores):
     """Road scores of several scenes together.
 
     Lengths are summed and completeness/correctness computed once from the sums
@@ -385,26 +389,8 @@ class RoadTotals:
             matched_pred_length_m=sum(r.matched_pred_length_m for r in rs),
         )
 
-    @property
-    def completeness(self) -> float:
-        """Summed matched truth length / summed truth length."""
-        return self._centerline[0]
-
-    @property
-    def correctness(self) -> float:
-        """Summed matched predicted length / summed predicted length."""
-        return self._centerline[1]
-
-    @property
-    def centerline_f1(self) -> float:
-        """Harmonic mean of completeness and correctness."""
-        return self._centerline[2]
-
-    @property
-    def _centerline(self) -> tuple[float, float, float]:
-        return _centerline_scores(
-            self.matched_truth_length_m, self.truth_length_m, self.matched_pred_length_m, self.pred_length_m
-        )
+    def _amounts(self) -> tuple[float, float, float, float]:
+        return (self.matched_truth_length_m, self.truth_length_m, self.matched_pred_length_m, self.pred_length_m)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (lengths in metres), NaN kept (the JSON writer turns it into ``null``)."""

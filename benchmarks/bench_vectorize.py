@@ -5,7 +5,7 @@ sides, some with courtyards) and a few long roads that cross many blocks, then t
 
 * baseline: ``list(rasterio.features.shapes(mask, mask=mask, connectivity=4))`` on the whole
   mask (GeoJSON-like dicts, no per-polygon statistics);
-* blocked: :func:`geounet.vectorize.seams.polygonize_block` summed over every block (shapes,
+* blocked: :func:`geounet.vectorize.polygonize.polygonize_block` summed over every block (shapes,
   shapely polygons, regions, pixel counts, probability sums, edge strips) plus
   :func:`geounet.vectorize.seams.merge_seams`. Blocks are contiguous copies made beforehand, as
   each worker holds its own core.

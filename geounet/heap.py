@@ -78,7 +78,7 @@ def keep_free(nbytes: int) -> bool:
     again by the next one: 1.0-1.3 M page faults and 3.5-5.6 s of kernel time per 4096^2 px
     scene on this project's 2-core machine, 0.6-0.7 M and 2-3 s with 1.5 GB kept. Memory
     stays bounded by the workers' peak; it is given back at the end of each run
-    (``pipeline._close_worker_datasets``).
+    (``infer.tasks.release_worker``).
     """
     global _kept
     if nbytes <= _kept:

@@ -46,9 +46,17 @@ def test_every_import_goes_down_the_layers() -> None:
             continue  # geounet/__init__.py re-exports the public API lazily
         here = here.removesuffix(".py")
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("geounet."):
-                there = _package(node.module)
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for module in names:
+                if not module.startswith("geounet."):
+                    continue
+                there = _package(module)
                 assert here in LAYERS and there in LAYERS, f"{path}: add {here!r} or {there!r} to LAYERS"
                 if there != here and LAYERS[there] > LAYERS[here]:
-                    wrong.append(f"{rel}: {here} imports {node.module} (a higher layer)")
+                    wrong.append(f"{rel}: {here} imports {module} (a higher layer)")
     assert not wrong, "\n".join(wrong)

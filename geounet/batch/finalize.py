@@ -148,7 +148,8 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
             scene_shape=(info.height, info.width),
         )
         geoms, area, score = single_parts(kept.geoms, kept.area_m2, kept.score, info.crs_wkt)
-        pixel_layers.append(kept.pixel_geoms)
+        if job.thumbnail is not None:  # the quicklook draws the kept polygons in pixels
+            pixel_layers.append(kept.pixel_geoms)
         layers[name] = gpd.GeoDataFrame(
             {
                 "class": np.full(len(geoms), name, dtype=object),
@@ -183,7 +184,14 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
     vectors: list[Callable[[], list[str]]] = []
     if job.thumbnail is not None:
         canvas = job.thumbnail
-        vectors.append(timed("quicklook", lambda: [write_quicklook(canvas, pixel_layers, job.folder / QUICKLOOK_NAME)]))
+
+        def quicklook() -> list[Path]:
+            try:
+                return [write_quicklook(canvas, pixel_layers, job.folder / QUICKLOOK_NAME)]
+            finally:
+                pixel_layers.clear()  # the pixel copies are needed by the quicklook only
+
+        vectors.append(timed("quicklook", quicklook))
     vectors += [timed(fmt, vector_writer(writer)) for fmt, writer in VECTOR_WRITERS.items() if fmt in s.formats]
     raster: list[Callable[[], list[str]]] = []
     if job.prob_writer is not None:

@@ -29,7 +29,7 @@ from geounet.batch.outcomes import SceneOutcome
 from geounet.batch.scheduler import BlockScheduler
 from geounet.checkpoint import CheckpointMetadata, load_checkpoint, read_metadata
 from geounet.compute import resolve_halo, resolve_tile_size, resolve_tiles_per_block
-from geounet.errors import ConfigError, SceneError
+from geounet.errors import CheckpointError, ConfigError, SceneError
 from geounet.export.layout import SCENE_JSON, check_writable, clear_scene_folder, is_complete, read_scene_record
 from geounet.infer.block import BlockTaskSpec
 from geounet.infer.tasks import cuda_available, load_model, release_worker
@@ -91,7 +91,8 @@ def run_scenes(
 
     Bad scenes are recorded as failed and the others go on. Environment errors (the output
     folder cannot take files) stop the run with :class:`OutputError` after cleaning up.
-    The checkpoint file is read once (a lost copy on the workers is sent again from it).
+    The checkpoint file is read once; only when every worker holding its copy died is it
+    read again, and refused unless its content hash is unchanged.
     """
     out = Path(out)
     check_writable(out)
@@ -103,7 +104,7 @@ def run_scenes(
     # is reported or any block submitted. The check (0.44 s for a width-64 UNet's 124 MB on
     # this project's machine) runs in a thread beside the scene checks, the cluster's start
     # and the workers' own model load (:func:`warm_workers`), and is waited for below.
-    checked = in_background(load_checkpoint, data, name=model_path)
+    checked = in_background(check_checkpoint, data, model_path)
     thresholds = resolve_thresholds(model, settings)
     config_hash = settings.fingerprint()
     options = settings.model_dump(mode="json")
@@ -176,7 +177,9 @@ def run_scenes(
             settings=settings,
             spec=spec,
             checkpoint_ref=ckpt_ref,
-            send_checkpoint=lambda: client.scatter(Path(model_path).read_bytes(), broadcast=True, hash=False),
+            send_checkpoint=lambda: client.scatter(
+                reread_checkpoint(model_path, model.content_hash), broadcast=True, hash=False
+            ),
             config_hash=config_hash,
             options=options,
             limit=max_in_flight or max(4, 2 * threads(client)),
@@ -213,6 +216,25 @@ def read_checkpoint_bytes(path: str) -> bytes:
     except OSError:
         read_metadata(path)  # says why, in the words of every other checkpoint refusal
         raise
+
+
+def reread_checkpoint(path: str, content_hash: str) -> bytes:
+    """The checkpoint's bytes again, for workers that lost their copy, refused unless they are
+    the same model the run started with (a file replaced mid-run must not mix models)."""
+    data = read_checkpoint_bytes(path)
+    if read_metadata(data, name=path).content_hash != content_hash:
+        raise CheckpointError(
+            path,
+            "changed while the run was using it (its content hash differs); the workers' copy was "
+            "lost and cannot be sent again: run again",
+        )
+    return data
+
+
+def check_checkpoint(data: bytes, name: str) -> None:
+    """Load the checkpoint in full (shapes, content hash, finite weights) and drop the model:
+    the client runs no model, and a kept one would hold its weights for the whole run."""
+    load_checkpoint(data, name=name)
 
 
 def in_background(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> LocalFuture:

@@ -13,6 +13,7 @@ from geounet.cli.options import inference_options, inference_overrides
 from geounet.cli.summary import exit_code_for_outcomes, print_summary
 from geounet.errors import EXIT_INTERRUPTED
 from geounet.scene.source import is_remote
+from geounet.weights import shipped_models
 
 DRY_RUN_LABELS = {"success": "would run", "skipped": "complete, would skip", "failed": "REFUSED"}
 
@@ -20,7 +21,7 @@ DRY_RUN_LABELS = {"success": "would run", "skipped": "complete, would skip", "fa
 def _from_cwd(path: str | None) -> str | None:
     """Paths given on the command line are relative to the current folder (paths inside
     the workflow file are relative to the file's folder)."""
-    if path is None or is_remote(path) or os.path.isabs(path) or path == "default":
+    if path is None or is_remote(path) or os.path.isabs(path) or path in shipped_models():
         return path
     return os.path.join(os.getcwd(), path)
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from geounet.atomic import remove_partials
+from geounet.atomic import partial_name, remove_partials
 from geounet.errors import OutputError
+from geounet.settings import ALL_FORMATS
 
 SCENE_JSON = "scene.json"  # the scene's record, written last: its presence means complete
 GPKG_NAME = "polygons.gpkg"  # every class as a layer, scene CRS
@@ -24,7 +24,7 @@ QUICKLOOK_NAME = "quicklook.png"  # downsampled picture with the outlines
 RUN_JSON = "run.json"  # OUT/run.json: the run's record, one entry per scene
 LOG_NAME = "geounet.log"  # OUT/geounet.log: the run's log
 LOCK_NAME = ".geounet.lock"  # OUT/.geounet.lock: held (flock) while a run writes to OUT
-FORMATS = ("geojson", "gpkg", "probability", "quicklook")  # every output format, in write order
+FORMATS = ALL_FORMATS  # every output format a scene folder can hold
 
 
 def plural(class_name: str) -> str:
@@ -84,7 +84,7 @@ def check_writable(out: Path) -> None:
     """Fail before computing when the output folder cannot take files."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".partial-{os.getpid()}-write-probe"
+        probe = partial_name(out / "write-probe")
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as exc:

@@ -24,6 +24,7 @@ from geounet.scene.source import SCENE_DRIVER, SceneInfo
 # Open dataset handles per worker thread: {thread id: {path: dataset}}, most recent last.
 _HANDLES: dict[int, dict[str, Any]] = {}
 _HANDLES_LOCK = threading.Lock()
+_LIMIT = threading.local()  # per-thread raised handle limit (keep_handles)
 MAX_HANDLES = 4  # open dataset handles kept per worker thread
 
 # GDAL settings for reads: never list directories on open. (The block cache, process-wide,
@@ -50,9 +51,16 @@ def _dataset(path: str) -> rasterio.io.DatasetReader:
         with rasterio.Env(**GDAL_ENV):
             ds = rasterio.open(path, driver=SCENE_DRIVER)
     handles[path] = ds  # most recently used last
-    while len(handles) > MAX_HANDLES:
+    while len(handles) > max(MAX_HANDLES, getattr(_LIMIT, "handles", 0)):
         _close(handles.pop(next(iter(handles))))
     return ds
+
+
+def keep_handles(n: int) -> None:
+    """Let this thread keep up to ``n`` dataset handles open (at least :data:`MAX_HANDLES`):
+    training draws its windows from every scene of a run in turn, so it keeps one handle per
+    scene instead of reopening files (and losing GDAL's cached blocks) window after window."""
+    _LIMIT.handles = n
 
 
 def _close(ds: Any) -> None:

@@ -449,7 +449,9 @@ def _write_truth(paths: dict[str, Path], grid: SceneGrid, layout: Layout) -> dic
             pyogrio.write_dataframe(frame, gpkg, layer=layer, driver="GPKG", geometry_type=types[layer])
         for key, layer in (("buildings_geojson", "buildings"), ("roads_geojson", "roads")):
             with atomic_output(paths[key]) as tmp:
-                pyogrio.write_dataframe(frames[layer], tmp, driver="GeoJSON", geometry_type=types[layer])
+                pyogrio.write_dataframe(  # layer= names the collection (else the temporary file's name)
+                    frames[layer], tmp, layer=paths[key].stem, driver="GeoJSON", geometry_type=types[layer]
+                )
     return {
         "n_buildings": len(frames["buildings"]),
         "n_roads": len(frames["roads"]),

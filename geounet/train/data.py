@@ -31,7 +31,7 @@ from tqdm import tqdm
 from geounet.atomic import write_text
 from geounet.errors import ConfigError, SceneReadError
 from geounet.scene.normalize import MeanStd, Percentile, compute_normalization
-from geounet.scene.read import prepare_input, read_window
+from geounet.scene.read import keep_handles, prepare_input, read_window
 from geounet.scene.source import SCENE_DRIVER, SceneInfo
 from geounet.synth import synthesize_scene
 from geounet.train.augment import augment
@@ -371,6 +371,7 @@ def load_batch(
     Window ``j`` of epoch ``e`` is augmented with ``default_rng([seed, e, 17, j])``, so a
     batch is the same whichever thread builds it and whether or not the run was resumed.
     """
+    keep_handles(len(scenes))  # one open handle per scene on this thread
     xs, ys, vs = [], [], []
     for j, ref in enumerate(refs):
         rng = np.random.default_rng([seed, epoch, 17, first + j])

@@ -27,7 +27,7 @@ from geounet.evaluate import MatchResult, PixelCounts, building_f1, pixel_counts
 from geounet.infer.block import class_masks, class_probabilities, run_model
 from geounet.models.base import SegmentationModel
 from geounet.scene.normalize import MeanStd, Percentile
-from geounet.scene.read import prepare_input
+from geounet.scene.read import keep_handles, prepare_input
 from geounet.train.config import TrainingSettings
 from geounet.train.data import TrainScene, pixel_weights
 from geounet.train.labels import to_class_index, window_box
@@ -132,6 +132,7 @@ def validate(
     was_training = model.training
     model.eval()
     try:
+        keep_handles(len(scenes))
         for ref in tiles:
             sc = scenes[ref.scene]
             raw, valid = sc.read(ref, bands, settings.data.use_nodata)

@@ -46,7 +46,7 @@ def resolve_model_name(model: str | os.PathLike[str], base: Path | None = None) 
     (``default``, see :func:`shipped_models`) gives its weights, anything else is a path;
     a relative path is taken from ``base`` (the workflow file's folder) when it exists there
     and not in the working folder. The one place where model names resolve, for
-    ``predict``, ``run``, ``info`` and ``evaluate`` alike.
+    ``predict``, ``run`` and ``info`` alike.
 
     Raises:
         CheckpointError: ``default`` is named but its weights are not installed.

@@ -30,7 +30,14 @@ from geounet.batch.scheduler import BlockScheduler
 from geounet.checkpoint import CheckpointMetadata, load_checkpoint, read_metadata
 from geounet.compute import resolve_halo, resolve_tile_size, resolve_tiles_per_block
 from geounet.errors import CheckpointError, ConfigError, SceneError
-from geounet.export.layout import SCENE_JSON, check_writable, clear_scene_folder, is_complete, read_scene_record
+from geounet.export.layout import (
+    RUN_FILES,
+    SCENE_JSON,
+    check_writable,
+    clear_scene_folder,
+    is_complete,
+    read_scene_record,
+)
 from geounet.infer.block import BlockTaskSpec
 from geounet.infer.tasks import cuda_available, load_model, release_worker
 from geounet.scene.plan import TilingPlan, plan_tiles
@@ -108,7 +115,7 @@ def run_scenes(
     thresholds = resolve_thresholds(model, settings)
     config_hash = settings.fingerprint()
     options = settings.model_dump(mode="json")
-    stems = unique_stems([os.fspath(s) for s in scenes])
+    stems = unique_stems([os.fspath(s) for s in scenes], reserved=RUN_FILES)
     class_names = list(model.spec.classes)
     outcomes: dict[int, SceneOutcome] = {}
 

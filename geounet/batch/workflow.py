@@ -41,7 +41,7 @@ from geounet.batch.run import run_scenes
 from geounet.checkpoint import read_metadata
 from geounet.config import load_config
 from geounet.errors import GeounetError, LockHeldError, OutputError, SceneError
-from geounet.export.layout import LOCK_NAME, LOG_NAME, RUN_JSON, check_writable, is_complete
+from geounet.export.layout import LOCK_NAME, LOG_NAME, RUN_FILES, RUN_JSON, check_writable, is_complete
 from geounet.scene.source import is_remote, open_scene, unique_stems
 from geounet.settings import WorkflowSettings
 from geounet.weights import resolve_model_name
@@ -433,7 +433,7 @@ def _dry_run(scenes: list[str], model: str, out: Path, wf: WorkflowSettings, for
     """What a run would do, per scene: run, skip (complete) or refuse. Reads headers only."""
     meta = read_metadata(model)
     res = []
-    for path, stem in zip(scenes, unique_stems(scenes)):
+    for path, stem in zip(scenes, unique_stems(scenes, reserved=RUN_FILES)):
         try:
             info = open_scene(
                 path,

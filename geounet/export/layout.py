@@ -24,6 +24,7 @@ QUICKLOOK_NAME = "quicklook.png"  # downsampled picture with the outlines
 RUN_JSON = "run.json"  # OUT/run.json: the run's record, one entry per scene
 LOG_NAME = "geounet.log"  # OUT/geounet.log: the run's log
 LOCK_NAME = ".geounet.lock"  # OUT/.geounet.lock: held (flock) while a run writes to OUT
+RUN_FILES = (RUN_JSON, LOG_NAME, LOCK_NAME)  # no scene folder may take one of these names
 FORMATS = ALL_FORMATS  # every output format a scene folder can hold
 
 

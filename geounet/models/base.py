@@ -18,6 +18,7 @@ Logits are turned into probabilities in one place only: :func:`activate`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +31,12 @@ from geounet.errors import ConfigError, ModelInputError
 OutputMode = Literal["binary", "multilabel", "multiclass"]
 OUTPUT_MODES: tuple[str, ...] = ("binary", "multilabel", "multiclass")
 MAX_WIDTH = 512  # channels of the first stage; the paper uses 64
+
+
+# A class name: a letter, then letters, digits, '_' or '-' (at most 64 characters). Class names
+# come from checkpoint metadata (not covered by the content hash) and become output file and
+# layer names, so nothing else may pass (no separators, no dots, no absolute paths).
+CLASS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,15 @@ class ModelSpec:
         if self.mode not in OUTPUT_MODES:
             raise ConfigError(f"model mode {self.mode!r} is not one of {', '.join(OUTPUT_MODES)}")
         if not self.classes or len(set(self.classes)) != len(self.classes):
-            raise ConfigError(f"model classes {list(self.classes)!r} must be non-empty and unique")
+            raise ConfigError(f"model classes {list(self.classes)!r:.200} must be non-empty and unique")
+        bad = [c for c in self.classes if not isinstance(c, str) or not CLASS_NAME.fullmatch(c)]
+        if bad:
+            shown = ", ".join(repr(c)[:60] for c in bad[:3])
+            raise ConfigError(
+                f"model class name(s) {shown} not allowed: class names become file and layer names "
+                "(buildings.geojson, GeoPackage layers), so each must start with a letter and hold only "
+                "letters, digits, '_' or '-', at most 64 characters; rename the class"
+            )
         if self.mode == "binary" and len(self.classes) != 1:
             raise ConfigError(
                 f"mode 'binary' takes exactly one class, got {list(self.classes)!r}; "

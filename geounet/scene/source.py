@@ -80,18 +80,30 @@ def fingerprint(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+def _safe(text: str) -> str:
+    """``text`` as a file name: runs of anything but letters, digits, '.', '_', '-' become '_';
+    no leading dot (so never '.', '..' or a hidden name)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).lstrip(".")
+
+
 def _stem_for(path: str) -> str:
     name = path.rstrip("/").rsplit("/", 1)[-1]
     stem = name.rsplit(".", 1)[0] if "." in name else name
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "scene"
+    return _safe(stem) or "scene"
 
 
-def unique_stems(paths: Sequence[str]) -> list[str]:
-    """Output folder names: the file stem, disambiguated by parent folders on collision.
+def unique_stems(paths: Sequence[str], reserved: Sequence[str] = ()) -> list[str]:
+    """Output folder names: safe file stems, disambiguated by parent folders on collision.
 
     ``a/x.tif`` and ``b/x.tif`` become ``a_x`` and ``b_x``; unique stems stay as they are.
+    A name is never '.', '..', hidden, nor holds a separator (``...tif`` -> ``scene``), and
+    never equals one of ``reserved`` (the run's own files, e.g. ``geounet.log``: such a
+    scene gets ``<name>_scene``). Names that still collide (``x y.tif`` and ``x_y.tif``)
+    get the first free ``_2``, ``_3``... suffix.
     """
+    taken = {r.lower() for r in reserved}
     stems = [_stem_for(p) for p in paths]
+    stems = [f"{s}_scene" if s.lower() in taken else s for s in stems]
     for depth in range(1, 8):
         seen: dict[str, int] = {}
         for s in stems:
@@ -99,19 +111,30 @@ def unique_stems(paths: Sequence[str]) -> list[str]:
         dup = {s for s, n in seen.items() if n > 1}
         if not dup:
             return stems
-        new = []
-        for p, s in zip(paths, stems):
-            if s in dup:
-                parents = [q for q in p.rstrip("/").split("/")[:-1] if q][-depth:]
-                s = "_".join([re.sub(r"[^A-Za-z0-9._-]+", "_", q) for q in parents] + [_stem_for(p)])
-            new.append(s)
-        stems = new
-    # Still colliding (identical paths): number them.
+        # prefix parent folders only where they tell the colliding scenes apart
+        parents_of = [tuple(q for q in p.rstrip("/").split("/")[:-1] if q)[-depth:] for p in paths]
+        distinct = {s for s in dup if len({parents_of[i] for i, t in enumerate(stems) if t == s}) > 1}
+        if not distinct:
+            continue  # try deeper parents
+        stems = [
+            "_".join([_safe(q) or "_" for q in parents_of[i]] + [_stem_for(p)]) if s in distinct else s
+            for i, (p, s) in enumerate(zip(paths, stems))
+        ]
+    # Still colliding (identical paths, or names that became equal): number them, never
+    # onto a name another scene already has.
+    used = set(stems) | taken
     out: list[str] = []
-    counts: dict[str, int] = {}
+    first: set[str] = set()
     for s in stems:
-        counts[s] = counts.get(s, 0) + 1
-        out.append(s if counts[s] == 1 else f"{s}_{counts[s]}")
+        if s not in first:
+            first.add(s)
+            out.append(s)
+            continue
+        n = 2
+        while f"{s}_{n}" in used or f"{s}_{n}".lower() in taken:
+            n += 1
+        used.add(f"{s}_{n}")
+        out.append(f"{s}_{n}")
     return out
 
 

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,27 @@ def write_json(obj: Any, final: str | os.PathLike[str], *, strict: bool = False)
     types; otherwise they are written as ``NaN`` and ``str(value)``."""
     text = json.dumps(obj, indent=2, allow_nan=not strict, default=None if strict else str)
     return write_text(final, text + "\n")
+
+
+def open_no_follow(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
+    """``os.open`` of a file a run keeps open in its output folder (its lock, its log),
+    refusing a symbolic link or anything but a regular file planted there: a link to another
+    file would have that file truncated or appended to. Returns the descriptor.
+
+    Raises:
+        OutputError: the path is a symbolic link or not a regular file (remove it).
+        OSError: any other reason it cannot be opened (the caller says what it means).
+    """
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OutputError(
+                f"{path} is a symbolic link; geounet never writes through links in its output "
+                "folder: remove it and run again"
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputError(f"{path} is not a regular file; remove it and run again")
+    return fd

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future as LocalFuture
@@ -219,10 +220,13 @@ def read_checkpoint_bytes(path: str) -> bytes:
     sent to the workers all come from them). A file that cannot be read raises the
     checkpoint loader's own :class:`CheckpointError`."""
     try:
-        return Path(path).read_bytes()
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+        if regular:  # a FIFO would block the read forever
+            return Path(path).read_bytes()
     except OSError:
-        read_metadata(path)  # says why, in the words of every other checkpoint refusal
-        raise
+        pass
+    read_metadata(path)  # says why, in the words of every other checkpoint refusal
+    raise CheckpointError(path, "cannot be read")
 
 
 def reread_checkpoint(path: str, content_hash: str) -> bytes:

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from geounet.atomic import remove_partials, write_json
+from geounet.atomic import open_no_follow, remove_partials, write_json
 from geounet.batch.engine import dashboard_link, dask_client
 from geounet.batch.finalize import library_versions
 from geounet.batch.outcomes import SceneOutcome
@@ -171,7 +171,9 @@ def output_lock(out: Path) -> Iterator[None]:
     path = out / LOCK_NAME
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)
+    except OutputError:
+        raise
     except OSError as exc:
         raise OutputError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
     try:
@@ -230,7 +232,8 @@ def run_log(out: Path, level: int = logging.INFO) -> Iterator[None]:
     because LocalCluster lowers every StreamHandler on the ``distributed`` logger to
     WARNING for the cluster's lifetime (``silence_logs``).
     """
-    handler = logging.FileHandler(out / LOG_NAME, encoding="utf-8")
+    stream = os.fdopen(open_no_follow(out / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a", encoding="utf-8")
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("geounet")
     dask_log = logging.getLogger("distributed")
@@ -254,6 +257,7 @@ def run_log(out: Path, level: int = logging.INFO) -> Iterator[None]:
         for h in pinned:
             h.setLevel(logging.NOTSET)
         handler.close()
+        stream.close()
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ import io
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -163,6 +164,16 @@ def _open(source: CheckpointSource, name: str | None = None) -> _Raw:
         return _Raw(name or BYTES_NAME, view.nbytes, buffer=view)
     path = Path(source)
     label = name or str(path)
+    try:  # before opening: opening a FIFO for reading waits for a writer, forever
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise CheckpointError(label, "file does not exist; check the path") from None
+    except OSError:
+        mode = None  # let open() say why
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise CheckpointError(
+            label, "is not a regular file (a FIFO, device or socket); give the path of a .safetensors file"
+        )
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed by _Raw.__exit__
     except FileNotFoundError:

@@ -102,3 +102,42 @@ def test_a_scene_named_dot_dot_writes_inside_out(tmp_path: Path, dask_local) -> 
     folders = sorted(p.name for p in out.iterdir())
     assert folders == ["geounet.log_scene", "scene"]
     assert all((out / f / "scene.json").is_file() for f in folders)
+
+
+@pytest.mark.timeout(60)
+def test_a_model_path_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO as --model would block its reader forever: refused before it is opened, by
+    predict and info alike (exit 2)."""
+    import os
+
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        read_metadata(fifo)
+    scene = write_tif(tmp_path / "s.tif", smooth_image((3, 64, 64)), crs="EPSG:32633")
+    for args in (["info", str(fifo)], ["predict", str(scene), "-m", str(fifo), "-o", str(tmp_path / "out")]):
+        res = CliRunner().invoke(cli, [*args])
+        assert res.exit_code == 2, res.output
+        assert "not a regular file" in res.output
+
+
+@pytest.mark.parametrize("planted", [".geounet.lock", "geounet.log"])
+def test_symlinks_planted_in_out_are_never_written_through(tmp_path: Path, planted: str) -> None:
+    """OUT/.geounet.lock or OUT/geounet.log pointing at another file: the run refuses
+    (exit 4, names the link) and the other file keeps its bytes."""
+    from geounet.batch.workflow import output_lock, run_log
+    from geounet.errors import OutputError
+
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / planted).symlink_to(victim)
+    with pytest.raises(OutputError, match="symbolic link"):
+        if planted == ".geounet.lock":
+            with output_lock(out):
+                pass
+        else:
+            with run_log(out):
+                pass
+    assert victim.read_text() == "keep me"

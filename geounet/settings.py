@@ -47,7 +47,16 @@ class InferenceSettings(StrictModel):
     use_nodata: bool = True
     """Treat the scene's nodata value / mask as invalid (a pixel is invalid when all its bands are)."""
     max_pixels: int = Field(4_000_000_000, ge=1)
-    """Refuse scenes with more pixels than this (width x height) before any work."""
+    """Refuse scenes with more pixels than this (width x height) before any work; a scene
+    resampled to the model's pixel size is refused when its model grid has more."""
+    gsd_m: float | None = Field(None, gt=0, le=10_000)
+    """The scenes' ground pixel size, metres, for scenes whose georeferencing does not tell the
+    truth. None: each scene's own (at its centre; geodesic, so right for degrees too). Scenes
+    are resampled to the checkpoint's pixel size (its ``gsd_m``) when they differ by > 2 %."""
+    # -- model ---------------------------------------------------------------------------
+    tta: bool = False
+    """Test-time augmentation: average each tile's probabilities over its 8 flips and quarter
+    turns before thresholding (8x the model's compute; still seam-free)."""
     # -- polygons ------------------------------------------------------------------------
     thresholds: dict[str, float] = Field(default_factory=dict)
     """Per-class probability threshold in [0, 1]; missing classes use the checkpoint's (0.5)."""
@@ -79,9 +88,22 @@ class InferenceSettings(StrictModel):
         return v
 
     def fingerprint(self) -> str:
-        """Hash of every setting that changes outputs (resume compares it)."""
-        data = self.model_dump(mode="json")
+        """Hash of every setting that changes outputs (resume compares it).
+
+        Keys added after scene.json records existed (:data:`HASHED_WHEN_SET`) count only when
+        they differ from their default, so records written before them still resume.
+        """
+        data = {
+            k: v
+            for k, v in self.model_dump(mode="json").items()
+            if not (k in HASHED_WHEN_SET and v == HASHED_WHEN_SET[k])
+        }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Settings that enter InferenceSettings.fingerprint only when set: their defaults reproduce
+# the outputs of the versions before them.
+HASHED_WHEN_SET: dict[str, object] = {"gsd_m": None, "tta": False}
 
 
 class ClusterSettings(StrictModel):

@@ -20,7 +20,7 @@ from geounet.errors import CheckpointError, ConfigError
 from geounet.train import load_training_settings, train
 from geounet.train.config import OptimSettings
 from geounet.train.data import TrainScene, estimate_normalization, load_window, open_scenes
-from geounet.train.inputs import split_areas
+from geounet.train.inputs import open_data, split_areas
 from geounet.train.optim import lr_at
 from geounet.train.sampling import WindowRef
 from geounet.train.state import optimizer_state, restore_optimizer, state_paths
@@ -251,7 +251,7 @@ def test_data_errors_name_the_file_and_layer(tmp_path):
     data["data"]["classes"][0].update(layer=None, field="kind", value="House")
     config.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="class 'building' selects no feature"):
-        open_scenes(load_training_settings(config))
+        open_data(load_training_settings(config))
 
 
 def test_cli_help_lists_options_with_defaults():

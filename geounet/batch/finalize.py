@@ -8,6 +8,7 @@ polygons, the streaming probability writer and the quicklook canvas.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from geounet.export.probability import ProbabilityWriter
 from geounet.export.quicklook import ThumbnailCanvas, thumbnail_factor, write_quicklook
 from geounet.export.vectors import VECTOR_WRITERS, VectorWriter
 from geounet.heap import trim_heap
-from geounet.infer.block import BlockResult
+from geounet.infer.block import BlockResult, BlockTaskSpec
 from geounet.scene.plan import TilingPlan
 from geounet.scene.source import SceneInfo
 from geounet.settings import InferenceSettings
@@ -59,9 +60,21 @@ class SceneJob:
     """Client-side state of one scene while its blocks are computed."""
 
     def __init__(
-        self, info: SceneInfo, plan: TilingPlan, folder: Path, model: CheckpointMetadata, settings: InferenceSettings
+        self,
+        info: SceneInfo,
+        plan: TilingPlan,
+        folder: Path,
+        model: CheckpointMetadata,
+        settings: InferenceSettings,
+        spec: BlockTaskSpec,
     ) -> None:
         self.info, self.plan, self.folder, self.model, self.settings = info, plan, folder, model, settings
+        # Everything downstream of the blocks is on the plan's model grid (the scene's own
+        # pixels unless resampled): polygons in its pixels, its affine, its probability raster.
+        self.grid = plan.model_grid
+        self.affine = self.grid.transform(info.affine)
+        # this scene's block task spec: the run's, with the scene's grid
+        self.spec = dataclasses.replace(spec, grid=self.grid)
         self.class_names = list(model.spec.classes)
         self.pending: set[int] = {b.index for b in plan.blocks}
         self.next_block = 0
@@ -76,18 +89,17 @@ class SceneJob:
         self.prob_writer: ProbabilityWriter | None = None
         self.thumbnail: ThumbnailCanvas | None = None
         if "quicklook" in settings.formats:
-            self.thumbnail = ThumbnailCanvas(
-                info.width, info.height, thumbnail_factor(info.width, info.height, settings.quicklook_size)
-            )
+            gw, gh = self.grid.width, self.grid.height
+            self.thumbnail = ThumbnailCanvas(gw, gh, thumbnail_factor(gw, gh, settings.quicklook_size))
         folder.mkdir(parents=True, exist_ok=True)
         clear_scene_folder(folder, self.class_names)
         if "probability" in settings.formats:
             self.prob_writer = ProbabilityWriter(
                 folder / PROBABILITY_NAME,
-                width=info.width,
-                height=info.height,
+                width=self.grid.width,
+                height=self.grid.height,
                 crs_wkt=info.crs_wkt,
-                transform=info.affine,
+                transform=self.affine,
                 class_names=self.class_names,
             )
 
@@ -140,12 +152,12 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
             merged.geoms,
             merged.pixel_count,
             merged.prob_sum,
-            affine=info.affine,
+            affine=job.affine,
             crs=info.crs_wkt,
             simplify_m=s.simplify_m,
             min_area_m2=s.min_area_m2,
             fill_holes_m2=s.fill_holes_m2,
-            scene_shape=(info.height, info.width),
+            scene_shape=(job.grid.height, job.grid.width),
         )
         geoms, area, score = single_parts(kept.geoms, kept.area_m2, kept.score, info.crs_wkt)
         if job.thumbnail is not None:  # the quicklook draws the kept polygons in pixels
@@ -226,7 +238,18 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
             "tiles": job.plan.n_tiles,
             "overhead": round(job.plan.overhead, 3),
             "blocks_without_valid_pixels": job.skipped_blocks,
+            "tta": s.tta,
         },
+        # the grid the model ran on (tiling, polygons' pixels and probability.tif are on it)
+        "model_grid": {
+            "width": job.grid.width,
+            "height": job.grid.height,
+            "scale": job.grid.scale,
+            "resampled": job.grid.resampled,
+        },
+        "scene_gsd_m": _rounded(job.grid.scene_gsd_m),
+        "model_gsd_m": job.grid.model_gsd_m,
+        "gsd_warning": job.grid.warning,
         "timings_s": timings,
         "polygons": counts,
         "outputs": written,
@@ -244,6 +267,11 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         pixels=info.pixels,
         blocks=len(job.plan.blocks),
     )
+
+
+def _rounded(metres: float | None) -> float | None:
+    """A measured pixel size for scene.json (micrometres are float noise)."""
+    return None if metres is None else round(metres, 6)
 
 
 def run_writers(main: Sequence[Callable[[], list[str]]], beside: Sequence[Callable[[], list[str]]]) -> list[str]:

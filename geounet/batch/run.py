@@ -41,8 +41,8 @@ from geounet.export.layout import (
 )
 from geounet.infer.block import BlockTaskSpec
 from geounet.infer.tasks import cuda_available, load_model, release_worker
-from geounet.scene.plan import TilingPlan, plan_tiles
-from geounet.scene.source import SceneInfo, open_scene, unique_stems
+from geounet.scene.plan import ModelGrid, TilingPlan, model_grid, plan_tiles
+from geounet.scene.source import SceneInfo, ground_pixel_size_m, open_scene, unique_stems
 from geounet.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -61,18 +61,50 @@ def resolve_thresholds(model: CheckpointMetadata, settings: InferenceSettings) -
     return [float(settings.thresholds.get(c, model.thresholds.get(c, 0.5))) for c in classes]
 
 
-def make_plan(info: SceneInfo, model: CheckpointMetadata, settings: InferenceSettings) -> TilingPlan:
-    """The scene's tiling, from settings, else checkpoint suggestions, else defaults."""
+def scene_gsd_m(info: SceneInfo, settings: InferenceSettings) -> float | None:
+    """The scene's ground pixel size, metres: the settings' ``gsd_m`` when given, else measured
+    at the scene's centre from its CRS and geotransform (None when it cannot be)."""
+    if settings.gsd_m is not None:
+        return settings.gsd_m
+    return ground_pixel_size_m(info.crs_wkt, info.transform, info.width, info.height)
+
+
+def scene_grid(info: SceneInfo, model: CheckpointMetadata, settings: InferenceSettings) -> ModelGrid:
+    """The grid the scene is inferred on: resampled to the model's pixel size when both are
+    known and differ by more than 2 % (:func:`geounet.scene.plan.model_grid`).
+
+    Raises:
+        SceneError: the resampled grid has more pixels than ``max_pixels``.
+    """
+    grid = model_grid(info.width, info.height, scene_gsd_m(info, settings), model.gsd_m)
+    pixels = grid.width * grid.height
+    if grid.resampled and pixels > settings.max_pixels:
+        raise SceneError(
+            info.path,
+            f"resampled from {grid.scene_gsd_m:.4g} m to the model's {grid.model_gsd_m:.4g} m pixels it is "
+            f"{grid.width} x {grid.height} = {pixels:,} pixels, above the pixel budget of "
+            f"{settings.max_pixels:,}; raise `max_pixels` if this is intended, or check its pixel size (--gsd)",
+        )
+    return grid
+
+
+def make_plan(
+    info: SceneInfo, model: CheckpointMetadata, settings: InferenceSettings, grid: ModelGrid | None = None
+) -> TilingPlan:
+    """The scene's tiling on ``grid`` (default: the scene's own pixels), from settings, else
+    checkpoint suggestions, else defaults. Tile size, halo and block budget are model-grid pixels."""
     multiple = model.spec.multiple
     halo = resolve_halo(settings.halo, model.halo, model.receptive_field_radius, multiple)
     tile = resolve_tile_size(settings.tile_size, model.tile_size)
+    grid = grid if grid is not None else ModelGrid(info.width, info.height)
     return plan_tiles(
-        info.width,
-        info.height,
+        grid.width,
+        grid.height,
         tile_size=tile,
         halo=halo,
         multiple=multiple,
         tiles_per_block=resolve_tiles_per_block(settings.tiles_per_block, settings.device),
+        grid=grid,
     )
 
 
@@ -134,7 +166,8 @@ def run_scenes(
                 use_nodata=settings.use_nodata,
                 stem=stem,
             )
-            plan = make_plan(info, model, settings)
+            grid = scene_grid(info, model, settings)
+            plan = make_plan(info, model, settings, grid)
         except SceneError as exc:
             outcomes[i] = SceneOutcome(scene=path, stem=stem, status="failed", out_dir=str(folder), error=str(exc))
             log.error("%s", exc)
@@ -153,6 +186,8 @@ def run_scenes(
                 pixels=info.pixels,
             )
             continue
+        if grid.warning:
+            log.warning("scene %s: %s", path, grid.warning)
         todo.append((i, info, plan))
     warming: list[Any] = []
     ckpt_ref = None
@@ -176,6 +211,7 @@ def run_scenes(
             precision=settings.precision,
             keep_probability="probability" in settings.formats,
             quicklook_size=settings.quicklook_size if "quicklook" in settings.formats else None,
+            tta=settings.tta,
         )
         scheduler = BlockScheduler(
             client,

@@ -159,7 +159,7 @@ class BlockScheduler:
             job.info,
             block,
             self.checkpoint_ref(),
-            self.spec,
+            job.spec,
             pure=False,
             key=f"block-{job.info.stem}-{block.index}-{os.urandom(4).hex()}",
             resources={"GPU": 1} if self.gpu else None,
@@ -177,7 +177,7 @@ class BlockScheduler:
                 if not self.todo:
                     return
                 i, info, plan = self.todo.pop(0)
-                self.jobs[i] = SceneJob(info, plan, self.out / info.stem, self.model, self.settings)
+                self.jobs[i] = SceneJob(info, plan, self.out / info.stem, self.model, self.settings, self.spec)
             job = self.jobs[i]
             block = job.plan.blocks[job.next_block]
             job.next_block += 1

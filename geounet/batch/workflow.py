@@ -37,7 +37,7 @@ from geounet.atomic import open_no_follow, remove_partials, write_json
 from geounet.batch.engine import dashboard_link, dask_client
 from geounet.batch.finalize import library_versions
 from geounet.batch.outcomes import SceneOutcome
-from geounet.batch.run import run_scenes
+from geounet.batch.run import run_scenes, scene_grid
 from geounet.checkpoint import read_metadata
 from geounet.config import load_config
 from geounet.errors import GeounetError, LockHeldError, OutputError, SceneError
@@ -447,6 +447,7 @@ def _dry_run(scenes: list[str], model: str, out: Path, wf: WorkflowSettings, for
                 use_nodata=wf.inference.use_nodata,
                 stem=stem,
             )
+            scene_grid(info, meta, wf.inference)  # a resampled grid over the pixel budget is refused
             done = not force and is_complete(
                 out / stem,
                 input_fingerprint=info.fingerprint,

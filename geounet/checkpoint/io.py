@@ -224,6 +224,7 @@ def save_checkpoint(
     tile_size: int | None = None,
     halo: int | None = None,
     thresholds: float | Sequence[float] | Mapping[str, float] | None = None,
+    gsd_m: float | None = None,
     provenance: Mapping[str, Any] | None = None,
     **extra: Any,
 ) -> str:
@@ -254,6 +255,8 @@ def save_checkpoint(
         tile_size: suggested tile side in pixels, a multiple of ``2**depth``.
         halo: suggested context per tile side in pixels, a multiple of ``2**depth``.
         thresholds: one float for every class, a list in class order, or ``{class: float}``.
+        gsd_m: ground pixel size the model was trained at, metres (inference resamples each
+            scene to it); None keeps ``model.metadata``'s, else unknown.
         provenance: free JSON mapping (data, epochs, seed, git commit, date...); replaces any
             provenance found in ``model.metadata``. Dates and paths become strings.
         **extra: further JSON values stored under ``extra``; merged key by key over
@@ -322,6 +325,7 @@ def save_checkpoint(
             tile_size=tile_v,
             halo=halo_v,
             thresholds=thr,
+            gsd_m=pick("gsd_m", gsd_m),
             provenance=prov,
             extra=extras,
             hash=digest,

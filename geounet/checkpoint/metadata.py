@@ -79,6 +79,9 @@ class CheckpointMetadata(StrictModel):
     tile_size: int = Field(ge=1)  # pixels, side of a square tile including its halo
     halo: int = Field(ge=0)  # pixels of context on each side of a tile's core
     thresholds: dict[str, float]  # class name -> probability threshold
+    gsd_m: float | None = Field(
+        default=None, gt=0.0, le=10_000.0
+    )  # ground pixel size the model was trained at, metres; None: unknown (scenes are read at their own pixel size)
     provenance: dict[str, Any] = Field(default_factory=dict)
     extra: dict[str, Any] = Field(default_factory=dict)
     hash: str = Field(pattern=r"^[0-9a-f]{64}$")  # sha256 hex of the tensors

@@ -74,6 +74,19 @@ INFERENCE_OPTIONS: list[Callable[..., Any]] = [
         "--formats", help="Outputs to write, comma-separated from geojson,gpkg,probability,quicklook. Default: all."
     ),
     click.option("--max-pixels", type=int, help="Refuse scenes larger than this many pixels. Default: 4e9."),
+    click.option(
+        "--gsd",
+        "gsd_m",
+        type=float,
+        metavar="METRES",
+        help="The scenes' ground pixel size in metres, for scenes whose georeferencing is wrong; scenes are "
+        "resampled to the model's pixel size. Default: each scene's own (measured at its centre).",
+    ),
+    click.option(
+        "--tta/--no-tta",
+        default=None,
+        help="Test-time augmentation: average each tile over its 8 flips and quarter turns (8x compute). Default: off.",
+    ),
 ]
 
 
@@ -100,5 +113,7 @@ def inference_overrides(kw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         "fill_holes_m2": kw.pop("fill_holes_m2", None),
         "formats": [f.strip() for f in formats.split(",") if f.strip()] if formats else None,
         "max_pixels": kw.pop("max_pixels", None),
+        "gsd_m": kw.pop("gsd_m", None),
+        "tta": kw.pop("tta", None),
     }
     return {f"{prefix}{k}": v for k, v in over.items()}

@@ -18,8 +18,9 @@ import torch
 from geounet.compute import resolve_batch_size, resolve_device, resolve_precision
 from geounet.export.quicklook import ThumbnailPart, block_thumbnail, display_bands, thumbnail_factor
 from geounet.infer.model_cache import get_model, keep_activations
+from geounet.infer.tta import dihedral_mean
 from geounet.models.base import SegmentationModel, activate
-from geounet.scene.plan import Block
+from geounet.scene.plan import Block, ModelGrid
 from geounet.scene.read import prepare_input, read_window
 from geounet.scene.source import SceneInfo
 from geounet.vectorize.polygonize import polygonize_block
@@ -31,17 +32,28 @@ def run_model(
     *,
     device: torch.device,
     dtype: torch.dtype,
+    tta: bool = False,
 ) -> torch.Tensor:
-    """Probabilities for a batch (N, C, H, W) of normalized inputs, as float32 on the CPU."""
+    """Probabilities for a batch (N, C, H, W) of normalized inputs, as float32 on the CPU.
+
+    With ``tta`` they are the mean over the 8 flips and quarter turns of the input
+    (:func:`geounet.infer.tta.dihedral_mean`; 8 forward passes).
+    """
     t = torch.as_tensor(x)
     if t.ndim == 3:
         t = t[None]
     pin = device.type == "cuda"
     t = (t.pin_memory() if pin else t).to(device, non_blocking=pin)
-    t = t.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32):
-        logits = model(t)
-    return activate(logits.float(), model.spec.mode).cpu()
+
+    def probabilities(inp: torch.Tensor) -> torch.Tensor:
+        inp = inp.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = model(inp)
+        return activate(logits.float(), model.spec.mode)
+
+    with torch.inference_mode():
+        probs = dihedral_mean(probabilities, t, model.spec.multiple) if tta else probabilities(t)
+    return probs.cpu()
 
 
 def infer_block(
@@ -52,8 +64,12 @@ def infer_block(
     batch_size: int,
     device: torch.device,
     dtype: torch.dtype,
+    tta: bool = False,
 ) -> np.ndarray:
-    """Core probabilities (out_channels, core_h, core_w) of ``block`` from its read array ``x``."""
+    """Core probabilities (out_channels, core_h, core_w) of ``block`` from its read array ``x``.
+
+    With ``tta`` each tile, halo included, is averaged over its 8 flips and quarter turns
+    (seam-free still: :mod:`geounet.infer.tta`)."""
     rr, rc = int(block.read.row_off), int(block.read.col_off)
     cr, cc = int(block.core.row_off), int(block.core.col_off)
     out = np.empty((model.spec.out_channels, int(block.core.height), int(block.core.width)), np.float32)
@@ -70,7 +86,7 @@ def infer_block(
         ]
         # one tile: a view (run_model's channels-last copy is the only one made)
         arr = views[0][None] if len(views) == 1 else np.stack(views)
-        probs = run_model(model, arr, device=device, dtype=dtype).numpy()
+        probs = run_model(model, arr, device=device, dtype=dtype, tta=tta).numpy()
         for t, p in zip(batch, probs):
             r0 = int(t.core.row_off - t.read.row_off)
             c0 = int(t.core.col_off - t.read.col_off)
@@ -112,6 +128,8 @@ class BlockTaskSpec:
     precision: str
     keep_probability: bool
     quicklook_size: int | None = None  # longest quicklook side, px; None: no quicklook
+    tta: bool = False  # average each tile over its 8 flips and quarter turns
+    grid: ModelGrid | None = None  # the scene's model grid (blocks are on it); None: the scene's own pixels
 
 
 @dataclass
@@ -119,7 +137,7 @@ class BlockResult:
     """What travels back from a worker: small by construction (one block's core)."""
 
     index: int
-    core: tuple[int, int, int, int]  # col_off, row_off, width, height
+    core: tuple[int, int, int, int]  # col_off, row_off, width, height (model-grid pixels)
     probability: np.ndarray | None  # (K, h, w) uint8, probability x 255
     polygons: list[Any]  # one geounet.vectorize.seams.BlockPolygons per class
     valid_pixels: int
@@ -131,9 +149,12 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
     """Read, normalize, infer, threshold and polygonize one block (runs on a worker).
 
     Idempotent and free of side effects: it may be retried on another worker. A block whose
-    core holds no valid pixel skips the model (no polygons, probability 0).
-    Memory: about (bands + 2 * classes) * read-window pixels * 4 bytes plus the model's
-    activations for ``batch_size`` tiles.
+    core holds no valid pixel skips the model (no polygons, probability 0). On a resampled
+    model grid (``spec.grid``) the block's windows are model-grid pixels: its read window is
+    mapped to a fractional scene window and GDAL resamples it to the block's size, and the
+    polygons are in model-grid pixels.
+    Memory: about (bands + 2 * classes) * read-window pixels * 4 bytes (model-grid pixels)
+    plus the model's activations for ``batch_size`` tiles.
     """
     t0 = time.perf_counter()
     device = resolve_device(spec.device)
@@ -142,7 +163,12 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
     if device.type == "cpu":  # activations come from the worker's heap: keep them for reuse
         tile = next(iter(block.tiles)).read
         keep_activations(model, (int(tile.height), int(tile.width)), dtype)
-    raw, valid = read_window(scene, block.read)
+    grid = spec.grid if spec.grid is not None else ModelGrid(scene.width, scene.height)
+    if grid.resampled:
+        shape = (int(block.read.height), int(block.read.width))
+        raw, valid = read_window(scene, grid.scene_window(block.read), out_shape=shape)
+    else:
+        raw, valid = read_window(scene, block.read)
     cr = int(block.core.row_off - block.read.row_off)
     cc = int(block.core.col_off - block.read.col_off)
     h, w = int(block.core.height), int(block.core.width)
@@ -155,7 +181,7 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
             core_valid,
             row_off=int(block.core.row_off),
             col_off=int(block.core.col_off),
-            factor=thumbnail_factor(scene.width, scene.height, spec.quicklook_size),
+            factor=thumbnail_factor(grid.width, grid.height, spec.quicklook_size),
         )
     if skipped:
         # Nothing valid to segment (a nodata collar, an empty or sparse region): the
@@ -168,7 +194,13 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
         del raw
         t1 = time.perf_counter()
         probs = infer_block(
-            model, x, block, batch_size=resolve_batch_size(spec.batch_size, device), device=device, dtype=dtype
+            model,
+            x,
+            block,
+            batch_size=resolve_batch_size(spec.batch_size, device),
+            device=device,
+            dtype=dtype,
+            tta=spec.tta,
         )
         del x
         t2 = time.perf_counter()
@@ -180,8 +212,8 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
             cls_probs[k],
             row_off=int(block.core.row_off),
             col_off=int(block.core.col_off),
-            scene_height=scene.height,
-            scene_width=scene.width,
+            scene_height=grid.height,
+            scene_width=grid.width,
         )
         for k, m in enumerate(masks)
     ]

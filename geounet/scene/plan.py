@@ -17,6 +17,11 @@ the tensor border exactly as in whole-scene inference), and each core keeps ``ha
 pixels of context on every side that is not the padded scene's border. With a halo of at
 least the model's receptive-field radius the stitched probabilities equal whole-scene
 inference up to float rounding.
+
+The plan is laid on a **model grid** (:class:`ModelGrid`): the scene's own pixels, or the
+scene resampled to the pixel size the model was trained at. Its pixel ``(col, row)`` covers
+scene pixels ``col / scale .. (col + 1) / scale``; every window of a plan on it is in
+model-grid pixels, and the seam-free argument above holds on that grid unchanged.
 """
 
 from __future__ import annotations
@@ -24,15 +29,100 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from affine import Affine
 from rasterio.windows import Window
 
 from geounet.compute import round_up
 from geounet.errors import ConfigError
 
+# A scene is resampled to the model's pixel size only when the two differ by more than this
+# fraction; within it the scene's own grid is used, bit for bit (a UTM scene's ground pixel is
+# its map pixel / 0.9996 at the central meridian: a model trained on 0.5 m UTM imagery must
+# not resample other 0.5 m UTM scenes).
+GSD_TOLERANCE = 0.02
+# Scene and model pixel sizes further apart than this factor (either way) are warned about:
+# the georeferencing is probably wrong, or the model sees far less (or blurrier) detail than
+# it was trained on.
+GSD_WARN_RATIO = 4.0
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """The pixel grid a scene is inferred on: its own, or resampled to the model's pixel size.
+
+    ``scale`` is model-grid pixels per scene pixel along each axis (scene pixel size / model
+    pixel size: a 0.5 m scene for a 1 m model has scale 0.5 and a grid half as wide). The grid
+    is ``ceil(width * scale) x ceil(height * scale)`` px; its last row and column may reach
+    past the scene, and those pixels are read as invalid (never part of a polygon).
+    """
+
+    width: int  # model-grid pixels
+    height: int
+    scale: float = 1.0  # model-grid pixels per scene pixel; 1.0: the scene's own grid
+    scene_gsd_m: float | None = None  # the scene's ground pixel size, metres (None: unknown)
+    model_gsd_m: float | None = None  # the model's training pixel size, metres (None: unknown)
+
+    @property
+    def resampled(self) -> bool:
+        """True when blocks are read resampled (the scene's own grid otherwise)."""
+        return self.scale != 1.0
+
+    def scene_window(self, window: Window) -> Window:
+        """The (fractional) scene window a model-grid ``window`` covers."""
+        s = self.scale
+        return Window(window.col_off / s, window.row_off / s, window.width / s, window.height / s)
+
+    def transform(self, scene_transform: Affine) -> Affine:
+        """Model-grid pixel -> world affine: the scene's, scaled by ``1 / scale``."""
+        return scene_transform if not self.resampled else scene_transform @ Affine.scale(1.0 / self.scale)
+
+    @property
+    def warning(self) -> str | None:
+        """Why the pixel sizes look wrong (more than :data:`GSD_WARN_RATIO` apart), or None."""
+        if self.model_gsd_m is None:
+            return None
+        if self.scene_gsd_m is None:
+            return (
+                f"the scene's ground pixel size cannot be measured from its CRS; it is read at its own "
+                f"pixels, not resampled to the model's {self.model_gsd_m:.4g} m: give it with --gsd / gsd_m"
+            )
+        ratio = self.scene_gsd_m / self.model_gsd_m
+        if 1.0 / GSD_WARN_RATIO <= ratio <= GSD_WARN_RATIO:
+            return None
+        return (
+            f"scene pixel size {self.scene_gsd_m:.4g} m is {max(ratio, 1 / ratio):.3g}x "
+            f"{'larger' if ratio > 1 else 'smaller'} than the model's {self.model_gsd_m:.4g} m "
+            f"(more than {GSD_WARN_RATIO:g}x): check the scene's georeferencing, or give its true "
+            "pixel size with --gsd / gsd_m"
+        )
+
+
+def model_grid(
+    width: int,
+    height: int,
+    scene_gsd_m: float | None,
+    model_gsd_m: float | None,
+    tolerance: float = GSD_TOLERANCE,
+) -> ModelGrid:
+    """The grid a ``width`` x ``height`` px scene of pixel size ``scene_gsd_m`` is inferred on
+    by a model trained at ``model_gsd_m`` (metres; None: unknown, so the scene's own grid).
+
+    Resamples only when the ratio differs from 1 by more than ``tolerance``.
+
+    Example: a 200 x 150 px scene at 0.5 m for a 1 m model -> ``ModelGrid(100, 75, 0.5)``.
+    """
+    if scene_gsd_m is None or model_gsd_m is None or abs(scene_gsd_m / model_gsd_m - 1.0) <= tolerance:
+        return ModelGrid(width, height, 1.0, scene_gsd_m, model_gsd_m)
+    scale = scene_gsd_m / model_gsd_m
+    # 1e-9: a size that is whole up to float rounding is not one pixel larger
+    gw = max(1, math.ceil(width * scale - 1e-9))
+    gh = max(1, math.ceil(height * scale - 1e-9))
+    return ModelGrid(gw, gh, scale, scene_gsd_m, model_gsd_m)
+
 
 @dataclass(frozen=True)
 class Tile:
-    """One model input. Windows are in scene pixel coordinates (may reach into the padding)."""
+    """One model input. Windows are in model-grid pixels (may reach into the padding)."""
 
     read: Window  # model input, inside the padded scene
     core: Window  # pixels kept, inside the real scene
@@ -57,7 +147,7 @@ class Block:
 class TilingPlan:
     """All blocks of one scene and the numbers they were derived from."""
 
-    width: int
+    width: int  # of the grid the plan is on (model-grid pixels)
     height: int
     tile_size: int  # the largest tile side allowed, px
     halo: int
@@ -65,6 +155,12 @@ class TilingPlan:
     core_size: int  # tile_size - 2 * halo: the widest core an interior tile could keep, px
     tile_shape: tuple[int, int]  # (rows, cols) of every tile input in this plan (<= tile_size)
     blocks: tuple[Block, ...]
+    grid: ModelGrid | None = None  # the grid the windows are on; None: the scene's own pixels
+
+    @property
+    def model_grid(self) -> ModelGrid:
+        """The grid the plan's windows are on (the scene's own when none was given)."""
+        return self.grid if self.grid is not None else ModelGrid(self.width, self.height)
 
     @property
     def n_tiles(self) -> int:
@@ -115,15 +211,18 @@ def plan_tiles(
     halo: int,
     multiple: int,
     tiles_per_block: int = 1,
+    grid: ModelGrid | None = None,
 ) -> TilingPlan:
     """Cut a ``width`` x ``height`` scene into blocks of tiles.
 
     Args:
-        width, height: scene size in pixels.
+        width, height: size in pixels of the grid the tiles are laid on (``grid``'s).
         tile_size: largest model input side in pixels; a multiple of ``multiple``.
         halo: context pixels kept around each core; a multiple of ``multiple``.
         multiple: the model's size multiple, ``2**depth``.
         tiles_per_block: tiles per block side.
+        grid: the model grid ``width`` x ``height`` describes, kept in the plan; None: the
+            scene's own pixels.
 
     Returns:
         The plan; its blocks' cores tile the scene exactly once. Costs O(number of tiles).
@@ -131,6 +230,8 @@ def plan_tiles(
     Raises:
         ConfigError: sizes that are not multiples of ``multiple`` or leave no core.
     """
+    if grid is not None and (grid.width, grid.height) != (width, height):
+        raise ValueError(f"plan size {width}x{height} differs from its grid's {grid.width}x{grid.height}")
     if width < 1 or height < 1:
         raise ConfigError(f"scene size {width}x{height} must be at least 1x1 pixels")
     if multiple < 1 or tile_size % multiple:
@@ -184,6 +285,7 @@ def plan_tiles(
         core_size=core,
         tile_shape=(rows[0][1], cols[0][1]),
         blocks=tuple(blocks),
+        grid=grid,
     )
 
 

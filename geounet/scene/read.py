@@ -9,12 +9,15 @@ the driver allowlist, at most :data:`MAX_HANDLES` per thread.
 
 from __future__ import annotations
 
+import math
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.errors import RasterioError
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from geounet.errors import SceneReadError
@@ -35,7 +38,7 @@ GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 WORKER_GDAL_CACHE_BYTES = 64 * 2**20
 
 
-def _dataset(path: str) -> rasterio.io.DatasetReader:
+def _dataset(path: str, drivers: tuple[str, ...] = (SCENE_DRIVER,)) -> rasterio.io.DatasetReader:
     """This thread's open handle for ``path`` (reopened if it was closed).
 
     Each thread has its own handles (GDAL handles are not thread-safe). At most
@@ -49,11 +52,30 @@ def _dataset(path: str) -> rasterio.io.DatasetReader:
     ds = handles.pop(path, None)
     if ds is None or ds.closed:
         with rasterio.Env(**GDAL_ENV):
-            ds = rasterio.open(path, driver=SCENE_DRIVER)
+            ds = open_with(path, drivers)
     handles[path] = ds  # most recently used last
     while len(handles) > max(MAX_HANDLES, getattr(_LIMIT, "handles", 0)):
         _close(handles.pop(next(iter(handles))))
     return ds
+
+
+def open_with(path: str, drivers: tuple[str, ...] = (SCENE_DRIVER,)) -> rasterio.io.DatasetReader:
+    """Open ``path`` for reading with the first of the allowed GDAL ``drivers`` that takes it
+    (never GDAL's whole driver list: a VRT named .tif could read any file).
+
+    Raises:
+        RasterioError: no allowed driver opens the file (the last driver's error).
+    """
+    error: RasterioError | None = None
+    for driver in drivers:
+        try:
+            with warnings.catch_warnings():  # training images without georeferencing are placed by the caller
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                return rasterio.open(path, driver=driver)
+        except RasterioError as exc:
+            error = exc
+    assert error is not None, "drivers must not be empty"
+    raise error
 
 
 def keep_handles(n: int) -> None:
@@ -101,31 +123,80 @@ def gdal_reason(exc: BaseException) -> str:
     return msgs[0] if len(msgs) == 1 else f"{msgs[0]} ({msgs[-1]})"
 
 
-def read_window(scene: SceneInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
+def _inside(start: float, length: float, out: int, size: int) -> tuple[int, int]:
+    """Output pixels ``[o0, o1)`` of a resampled read whose source span lies inside ``[0, size)``.
+
+    Output pixel ``o`` covers source ``start + o * step .. start + (o + 1) * step`` with
+    ``step = length / out``.
+    """
+    step = length / out
+    o0 = 0 if start >= 0 else math.ceil(-start / step - 1e-9)
+    o1 = min(out, math.floor((size - start) / step + 1e-9))
+    return min(o0, out), max(min(o1, out), min(o0, out))
+
+
+def read_window(
+    scene: SceneInfo,
+    window: Window,
+    out_shape: tuple[int, int] | None = None,
+    resampling: Resampling = Resampling.bilinear,
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw pixels (bands, h, w) of ``window`` and a validity mask (h, w).
 
     The window may extend beyond the scene: outside pixels are 0 and invalid. Only the
     part inside the scene is read from the file (no VRT, no full-scene array).
+
+    With ``out_shape`` ``(h, w)`` the window (whose offsets and size may then be fractional)
+    is resampled to that many pixels by GDAL (``resampling`` for the pixels, nearest for the
+    validity mask): how a scene is brought to a model's pixel size, and how training zooms.
+    Output pixels whose footprint leaves the scene are invalid.
     """
-    h, w = int(window.height), int(window.width)
-    r0, c0 = int(window.row_off), int(window.col_off)
-    ir0, ic0 = max(r0, 0), max(c0, 0)
-    ir1, ic1 = min(r0 + h, scene.height), min(c0 + w, scene.width)
+    if out_shape is None:
+        h, w = int(window.height), int(window.width)
+        r0f, c0f = float(window.row_off), float(window.col_off)
+        o_r, o_c = (0, h), (0, w)
+    else:
+        h, w = int(out_shape[0]), int(out_shape[1])
+        r0f, c0f = float(window.row_off), float(window.col_off)
+        o_r = _inside(r0f, float(window.height), h, scene.height)
+        o_c = _inside(c0f, float(window.width), w, scene.width)
     data = np.zeros((len(scene.bands), h, w), dtype=scene.dtype)
     valid = np.zeros((h, w), dtype=bool)
-    if ir1 <= ir0 or ic1 <= ic0:
-        return data, valid
-    inner = Window(ic0, ir0, ic1 - ic0, ir1 - ir0)
-    sl = (slice(ir0 - r0, ir1 - r0), slice(ic0 - c0, ic1 - c0))
+    if out_shape is None:
+        r0, c0 = int(r0f), int(c0f)
+        ir0, ic0 = max(r0, 0), max(c0, 0)
+        ir1, ic1 = min(r0 + h, scene.height), min(c0 + w, scene.width)
+        if ir1 <= ir0 or ic1 <= ic0:
+            return data, valid
+        inner = Window(ic0, ir0, ic1 - ic0, ir1 - ir0)
+        sl = (slice(ir0 - r0, ir1 - r0), slice(ic0 - c0, ic1 - c0))
+        shape: tuple[int, int] | None = None
+    else:
+        if o_r[1] <= o_r[0] or o_c[1] <= o_c[0]:
+            return data, valid
+        sy, sx = float(window.height) / h, float(window.width) / w
+        inner = Window(c0f + o_c[0] * sx, r0f + o_r[0] * sy, (o_c[1] - o_c[0]) * sx, (o_r[1] - o_r[0]) * sy)
+        sl = (slice(*o_r), slice(*o_c))
+        shape = (o_r[1] - o_r[0], o_c[1] - o_c[0])
+        ir0, ic0 = int(inner.row_off), int(inner.col_off)
+        ir1, ic1 = math.ceil(inner.row_off + inner.height), math.ceil(inner.col_off + inner.width)
     failure = None
     try:
         with rasterio.Env(**GDAL_ENV):
-            ds = _dataset(scene.path)
-            part = ds.read(list(scene.bands), window=inner)
-            if scene.has_mask:
-                part_valid = ds.read_masks(list(scene.bands), window=inner).any(axis=0)
+            ds = _dataset(scene.path, scene.drivers)
+            bands = list(scene.bands)
+            if shape is None:
+                part = ds.read(bands, window=inner)
             else:
+                part = ds.read(bands, window=inner, out_shape=(len(bands), *shape), resampling=resampling)
+            if not scene.has_mask:
                 part_valid = np.ones(part.shape[1:], dtype=bool)
+            elif shape is None:
+                part_valid = ds.read_masks(bands, window=inner).any(axis=0)
+            else:
+                part_valid = ds.read_masks(
+                    bands, window=inner, out_shape=(len(bands), *shape), resampling=Resampling.nearest
+                ).any(axis=0)
     except (RasterioError, OSError) as exc:
         close_datasets()
         failure = gdal_reason(exc)

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
+from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError, ProjError
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError
 
@@ -47,6 +49,7 @@ class SceneInfo:
     nodata: float | None
     has_mask: bool  # an alpha band, internal mask or nodata defines invalid pixels
     fingerprint: str
+    drivers: tuple[str, ...] = (SCENE_DRIVER,)  # GDAL drivers allowed to open it (training also reads PNG/JPEG)
 
     @property
     def affine(self) -> Affine:
@@ -55,6 +58,42 @@ class SceneInfo:
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+
+def ground_pixel_size_m(crs_wkt: str | None, transform: Sequence[float], width: int, height: int) -> float | None:
+    """Side of one pixel on the ground at the scene's centre, metres (None without a CRS).
+
+    Measured as geodesic distances on the CRS's ellipsoid between the centre pixel and its
+    right and lower neighbours (their geometric mean), so it is true for projected CRSs in
+    feet, for degrees (EPSG:4326) and for Web Mercator, whose map metres are 1/cos(latitude)
+    ground metres.
+
+    Example: a 0.3 m Web Mercator (EPSG:3857) chip at latitude 60 degrees -> 0.15 m.
+    """
+    if not crs_wkt:
+        return None
+    try:
+        return _ground_pixel_size(CRS.from_wkt(crs_wkt), Affine(*transform[:6]), width, height)
+    except (CRSError, ProjError):
+        return None  # a CRS pyproj cannot transform: the pixel size is unknown
+
+
+def _ground_pixel_size(crs: CRS, t: Affine, width: int, height: int) -> float | None:
+    cx, cy = width / 2.0, height / 2.0
+    pts = [t @ (cx, cy), t @ (cx + 1, cy), t @ (cx, cy + 1)]
+    geo = crs.geodetic_crs
+    if geo is None:
+        return None
+    to_geo = Transformer.from_crs(crs, geo, always_xy=True)
+    lon, lat = to_geo.transform([p[0] for p in pts], [p[1] for p in pts])
+    geod = geo.get_geod()
+    if geod is None:
+        return None
+    _, _, dx = geod.inv(lon[0], lat[0], lon[1], lat[1])
+    _, _, dy = geod.inv(lon[0], lat[0], lon[2], lat[2])
+    if not (np.isfinite(dx) and np.isfinite(dy)) or dx <= 0 or dy <= 0:
+        return None
+    return float(np.sqrt(dx * dy))
 
 
 def is_remote(path: str) -> bool:

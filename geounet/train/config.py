@@ -99,6 +99,126 @@ def _as_list(v: str | list[str]) -> list[str]:
     return [v] if isinstance(v, str) else list(v)
 
 
+RGB = tuple[int, int, int]
+
+
+class MaskClasses(StrictModel):
+    """How the pixel values of raster masks map to classes (value masks or colour-coded masks)."""
+
+    values: dict[str, int | list[int]] = Field(default_factory=dict)
+    """Class -> mask value(s) of the mask's first band, e.g. ``{building: 255}``."""
+    colors: dict[str, RGB | list[RGB]] = Field(default_factory=dict)
+    """Class -> RGB colour(s) of a colour-coded mask's first three bands, e.g. ``{road: [110, 193, 228]}``."""
+    ignore_values: list[int] = Field(default_factory=list)
+    """Mask values whose pixels are not scored at all (unlabelled), e.g. ``[128]``."""
+    ignore_colors: list[RGB] = Field(default_factory=list)
+    """RGB colours whose pixels are not scored at all, e.g. ``[[155, 155, 155]]``."""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> MaskClasses:
+        if not self.values and not self.colors:
+            raise ValueError("give 'values' (class -> mask value) or 'colors' (class -> [r, g, b])")
+        if (self.values or self.ignore_values) and (self.colors or self.ignore_colors):
+            raise ValueError("a mask is either value-coded ('values') or colour-coded ('colors'), not both")
+        for name, c in self.colors.items():
+            for rgb in _colour_list(c):
+                if any(not 0 <= v <= 65535 for v in rgb):
+                    raise ValueError(f"colour {list(rgb)} of class {name!r} must hold three values 0-65535")
+        return self
+
+    @property
+    def classes(self) -> list[str]:
+        """Classes this mask labels."""
+        return list(self.values) + list(self.colors)
+
+    def values_of(self, name: str) -> list[int]:
+        v = self.values.get(name, [])
+        return [v] if isinstance(v, int) else list(v)
+
+    def colors_of(self, name: str) -> list[RGB]:
+        return _colour_list(self.colors.get(name, []))
+
+
+def _colour_list(c: RGB | list[RGB]) -> list[RGB]:
+    if isinstance(c, tuple):
+        return [c]
+    return [tuple(x) for x in c]  # type: ignore[misc]
+
+
+GsdSpec = float | Literal["auto", "unknown"]
+
+
+class ImageSource(StrictModel):
+    """A set of images with labels, as data sets come: georeferenced scenes or chips, or
+    image/mask pairs without georeferencing, each image one training scene.
+
+    Example (colour-coded PNG masks beside JPEG images, pixel size not documented)::
+
+        - name: dubai
+          images: ../shared/data/real/dubai-hitl/dataset/Tile */images/*.jpg
+          masks: "{dir}/../masks/{stem}.png"
+          mask_classes: {colors: {building: [60, 16, 152], road: [110, 193, 228]}}
+          gsd_m: unknown
+          area: "dubai/{grandparent}"
+    """
+
+    name: str = Field(min_length=1)
+    """Source name for logs, the model card and the default area."""
+    images: str
+    """Glob of image files (GeoTIFF, PNG or JPEG), relative to the current directory or the config's folder."""
+    masks: str | None = None
+    """Mask of each image: a path template with ``{dir}`` (the image's folder), ``{stem}`` (its
+    name without extension, after ``stem_sub``) and ``{name}``; e.g. ``{dir}/../gt/{stem}.tif``."""
+    stem_sub: tuple[str, str] | None = None
+    """Regular expression and replacement applied to the image stem before ``masks`` is filled,
+    e.g. ``["^image", "label"]`` pairs image7.png with label7.png."""
+    mask_classes: MaskClasses | None = None
+    """How mask values map to classes (required with ``masks``)."""
+    labels: LabelPaths | None = None
+    """Vector label files instead of masks (georeferenced images only), as ``data.scenes[].labels``."""
+    gsd_m: GsdSpec = "auto"
+    """Ground pixel size, metres: a number declares it; auto reads it from the georeferencing
+    (an error for images without); unknown: taken as ``data.gsd_m`` and zoomed more widely in training
+    (``augment.zoom_unknown``)."""
+    bands: list[int] | None = None
+    """1-based bands of this source's images fed to the model; None: ``data.bands``."""
+    value_scale: float = Field(1.0, gt=0.0)
+    """Factor applied to this source's raw pixel values before normalization (e.g. 1/257 brings
+    16-bit imagery to the 8-bit range of the other sources)."""
+    weight: float = Field(1.0, gt=0.0, le=1000.0)
+    """Relative share of training windows drawn from this source (whatever its pixel count)."""
+    area: str = "{source}"
+    """Area of each image, for area-held-out validation (``split.val_areas``): a template with
+    ``{source}``, ``{parent}`` (the image's folder name), ``{grandparent}`` and ``{stem}``."""
+    role: Role = "auto"
+    """train | val for the whole source; auto: by ``split.val_areas`` (else training)."""
+    limit: int | None = Field(None, ge=1)
+    """Take at most this many images (sorted by path), e.g. for a quick run."""
+
+    def labelled_classes(self, classes: list[str]) -> list[str]:
+        """The classes this source labels (the others are not scored on its images): the
+        mask's classes, the keys of a ``labels`` mapping, or every class."""
+        if self.mask_classes is not None:
+            return [c for c in classes if c in self.mask_classes.classes]
+        if isinstance(self.labels, dict):
+            return [c for c in classes if c in self.labels]
+        return list(classes)
+
+    @model_validator(mode="after")
+    def _labels(self) -> ImageSource:
+        if (self.masks is None) == (self.labels is None):
+            raise ValueError(
+                f"source {self.name!r}: give 'masks' (raster masks) or 'labels' (vector files), one of them"
+            )
+        if self.masks is not None and self.mask_classes is None:
+            raise ValueError(f"source {self.name!r}: 'masks' needs 'mask_classes' (which values are which class)")
+        if self.labels is not None and self.gsd_m == "unknown":
+            raise ValueError(
+                f"source {self.name!r}: vector labels need georeferenced images; gsd_m 'unknown' cannot apply"
+            )
+        return self
+
+
 class SyntheticPart(StrictModel):
     """A run of synthetic scenes: scene i has seed ``seed + i``."""
 
@@ -147,7 +267,14 @@ class DataSettings(StrictModel):
     classes: list[ClassLabels] = Field(min_length=1)
     """Classes in model output order; each says how its features are selected."""
     scenes: list[SceneSource] = Field(default_factory=list)
-    """Scenes with labels; may be combined with ``synthetic``."""
+    """Scenes with labels; may be combined with ``synthetic`` and ``sources``."""
+    sources: list[ImageSource] = Field(default_factory=list)
+    """Image sets with raster masks or vector labels, each with its own pixel size, bands,
+    class mapping and sampling weight (see :class:`ImageSource`)."""
+    gsd_m: float | None = Field(None, gt=0.0, le=10_000.0)
+    """Ground pixel size the model is trained at, metres, stored in the checkpoint (inference
+    resamples scenes to it). Every window is read resampled to it. None: every scene is read
+    at its own pixel size and the checkpoint records none."""
     synthetic: SyntheticData | None = None
     """Generate synthetic scenes and train on them."""
     bands: list[int] | None = None
@@ -167,8 +294,17 @@ class DataSettings(StrictModel):
         names = [c.name for c in self.classes]
         if len(set(names)) != len(names):
             raise ValueError(f"class names {names} must be unique")
-        if not self.scenes and self.synthetic is None:
-            raise ValueError("no training data: give 'scenes' (images with labels) and/or 'synthetic'")
+        if not self.scenes and self.synthetic is None and not self.sources:
+            raise ValueError("no training data: give 'scenes' or 'sources' (images with labels) and/or 'synthetic'")
+        for src in self.sources:
+            unknown = sorted(set(src.mask_classes.classes if src.mask_classes else []) - set(names))
+            if unknown:
+                raise ValueError(f"source {src.name!r}: mask_classes name {unknown}, not in data.classes {names}")
+            if src.gsd_m == "unknown" and self.gsd_m is None:
+                raise ValueError(f"source {src.name!r} has gsd_m 'unknown': set data.gsd_m (the model's pixel size)")
+        seen = [s.name for s in self.sources]
+        if len(set(seen)) != len(seen):
+            raise ValueError(f"source names {seen} must be unique")
         return self
 
 
@@ -205,6 +341,9 @@ class SplitSettings(StrictModel):
     """Share of each scene (strip) or of the cells (checkerboard) used for validation."""
     cell: int = Field(1024, ge=32)
     """Checkerboard cell side, pixels."""
+    val_areas: list[str] = Field(default_factory=list)
+    """Areas (``data.sources[].area``, shell patterns such as ``dubai/Tile 7``) held out whole for
+    validation, so the validation score measures generalization to unseen areas."""
     gap: int | None = Field(None, ge=0)
     """Pixels left unused between training and validation areas; None: the window size.
     Must be at least the window size, so no training window sees validation pixels' neighbourhood."""
@@ -231,6 +370,12 @@ class AugmentSettings(StrictModel):
     """Largest gamma change in log units (0.1: gamma 0.905 to 1.105), applied to the window's own range."""
     grayscale_p: float = Field(0.0, ge=0.0, le=1.0)
     """Probability of replacing every band by the mean of the bands."""
+    zoom: float = Field(1.0, ge=1.0, le=4.0)
+    """Largest random zoom around ``data.gsd_m`` (log-uniform in [1/zoom, zoom]; 1.25: pixel
+    sizes 0.8x to 1.25x the target), so a model tolerates the spread of real pixel sizes.
+    Needs ``data.gsd_m``."""
+    zoom_unknown: float = Field(1.5, ge=1.0, le=4.0)
+    """Largest random zoom for sources whose pixel size is unknown (``gsd_m: unknown``)."""
 
 
 # -- model, optimizer, loss -----------------------------------------------------------------
@@ -388,6 +533,14 @@ class TrainingSettings(StrictModel):
                 f"validation.best_metric 'building_f1' needs validation.building_class "
                 f"({self.validation.building_class!r}) to be one of data.classes {names}"
             )
+        partial = [src.name for src in self.data.sources if set(src.labelled_classes(names)) != set(names)]
+        if partial and self.model.mode == "multiclass":
+            raise ValueError(
+                f"sources {partial} label only some of the classes {names}; multiclass training needs every "
+                "class labelled everywhere: use model.mode multilabel (unlabelled classes are then not scored)"
+            )
+        if self.augment.zoom > 1.0 and self.data.gsd_m is None:
+            raise ValueError("augment.zoom > 1 zooms around data.gsd_m: set data.gsd_m (metres) or zoom 1")
         if self.normalization.low_percentile >= self.normalization.high_percentile:
             raise ValueError(
                 f"normalization.low_percentile {self.normalization.low_percentile} must be below "

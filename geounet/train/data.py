@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,20 +26,29 @@ import rasterio
 import shapely
 from affine import Affine
 from pyproj import CRS
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
+from rasterio.windows import Window
 from tqdm import tqdm
 
 from geounet.atomic import write_text
 from geounet.errors import ConfigError, SceneReadError
 from geounet.scene.normalize import MeanStd, Percentile, compute_normalization
 from geounet.scene.read import keep_handles, prepare_input, read_window
-from geounet.scene.source import SCENE_DRIVER, SceneInfo
+from geounet.scene.source import SCENE_DRIVER, SceneInfo, ground_pixel_size_m
 from geounet.synth import synthesize_scene
 from geounet.train.augment import augment
-from geounet.train.config import AugmentSettings, NormalizationSettings, SyntheticData, TrainingSettings
+from geounet.train.config import (
+    AugmentSettings,
+    MaskClasses,
+    NormalizationSettings,
+    SyntheticData,
+    TrainingSettings,
+)
 from geounet.train.labels import (
     ClassGeometries,
     id_stack,
+    mask_to_stack,
     rasterize_window,
     read_class_geometries,
     split_stack,
@@ -49,9 +59,19 @@ from geounet.train.sampling import Rect, WindowRef, random_windows
 log = logging.getLogger(__name__)
 
 
+COARSE = 8  # source pixels per side of a cell of a raster-mask scene's class-presence grid
+
+
 @dataclass
 class TrainScene:
-    """One raster with labels. ``index`` is its position in the run's scene list."""
+    """One image with labels. ``index`` is its position in the run's scene list.
+
+    Windows (:class:`~geounet.train.sampling.WindowRef`) are in the run's *training grid*:
+    the scene resampled to ``data.gsd_m`` (``scale`` source pixels per training pixel; 1 when
+    the run has no pixel size, and then reads are the plain windowed reads of inference).
+    Labels come from vector features (``classes``) or from a raster mask on the image's grid
+    (``mask`` with ``mask_classes``); ``known`` says which classes the scene labels at all.
+    """
 
     index: int
     path: Path
@@ -60,22 +80,68 @@ class TrainScene:
     height: int
     count: int
     dtype: str
-    crs: CRS
+    crs: CRS | None
     transform: Affine
     has_mask: bool  # nodata, an alpha band or a mask marks invalid pixels in some band
     nodata: float | None = None
     classes: list[ClassGeometries] = field(default_factory=list)
     label_files: dict[str, list[str]] = field(default_factory=dict)
+    scale: float = 1.0  # source pixels per training-grid pixel (data.gsd_m / gsd_m)
+    gsd_m: float | None = None  # ground pixel size, metres (None: unknown and no data.gsd_m)
+    gsd_known: bool = True  # False: gsd_m is the run's, assumed (source gsd_m: unknown)
+    source: str = ""  # data.sources[].name ("" for data.scenes and synthetic scenes)
+    area: str = ""  # area for held-out validation
+    bands: list[int] | None = None  # this scene's own bands (a source's), else the run's
+    value_scale: float = 1.0
+    drivers: tuple[str, ...] = (SCENE_DRIVER,)
+    mask: SceneInfo | None = None  # raster mask on the image's grid
+    mask_classes: MaskClasses | None = None
+    mask_palette: np.ndarray | None = None  # (values, 3) RGB of a paletted mask
+    known: list[bool] | None = None  # per class: labelled in this scene (None: every class)
+    coarse: np.ndarray | None = None  # (classes, h/COARSE, w/COARSE) bool: class present in the cell
 
     @property
     def pixel_area(self) -> float:
-        """Area of one pixel in CRS units squared."""
+        """Area of one training-grid pixel in CRS units squared (source pixel area * scale**2)."""
         t = self.transform
-        return abs(t.a * t.e - t.b * t.d)
+        return abs(t.a * t.e - t.b * t.d) * self.scale**2
+
+    @property
+    def grid_height(self) -> int:
+        """Rows of the scene on the training grid."""
+        return self.height if self.scale == 1.0 else max(1, round(self.height / self.scale))
+
+    @property
+    def grid_width(self) -> int:
+        """Columns of the scene on the training grid."""
+        return self.width if self.scale == 1.0 else max(1, round(self.width / self.scale))
+
+    @property
+    def partial(self) -> bool:
+        """True when some class is not labelled in this scene."""
+        return self.known is not None and not all(self.known)
+
+    def source_window(self, ref: WindowRef) -> tuple[Window, tuple[int, int] | None]:
+        """The scene window (fractional where resampled) a training-grid window reads, and its
+        output shape (None: an unresampled, integer window)."""
+        step = self.scale * ref.zoom
+        if step == 1.0:
+            return ref.window, None
+        cr = (ref.row + ref.height / 2.0) * self.scale
+        cc = (ref.col + ref.width / 2.0) * self.scale
+        h, w = ref.height * step, ref.width * step
+        return Window(cc - w / 2.0, cr - h / 2.0, w, h), (ref.height, ref.width)
 
     def transform_of(self, ref: WindowRef) -> Affine:
-        """Affine transform of a window (pixel -> CRS coordinates)."""
-        return self.transform @ Affine.translation(ref.col, ref.row)
+        """Affine transform of a window (its pixel -> CRS coordinates)."""
+        win, shape = self.source_window(ref)
+        if shape is None:
+            return self.transform @ Affine.translation(ref.col, ref.row)
+        return (
+            self.transform
+            @ Affine.translation(win.col_off, win.row_off)
+            @ Affine.scale(win.width / ref.width, win.height / ref.height)
+        )
 
     @cached_property
     def _info(self) -> SceneInfo:
@@ -86,53 +152,87 @@ class TrainScene:
             height=self.height,
             count=self.count,
             dtype=self.dtype,
-            crs_wkt=self.crs.to_wkt(),
-            epsg=self.crs.to_epsg(),
+            crs_wkt=self.crs.to_wkt() if self.crs is not None else "",
+            epsg=self.crs.to_epsg() if self.crs is not None else None,
             transform=tuple(self.transform)[:6],
             bands=tuple(range(1, self.count + 1)),
             nodata=self.nodata,
             has_mask=self.has_mask,
             fingerprint="",
+            drivers=self.drivers,
         )
 
     def scene_info(self, bands: Sequence[int], use_nodata: bool = True) -> SceneInfo:
-        """This scene as inference's reader takes it, reading ``bands`` (1-based).
+        """This scene as inference's reader takes it, reading ``bands`` (1-based; a source's
+        own ``bands`` win).
 
         ``use_nodata`` false (``data.use_nodata``) ignores the scene's nodata, alpha and
         mask: every pixel is valid unless it is NaN. The fingerprint is left empty (training
         records its own in the provenance).
         """
+        chosen = self.bands or bands
         return dataclasses.replace(
-            self._info, bands=tuple(int(b) for b in bands), has_mask=use_nodata and self.has_mask
+            self._info, bands=tuple(int(b) for b in chosen), has_mask=use_nodata and self.has_mask
         )
 
     def read(self, ref: WindowRef, bands: Sequence[int], use_nodata: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Raw pixels ``(bands, h, w)`` of a window inside the scene and its valid mask ``(h, w)``.
+        """Raw pixels ``(bands, h, w)`` of a window and its valid mask ``(h, w)``.
 
         Reads through :func:`geounet.scene.read.read_window` (inference's reader and
         validity rule: a pixel is invalid when it is nodata/masked in all of its bands, or
-        NaN in any).
+        NaN in any), resampled bilinearly to the training grid where ``scale`` or the
+        window's zoom is not 1; pixels outside the scene are invalid. A source's
+        ``value_scale`` multiplies the values (then float32).
 
         Raises:
             SceneReadError: the pixels cannot be read (truncated or corrupt file).
         """
-        return read_window(self.scene_info(bands, use_nodata), ref.window)
+        win, shape = self.source_window(ref)
+        raw, valid = read_window(self.scene_info(bands, use_nodata), win, shape)
+        if self.value_scale != 1.0:
+            raw = raw.astype(np.float32) * np.float32(self.value_scale)
+        return raw, valid
+
+    def label_ids(self, ref: WindowRef) -> tuple[np.ndarray, np.ndarray]:
+        """Labels of a window in training form (:func:`~geounet.train.labels.id_stack`) and its
+        unlabelled pixels ``(h, w)`` bool (a mask's ignore values; outside the mask)."""
+        if self.mask is None or self.mask_classes is None:
+            ids = id_stack(self.classes, self.transform_of(ref), (ref.height, ref.width))
+            return ids, np.zeros((ref.height, ref.width), dtype=bool)
+        win, shape = self.source_window(ref)
+        raw, inside = read_window(self.mask, win, shape, resampling=Resampling.nearest)
+        ids, ignore = mask_to_stack(raw, self.mask_classes, [c.name for c in self.classes], self.mask_palette)
+        return ids, ignore | ~inside
 
     def labels(self, ref: WindowRef, *, separate: bool | None = None) -> np.ndarray:
-        """Label stack ``(classes, h, w)`` uint8 of a window, burned from the vectors."""
+        """Label stack ``(classes, h, w)`` uint8 of a window (vectors burned, or the mask's classes)."""
         return self.targets(ref, separate=separate)[0]
 
     def targets(self, ref: WindowRef, *, separate: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Label stack ``(classes, h, w)`` uint8 and separation gaps ``(h, w)`` bool of a window."""
+        if self.mask is not None:
+            ids, _ = self.label_ids(ref)
+            return ids.astype(np.uint8), np.zeros((ref.height, ref.width), dtype=bool)
         return rasterize_window(self.classes, self.transform_of(ref), (ref.height, ref.width), separate=separate)
 
     def presence(self, refs: Sequence[WindowRef], min_pixels: int) -> np.ndarray:
         """``(len(refs), classes)`` bool: the window holds at least ``min_pixels`` px of the class.
 
-        Computed from vector intersection areas (no rasterization): one STRtree query per class.
+        Vector labels: from intersection areas (one STRtree query per class, no rasterization).
+        Raster masks: from the coarse class-presence grid read when the scene was opened.
         """
         out = np.zeros((len(refs), len(self.classes)), dtype=bool)
         if not refs:
+            return out
+        if self.coarse is not None:
+            cell_px = COARSE * COARSE / self.scale**2  # training pixels per coarse cell
+            for i, r in enumerate(refs):
+                win, _ = self.source_window(r)
+                r0, c0 = max(int(win.row_off // COARSE), 0), max(int(win.col_off // COARSE), 0)
+                r1 = math.ceil((win.row_off + win.height) / COARSE)
+                c1 = math.ceil((win.col_off + win.width) / COARSE)
+                cells = self.coarse[:, r0:r1, c0:c1].reshape(len(self.classes), -1).sum(axis=1)
+                out[i] = cells * cell_px >= min_pixels
             return out
         boxes = np.array([window_box(self.transform_of(r), r.height, r.width) for r in refs], dtype=object)
         for k, cg in enumerate(self.classes):
@@ -231,6 +331,12 @@ def open_scene(
                 has_mask,
                 ds.nodata,
             )
+            target = settings.data.gsd_m
+            if target is not None:
+                scene.gsd_m = ground_pixel_size_m(ds.crs.to_wkt(), tuple(ds.transform)[:6], ds.width, ds.height)
+                if scene.gsd_m is None:
+                    raise SceneReadError(path, "has a CRS without a datum; its pixel size in metres is unknown")
+                scene.scale = target / scene.gsd_m
     except RasterioError as exc:
         raise SceneReadError(path, f"cannot be opened as a GeoTIFF: {exc}") from None
     want = bands or list(range(1, scene.count + 1))
@@ -238,6 +344,7 @@ def open_scene(
         raise ConfigError(
             f"{settings.source}: data.bands {list(want)} asks for band {max(want)} but {path} has {scene.count} bands"
         )
+    assert scene.crs is not None  # refused above when missing
     for sel in settings.data.classes:
         files = [str(settings.resolve(f)) for f in label_files.get(sel.name, [])]
         scene.classes.append(read_class_geometries(files, sel, scene.crs))
@@ -265,15 +372,25 @@ def open_scenes(settings: TrainingSettings, progress: bool = False) -> list[Trai
         if bands is None:
             bands = list(range(1, scene.count + 1))
         scenes.append(scene)
-    for k, name in enumerate(names):
-        if sum(len(s.classes[k].geoms) for s in scenes) == 0:
+    return scenes
+
+
+def check_classes(settings: TrainingSettings, scenes: Sequence[TrainScene]) -> None:
+    """Every class has at least one labelled feature or mask pixel somewhere.
+
+    Raises:
+        ConfigError: naming the class and how it was selected.
+    """
+    for k, name in enumerate(settings.class_names):
+        features = sum(len(s.classes[k].geoms) for s in scenes)
+        mask_cells = sum(int(s.coarse[k].sum()) for s in scenes if s.coarse is not None)
+        if features + mask_cells == 0:
             sel = settings.data.classes[k]
             how = f"field {sel.field!r} = {sel.value!r}" if sel.field else f"layer {sel.layer or '(auto)'}"
             raise ConfigError(
-                f"{settings.source}: class {name!r} selects no feature in any label file ({how}); "
-                "check data.classes and the label files"
+                f"{settings.source}: class {name!r} selects no feature in any label file ({how}) and no "
+                "pixel of any mask; check data.classes, data.sources[].mask_classes and the label files"
             )
-    return scenes
 
 
 def bands_of(settings: TrainingSettings, scenes: Sequence[TrainScene]) -> list[int]:
@@ -329,6 +446,12 @@ def pixel_weights(valid: np.ndarray, gaps: np.ndarray, separation_weight: float 
     return w
 
 
+def zoom_range(scene: TrainScene, aug: AugmentSettings) -> float:
+    """Largest random zoom of ``scene``'s windows (1: none): ``augment.zoom``, or
+    ``augment.zoom_unknown`` for a scene whose pixel size is unknown."""
+    return aug.zoom if scene.gsd_known else max(aug.zoom, aug.zoom_unknown)
+
+
 def load_window(
     scene: TrainScene,
     ref: WindowRef,
@@ -339,18 +462,39 @@ def load_window(
     aug: AugmentSettings | None = None,
     rng: np.random.Generator | None = None,
     separation_weight: float = 1.0,
+    per_class: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training sample: normalized image ``(bands, h, w)``, label stack ``(classes, h, w)``
-    and loss weights ``(h, w)`` (0 where invalid, see :func:`pixel_weights`), augmented if ``aug``."""
+    and loss weights ``(h, w)`` (0 where invalid or unlabelled, see :func:`pixel_weights`),
+    augmented if ``aug``.
+
+    With augmentation, a window of a scene on a pixel-size grid is first zoomed by a random
+    factor (log-uniform within :func:`zoom_range`): it covers more or less ground, read
+    resampled to the same pixels. ``per_class`` returns weights ``(classes, h, w)`` instead,
+    0 for the classes the scene does not label (multi-source runs).
+    """
+    if aug is not None and rng is not None:
+        r = zoom_range(scene, aug)
+        if r > 1.0:
+            ref = dataclasses.replace(ref, zoom=float(np.exp(rng.uniform(-np.log(r), np.log(r)))))
     raw, valid = scene.read(ref, bands, use_nodata)
     x = prepare_input(raw, valid, norm)
-    ids = id_stack(scene.classes, scene.transform_of(ref), (ref.height, ref.width))
+    ids, unlabelled = scene.label_ids(ref)
+    valid = valid & ~unlabelled
     if aug is not None and rng is not None:
         x, ids, valid = augment(x, ids, valid, rng, aug)
         x = np.ascontiguousarray(x, dtype=np.float32)
         x[:, ~valid] = 0.0
     y, gaps = split_stack(ids, scene.classes)  # separation after the geometry: same rule in every frame
-    return x, y, pixel_weights(valid, gaps, separation_weight)
+    w = pixel_weights(valid, gaps, separation_weight)
+    if per_class:
+        known = (
+            np.ones(len(scene.classes), dtype=np.float32)
+            if scene.known is None
+            else np.asarray(scene.known, np.float32)
+        )
+        w = w[None] * known[:, None, None]
+    return x, y, w
 
 
 def load_batch(
@@ -371,7 +515,8 @@ def load_batch(
     Window ``j`` of epoch ``e`` is augmented with ``default_rng([seed, e, 17, j])``, so a
     batch is the same whichever thread builds it and whether or not the run was resumed.
     """
-    keep_handles(len(scenes))  # one open handle per scene on this thread
+    keep_handles(min(2 * len(scenes), 256))  # one open handle per scene (and mask) on this thread
+    per_class = any(s.partial for s in scenes)
     xs, ys, vs = [], [], []
     for j, ref in enumerate(refs):
         rng = np.random.default_rng([seed, epoch, 17, first + j])
@@ -384,6 +529,7 @@ def load_batch(
             aug=aug,
             rng=rng,
             separation_weight=separation_weight,
+            per_class=per_class,
         )
         xs.append(x)
         ys.append(y)

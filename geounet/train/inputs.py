@@ -7,6 +7,7 @@ Steps 3 and 4 of :func:`geounet.train.loop.run`, and the loader its epochs draw 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +22,17 @@ from geounet.errors import CheckpointError, ConfigError
 from geounet.scene.normalize import MeanStd, Percentile
 from geounet.scene.read import close_datasets
 from geounet.train.config import TrainingSettings
-from geounet.train.data import TrainScene, bands_of, class_presence, estimate_normalization, load_batch, open_scenes
+from geounet.train.data import (
+    TrainScene,
+    bands_of,
+    check_classes,
+    class_presence,
+    estimate_normalization,
+    load_batch,
+    open_scenes,
+)
 from geounet.train.sampling import Rect, WindowRef, WindowSampler, split_scene, spread, tile_rects
+from geounet.train.sources import held_out, open_sources
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,8 @@ def open_data(settings: TrainingSettings, show: bool = False) -> TrainData:
             validation area.
     """
     scenes = open_scenes(settings, progress=show)
+    scenes += open_sources(settings, len(scenes))
+    check_classes(settings, scenes)
     bands = bands_of(settings, scenes)
     train_rects, val_rects = split_areas(scenes, settings)
     sc = settings.sampling
@@ -75,11 +87,16 @@ def split_areas(scenes: Sequence[TrainScene], settings: TrainingSettings) -> tup
     val: list[Rect] = []
     sp = settings.split
     for s in scenes:
+        if s.source:  # an image of data.sources: whole, by area; windows may exceed small chips
+            whole = Rect(s.index, 0, 0, s.grid_height, s.grid_width, loose=True)
+            (val if s.role == "val" else train).append(whole)
+            continue
+        role = "val" if s.role == "auto" and sp.val_areas and held_out(s.path.stem, sp.val_areas) else s.role
         t, v = split_scene(
             s.index,
-            s.height,
-            s.width,
-            s.role,
+            s.grid_height,
+            s.grid_width,
+            role,
             kind=sp.kind,
             val_fraction=sp.val_fraction,
             cell=sp.cell,
@@ -90,6 +107,8 @@ def split_areas(scenes: Sequence[TrainScene], settings: TrainingSettings) -> tup
         )
         train += t
         val += v
+    if settings.data.sources:
+        train = balance_sources(train, scenes, settings)
     if not train:
         raise ConfigError(f"{settings.source}: no training area: every scene has role 'val'")
     if not val:
@@ -98,6 +117,25 @@ def split_areas(scenes: Sequence[TrainScene], settings: TrainingSettings) -> tup
             "role 'val' (or synthetic.val), or use split.kind strip / checkerboard"
         )
     return train, val
+
+
+def balance_sources(rects: Sequence[Rect], scenes: Sequence[TrainScene], settings: TrainingSettings) -> list[Rect]:
+    """Training rectangles weighted so that each source gets its ``weight`` share of the
+    windows, whatever its pixel count (``data.scenes`` and synthetic scenes together count as
+    one source of weight 1): a window position's weight is the source's weight over the
+    source's number of window positions."""
+    size = settings.sampling.window
+    weight = {s.name: s.weight for s in settings.data.sources}
+    totals: dict[str, int] = {}
+    for r in rects:
+        key = scenes[r.scene].source
+        totals[key] = totals.get(key, 0) + r.positions(size)
+    out = []
+    for r in rects:
+        key = scenes[r.scene].source
+        w = weight.get(key, 1.0) / max(totals[key], 1)
+        out.append(dataclasses.replace(r, weight=w))
+    return out
 
 
 # -- 4. statistics ---------------------------------------------------------------------------

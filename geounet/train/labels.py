@@ -29,7 +29,7 @@ from affine import Affine
 from pyproj import CRS
 
 from geounet.errors import ConfigError, SceneReadError
-from geounet.train.config import ClassLabels
+from geounet.train.config import ClassLabels, MaskClasses
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ __all__ = [
     "split_stack",
     "rasterize_window",
     "to_class_index",
+    "mask_to_stack",
 ]
 
 
@@ -352,3 +353,48 @@ def to_class_index(stack: np.ndarray) -> np.ndarray:
     for k in range(stack.shape[0]):
         out[stack[k] > 0] = k + 1
     return out
+
+
+def mask_to_stack(
+    raw: np.ndarray, mapping: MaskClasses, classes: Sequence[str], palette: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Label stack ``(len(classes), h, w)`` uint32 (0/1) and unlabelled pixels ``(h, w)`` bool
+    of a raster mask window ``raw`` ``(bands, h, w)``.
+
+    Value masks compare the first band with each class's values; colour masks compare the
+    first three bands (or a paletted mask's colours, ``palette`` ``(values, 3)``) with each
+    class's RGB colours. Classes the mask does not label stay 0
+    (the caller knows they are not scored). Pixels of ``ignore_values``/``ignore_colors`` are
+    unlabelled.
+
+    Raises:
+        ConfigError: a colour mapping on a mask with fewer than three bands.
+    """
+    h, w = raw.shape[1:]
+    out = np.zeros((len(classes), h, w), dtype=np.uint32)
+    ignore = np.zeros((h, w), dtype=bool)
+    if mapping.colors or mapping.ignore_colors:
+        if palette is not None and raw.shape[0] == 1:
+            raw = np.moveaxis(palette[raw[0].astype(np.int64)], -1, 0)
+        if raw.shape[0] < 3:
+            raise ConfigError(
+                f"mask_classes gives colours, but the mask has {raw.shape[0]} band(s); use 'values' for "
+                "single-band masks"
+            )
+
+        def hit(rgb: tuple[int, int, int]) -> np.ndarray:
+            return (raw[0] == rgb[0]) & (raw[1] == rgb[1]) & (raw[2] == rgb[2])
+
+        for k, name in enumerate(classes):
+            for rgb in mapping.colors_of(name):
+                out[k] |= hit(rgb)
+        for rgb in mapping.ignore_colors:
+            ignore |= hit(tuple(rgb))  # type: ignore[arg-type]
+        return out, ignore
+    for k, name in enumerate(classes):
+        vals = mapping.values_of(name)
+        if vals:
+            out[k] = np.isin(raw[0], vals)
+    if mapping.ignore_values:
+        ignore = np.isin(raw[0], mapping.ignore_values)
+    return out, ignore

@@ -413,6 +413,7 @@ class RunFolder:
             bands=self.bands,
             normalization=self.normalization,
             thresholds=self.thresholds,
+            gsd_m=self.settings.data.gsd_m,
             provenance=provenance,
         )
 

@@ -33,10 +33,11 @@ def _valid_weights(valid: torch.Tensor | None, logits: torch.Tensor) -> torch.Te
     n, _, h, w = logits.shape
     if valid.ndim == 3:
         valid = valid.unsqueeze(1)
-    if valid.ndim != 4 or valid.shape[0] != n or valid.shape[1] != 1 or tuple(valid.shape[-2:]) != (h, w):
+    c = logits.shape[1]
+    if valid.ndim != 4 or valid.shape[0] != n or valid.shape[1] not in (1, c) or tuple(valid.shape[-2:]) != (h, w):
         raise ModelInputError(
             f"valid mask of shape {tuple(valid.shape)} does not match logits {tuple(logits.shape)}; "
-            f"expected ({n}, {h}, {w}) or ({n}, 1, {h}, {w})"
+            f"expected ({n}, {h}, {w}), ({n}, 1, {h}, {w}) or per class ({n}, {c}, {h}, {w})"
         )
     return valid.to(device=logits.device, dtype=torch.float32)
 
@@ -112,7 +113,8 @@ class BCEDiceLoss(nn.Module):
         if weights is None:
             bce = bce.mean()
         else:
-            bce = (bce * weights).sum() / (weights.sum() * logits.shape[1]).clamp_min(1e-12)
+            per_pixel = weights.sum() * (logits.shape[1] if weights.shape[1] == 1 else 1)
+            bce = (bce * weights).sum() / per_pixel.clamp_min(1e-12)
         loss = self.bce_weight * bce
         if self.dice_weight:
             loss = loss + self.dice_weight * soft_dice_loss(torch.sigmoid(logits), target, weights, self.smooth)

@@ -9,6 +9,7 @@ a reader never sees half a log or half a picture, and a full disk raises
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import platform
@@ -126,20 +127,42 @@ def git_commit() -> str | None:
 
 
 def data_record(scenes: Sequence[TrainScene]) -> list[dict[str, Any]]:
-    """Per scene: image, role, size, CRS, dtype, fingerprint, label files and feature counts.
-    Costs one small read per scene (the fingerprint hashes the first MiB)."""
-    out = []
+    """Per scene of ``data.scenes``/synthetic: image, role, size, CRS, dtype, fingerprint,
+    label files and feature counts; per source of ``data.sources`` one summary (images, areas
+    by role, pixel sizes, a fingerprint of its images' fingerprints), so that hundreds of chips
+    keep the checkpoint header small. Costs one small read per image (the first MiB is hashed)."""
+    out: list[dict[str, Any]] = []
+    sources: dict[str, list[TrainScene]] = {}
     for s in scenes:
+        if s.source:
+            sources.setdefault(s.source, []).append(s)
+            continue
         out.append(
             {
                 "image": str(s.path),
                 "role": s.role,
                 "size": [s.width, s.height],
-                "crs": s.crs.to_string(),
+                "crs": s.crs.to_string() if s.crs is not None else None,
                 "dtype": s.dtype,
                 "fingerprint": fingerprint(str(s.path)),
                 "labels": {c.name: c.sources for c in s.classes},
                 "features": {c.name: int(len(c.geoms)) for c in s.classes},
+            }
+        )
+    for name, group in sources.items():
+        digest = hashlib.sha256("".join(fingerprint(str(s.path)) for s in group).encode()).hexdigest()[:16]
+        gsds = [s.gsd_m for s in group if s.gsd_m is not None]
+        out.append(
+            {
+                "source": name,
+                "images": len(group),
+                "pixels": int(sum(s.width * s.height for s in group)),
+                "areas": {role: sorted({s.area for s in group if s.role == role}) for role in ("train", "val")},
+                "gsd_m": [round(min(gsds), 3), round(max(gsds), 3)] if gsds else None,
+                "gsd_known": all(s.gsd_known for s in group),
+                "labelled": [c.name for c, k in zip(group[0].classes, group[0].known or []) if k],
+                "first_image": str(group[0].path),
+                "fingerprint": digest,
             }
         )
     return out

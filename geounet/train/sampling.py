@@ -53,6 +53,8 @@ class Rect:
     col0: int
     row1: int
     col1: int
+    loose: bool = False  # windows may be larger than the rectangle (small chips): they cover it, the rest invalid
+    weight: float = 1.0  # sampling weight of each window position (per-source balancing)
 
     @property
     def height(self) -> int:
@@ -63,14 +65,22 @@ class Rect:
         return self.col1 - self.col0
 
     def fits(self, size: int) -> bool:
-        """True when a ``size`` x ``size`` window fits inside."""
-        return self.height >= size and self.width >= size
+        """True when a ``size`` x ``size`` window fits inside (always for a loose rectangle)."""
+        return self.loose or (self.height >= size and self.width >= size)
 
     def positions(self, size: int) -> int:
-        """Number of integer positions of a ``size`` window inside (0 if it does not fit)."""
+        """Number of integer positions of a ``size`` window inside (0 if it does not fit); a
+        window larger than a loose rectangle has one position per axis."""
         if not self.fits(size):
             return 0
-        return (self.height - size + 1) * (self.width - size + 1)
+        return max(self.height - size + 1, 1) * max(self.width - size + 1, 1)
+
+    def place(self, size: int, rng: np.random.Generator) -> tuple[int, int]:
+        """A uniformly random ``(row, col)`` of a ``size`` window inside (or, where the loose
+        rectangle is smaller than the window, a window covering it)."""
+        rows = (self.row0, self.row1 - size) if self.height >= size else (self.row1 - size, self.row0)
+        cols = (self.col0, self.col1 - size) if self.width >= size else (self.col1 - size, self.col0)
+        return int(rng.integers(rows[0], rows[1] + 1)), int(rng.integers(cols[0], cols[1] + 1))
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,7 @@ class WindowRef:
     col: int
     height: int
     width: int
+    zoom: float = 1.0  # ground size of a pixel relative to the run's pixel size (scale augmentation)
 
     @property
     def window(self) -> Window:
@@ -239,15 +250,14 @@ def split_scene(
 
 def random_windows(rects: Sequence[Rect], size: int, n: int, rng: np.random.Generator) -> list[WindowRef]:
     """``n`` windows of ``size`` px, uniform over every window position inside ``rects``."""
-    weights = np.array([r.positions(size) for r in rects], dtype=float)
+    weights = np.array([r.positions(size) * r.weight for r in rects], dtype=float)
     if not len(rects) or weights.sum() == 0:
         raise ConfigError(f"no training area fits a window of {size} px; lower sampling.window")
     which = rng.choice(len(rects), size=n, p=weights / weights.sum())
     out = []
     for k in which:
         r = rects[k]
-        row = int(rng.integers(r.row0, r.row1 - size + 1))
-        col = int(rng.integers(r.col0, r.col1 - size + 1))
+        row, col = r.place(size, rng)
         out.append(WindowRef(r.scene, row, col, size, size))
     return out
 

@@ -59,14 +59,15 @@ def predicted_polygons(mask: np.ndarray, scene: TrainScene, ref: WindowRef) -> n
     scene, then the scene's affine transform)."""
     if not mask.any():
         return np.empty(0, dtype=object)
-    block = polygonize_block(
-        mask, None, row_off=ref.row, col_off=ref.col, scene_height=scene.height, scene_width=scene.width
-    )
-    return to_world(block.geoms, scene.transform)
+    block = polygonize_block(mask, None, row_off=0, col_off=0, scene_height=ref.height, scene_width=ref.width)
+    return to_world(block.geoms, scene.transform_of(ref))
 
 
 def truth_polygons(scene: TrainScene, k: int, ref: WindowRef) -> list[shapely.Geometry]:
-    """Truth features of class ``k`` clipped to the tile (the prediction cannot reach beyond it)."""
+    """Truth features of class ``k`` clipped to the tile (the prediction cannot reach beyond
+    it); for a raster-mask scene, the mask's regions polygonized as predictions are."""
+    if scene.mask is not None:
+        return list(predicted_polygons(scene.labels(ref)[k].astype(bool), scene, ref))
     box = window_box(scene.transform_of(ref), ref.height, ref.width)
     geoms = scene.classes[k].query(box)
     if not len(geoms):
@@ -87,7 +88,10 @@ def tile_loss(
     """The training loss of one tile (same targets and pixel weights as in training)."""
     target, gaps = scene.targets(ref)
     device = logits.device
-    weights = torch.from_numpy(pixel_weights(valid, gaps, separation_weight))[None].to(device)
+    w = pixel_weights(valid, gaps, separation_weight)
+    if scene.partial:
+        w = w[None] * np.asarray(scene.known, dtype=np.float32)[:, None, None]
+    weights = torch.from_numpy(w)[None].to(device)
     if mode == "multiclass":
         tt = torch.from_numpy(to_class_index(target))[None].to(device)
     else:
@@ -132,10 +136,12 @@ def validate(
     was_training = model.training
     model.eval()
     try:
-        keep_handles(len(scenes))
+        keep_handles(min(2 * len(scenes), 256))
         for ref in tiles:
             sc = scenes[ref.scene]
             raw, valid = sc.read(ref, bands, settings.data.use_nodata)
+            if sc.mask is not None:
+                valid = valid & ~sc.label_ids(ref)[1]
             with captured_logits(model) as logits:
                 probs = run_model(model, prepare_input(raw, valid, norm), device=device, dtype=dtype)[0].numpy()
             if loss_fn is not None and valid.any():
@@ -147,8 +153,9 @@ def validate(
             masks = class_masks(cls_probs, labels, valid, thresholds)
             truth = sc.labels(ref, separate=False)
             for k, m in enumerate(masks):
-                counts[k] += pixel_counts(m, truth[k], valid)
-            if bidx is not None:
+                if sc.known is None or sc.known[k]:
+                    counts[k] += pixel_counts(m, truth[k], valid)
+            if bidx is not None and (sc.known is None or sc.known[bidx]):
                 pred = predicted_polygons(masks[bidx], sc, ref)
                 true = truth_polygons(sc, bidx, ref)
                 matches.append(building_f1(pred, true, vcfg.iou, min_area=vcfg.min_area_px * sc.pixel_area))

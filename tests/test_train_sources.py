@@ -17,6 +17,8 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 
 from geounet.checkpoint import read_metadata
+from geounet.checkpoint.card import model_card
+from geounet.cli.info import render_card
 from geounet.errors import ConfigError, SceneReadError
 from geounet.train import load_training_settings, train
 from geounet.train.config import MaskClasses
@@ -280,7 +282,8 @@ def test_sources_get_their_weight_of_windows(colour_set: Path):
 
 
 def test_training_records_the_pixel_size_in_the_checkpoint(colour_set: Path):
-    settings = load_training_settings(base_config(colour_set, [colour_source(colour_set, gsd_m="unknown")]))
+    source = colour_source(colour_set, gsd_m="unknown", terms="CC0 1.0", attribution="Tile makers")
+    settings = load_training_settings(base_config(colour_set, [source]))
     result = train(settings, progress=False)
     meta = read_metadata(result.best_checkpoint)
     assert meta.gsd_m == 0.5
@@ -288,6 +291,11 @@ def test_training_records_the_pixel_size_in_the_checkpoint(colour_set: Path):
     record = [d for d in meta.provenance["data"] if d.get("source") == "tiles"][0]
     assert record["images"] == 3 and record["areas"] == {"train": ["train-a"], "val": ["val-b"]}
     assert record["gsd_known"] is False
+    assert record["terms"] == "CC0 1.0" and record["attribution"] == "Tile makers"
+    card = render_card(model_card(result.best_checkpoint))
+    assert "pixel size       0.5 m" in card
+    assert "tiles: 3 images, train train-a, val val-b, 0.5 m (not documented: assumed)" in card
+    assert "terms CC0 1.0; attribution Tile makers" in card
 
 
 def test_source_errors_name_the_file_and_the_fix(colour_set: Path):

@@ -161,14 +161,32 @@ def _metrics(row: Mapping[str, Any], best: str | None) -> str:
 
 
 def _roles(data: Sequence[Mapping[str, Any]]) -> str:
-    """``30 scenes (train 24, val 6)``."""
+    """``30 scenes (train 24, val 6)``, or ``4 sources, 424 images`` for image sources."""
+    if all("source" in d for d in data):
+        images = sum(int(d["images"]) for d in data if _is_number(d.get("images")))
+        return f"{len(data)} source{'s' * (len(data) != 1)}, {images:,} images"
     roles = Counter(str(d.get("role", "?")) for d in data)
     return f"{len(data)} scene{'s' * (len(data) != 1)} (" + ", ".join(f"{r} {n}" for r, n in roles.items()) + ")"
 
 
 def _source(record: Mapping[str, Any]) -> tuple[str, str]:
     """One training scene: its image, role, size, CRS, dtype and pixel size; and each
-    class's label files and feature count ('' when the record has none)."""
+    class's label files and feature count ('' when the record has none). For an image
+    source: its name, images, areas by role, pixel sizes and labelled classes; and its terms
+    and attribution."""
+    if "source" in record:
+        facts = [f"{_brief(record.get('images', '?'))} images"]
+        areas = record.get("areas")
+        if isinstance(areas, Mapping):
+            facts += [f"{role} {_brief(names)}" for role, names in areas.items() if names]
+        gsd = record.get("gsd_m")
+        if isinstance(gsd, list) and len(gsd) == 2:
+            known = "" if record.get("gsd_known", True) else " (not documented: assumed)"
+            facts.append(f"{gsd[0]}-{gsd[1]} m{known}" if gsd[0] != gsd[1] else f"{gsd[0]} m{known}")
+        if isinstance(record.get("labelled"), list):
+            facts.append("labels " + _brief(record["labelled"]))
+        terms = [f"{k} {record[k]}" for k in ("terms", "attribution") if isinstance(record.get(k), str)]
+        return f"{record['source']}: {', '.join(facts)}", "; ".join(terms)
     facts = [str(record[k]) for k in ("role",) if _is_scalar(record.get(k))]
     size = record.get("size")
     if isinstance(size, list) and len(size) == 2:

@@ -37,6 +37,24 @@ def _mapping(d: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {json.dumps(v) if not isinstance(v, str) else v}" for k, v in d.items())
 
 
+def _pixel_size(gsd_m: float | None) -> str:
+    if gsd_m is None:
+        return "not recorded (scenes are read at their own pixel size)"
+    return f"{gsd_m:g} m (each scene is read resampled to it; --gsd overrides a scene's own)"
+
+
+def _heldout(block: Any) -> list[tuple[str, str]]:
+    """Rows for an ``extra.heldout`` record: one line per held-out area and the average."""
+    if not isinstance(block, dict) or not isinstance(block.get("areas"), list):
+        return []
+    rows = [("held-out", str(block.get("note", "accuracy on areas never trained on")))]
+    for area in block["areas"]:
+        if isinstance(area, dict):
+            parts = [f"{k} {v:.3g}" for k, v in area.items() if isinstance(v, float)]
+            rows.append(("", f"{area.get('area', '?')}: {', '.join(parts)}"))
+    return rows
+
+
 def render_card(card: dict[str, Any]) -> str:
     """The text form of :func:`geounet.checkpoint.model_card`, one labelled line per fact.
 
@@ -61,14 +79,17 @@ def render_card(card: dict[str, Any]) -> str:
         ("classes", ", ".join(spec["classes"])),
         ("output mode", f"{spec['mode']} ({mode_note}; {channels} output channel{'s' * (channels != 1)})"),
         ("thresholds", ", ".join(f"{k}={v:g}" for k, v in card["thresholds"].items())),
+        ("pixel size", _pixel_size(card.get("gsd_m"))),
         ("receptive field", f"radius {card['receptive_field_radius']} px"),
         ("tile / halo", f"{card['tile_size']} px / {card['halo']} px (suggested)"),
     ]
     summary = provenance_summary(card["provenance"])
     rows.append(("provenance", "" if summary else "(none)"))
     rows += [(f"  {label}" if label else "", text) for label, text in summary]
-    if card.get("extra"):
-        rows.append(("extra", _mapping(card["extra"])))
+    extra = dict(card.get("extra") or {})
+    rows += _heldout(extra.pop("heldout", None))
+    if extra:
+        rows.append(("extra", _mapping(extra)))
     rows.append(("format", f"{card['format']} v{card['format_version']}, geounet {card['geounet_version']}"))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}".rstrip() for label, value in rows)

@@ -194,6 +194,10 @@ class ImageSource(StrictModel):
     """train | val for the whole source; auto: by ``split.val_areas`` (else training)."""
     limit: int | None = Field(None, ge=1)
     """Take at most this many images (sorted by path), e.g. for a quick run."""
+    terms: str | None = None
+    """Licence or terms of the data as far as known (recorded in the checkpoint, shown by ``geounet info``)."""
+    attribution: str | None = None
+    """Credit the data asks for wherever the model is used (recorded and shown likewise)."""
 
     def labelled_classes(self, classes: list[str]) -> list[str]:
         """The classes this source labels (the others are not scored on its images): the

@@ -126,7 +126,7 @@ def git_commit() -> str | None:
         return None
 
 
-def data_record(scenes: Sequence[TrainScene]) -> list[dict[str, Any]]:
+def data_record(scenes: Sequence[TrainScene], settings: TrainingSettings | None = None) -> list[dict[str, Any]]:
     """Per scene of ``data.scenes``/synthetic: image, role, size, CRS, dtype, fingerprint,
     label files and feature counts; per source of ``data.sources`` one summary (images, areas
     by role, pixel sizes, a fingerprint of its images' fingerprints), so that hundreds of chips
@@ -149,6 +149,7 @@ def data_record(scenes: Sequence[TrainScene]) -> list[dict[str, Any]]:
                 "features": {c.name: int(len(c.geoms)) for c in s.classes},
             }
         )
+    declared = {src.name: src for src in settings.data.sources} if settings is not None else {}
     for name, group in sources.items():
         digest = hashlib.sha256("".join(fingerprint(str(s.path)) for s in group).encode()).hexdigest()[:16]
         gsds = [s.gsd_m for s in group if s.gsd_m is not None]
@@ -163,6 +164,8 @@ def data_record(scenes: Sequence[TrainScene]) -> list[dict[str, Any]]:
                 "labelled": [c.name for c, k in zip(group[0].classes, group[0].known or []) if k],
                 "first_image": str(group[0].path),
                 "fingerprint": digest,
+                "terms": declared[name].terms if name in declared else None,
+                "attribution": declared[name].attribution if name in declared else None,
             }
         )
     return out
@@ -186,7 +189,7 @@ def run_provenance(
         "torch_version": torch.__version__,
         "config_file": settings.source,
         "config": settings.model_dump(mode="json"),
-        "data": data_record(scenes),
+        "data": data_record(scenes, settings),
         "bands": list(bands),
         "seed": settings.compute.seed,
         "git_commit": git_commit(),

@@ -1,0 +1,74 @@
+"""Turn a trained checkpoint into a shipped one (``geounet/weights/<name>.safetensors``).
+
+    python scripts/ship_model.py out/train-real/best.safetensors geounet/weights/default.safetensors \\
+        --config workflows/train-real.yaml --heldout benchmarks/results/heldout/default.json --half
+
+Steps: load the checkpoint (every check of ``load_checkpoint``) -> add each training
+source's ``terms`` and ``attribution`` from the config to the provenance (so a checkpoint
+trained before those keys existed still names them) -> add the held-out accuracy per area
+from a ``benchmarks/bench_heldout.py`` result under ``extra.heldout`` (``geounet info`` shows
+it) -> store the weights in half precision if asked (half the file; they load as float32) ->
+write atomically. The content hash is that of the stored tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from geounet.checkpoint import load_checkpoint, save_checkpoint
+from geounet.train.config import load_training_settings
+
+
+def heldout_block(path: Path) -> dict[str, Any]:
+    """The per-area rows of a held-out result, as short float fields."""
+    result = json.loads(path.read_text())
+    keep = ("building_f1", "building_iou", "road_iou", "road_apls", "gsd_m")
+    areas = []
+    for row in result.get("areas", []):
+        entry: dict[str, Any] = {"area": row.get("area")}
+        for key in keep:
+            value = row.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                entry[key] = float(value)
+        areas.append(entry)
+    note = result.get("note") or "accuracy on areas never trained on (benchmarks/RESULTS.md)"
+    return {"note": note, "areas": areas, "measured": result.get("date"), "commit": result.get("commit")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("dest", type=Path)
+    ap.add_argument("--config", type=Path, required=True, help="the training config (sources' terms)")
+    ap.add_argument("--heldout", type=Path, help="a bench_heldout.py result JSON")
+    ap.add_argument("--half", action="store_true", help="store the weights as float16")
+    args = ap.parse_args()
+
+    model = load_checkpoint(args.checkpoint)
+    meta = dict(model.metadata)
+    provenance = dict(meta.get("provenance") or {})
+    settings = load_training_settings(args.config)
+    declared = {s.name: s for s in settings.data.sources}
+    data = []
+    for record in provenance.get("data", []):
+        src = declared.get(record.get("source", ""))
+        if src is not None:
+            record = {**record, "terms": src.terms, "attribution": src.attribution}
+        data.append(record)
+    provenance["data"] = data
+    extra: dict[str, Any] = {}
+    if args.heldout is not None:
+        extra["heldout"] = heldout_block(args.heldout)
+    if args.half:
+        model = model.half()
+        extra["stored_as"] = "float16 (loads as float32)"
+    digest = save_checkpoint(model, args.dest, provenance=provenance, **extra)
+    print(f"{args.dest}: {args.dest.stat().st_size:,} bytes, hash {digest[:12]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -310,18 +310,32 @@ def test_default_weights_missing_is_a_clear_error(monkeypatch):
     import geounet.weights as weights
 
     monkeypatch.setattr(weights, "DEFAULT_NAME", "not-there.safetensors")
-    with pytest.raises(CheckpointError, match="train-default.yaml"):
+    with pytest.raises(CheckpointError, match="train-real.yaml"):
         weights.default_weights()
+    monkeypatch.setattr(weights, "SYNTHETIC_NAME", "not-there.safetensors")
+    with pytest.raises(CheckpointError, match="train-synthetic.yaml"):
+        weights.synthetic_weights()
 
 
-def test_shipped_default_weights_load():
+def test_shipped_synthetic_weights_load():
+    from geounet.weights import synthetic_weights
+
+    meta = read_metadata(synthetic_weights())
+    assert list(meta.spec.classes) == ["building", "road"] and meta.spec.mode == "multilabel"
+    assert synthetic_weights().stat().st_size < 10_000_000
+    assert meta.provenance["config"]["data"]["synthetic"]["train"]["n"] >= 1
+
+
+def test_shipped_default_weights_are_trained_on_real_sources_with_their_terms():
     from geounet.weights import default_weights
 
-    try:
-        path = default_weights()
-    except CheckpointError:
-        pytest.skip("default weights not trained yet")
+    path = default_weights()
     meta = read_metadata(path)
     assert list(meta.spec.classes) == ["building", "road"] and meta.spec.mode == "multilabel"
-    assert path.stat().st_size < 10_000_000
-    assert meta.provenance["config"]["data"]["synthetic"]["train"]["n"] >= 1
+    assert meta.gsd_m == 0.5
+    assert path.stat().st_size < 5_000_000  # float16 storage
+    sources = {d["source"]: d for d in meta.provenance["data"] if "source" in d}
+    assert {"spacenet-rio", "dubai", "inria-chicago"} <= set(sources)
+    assert all(d["terms"] and d["attribution"] for d in sources.values())
+    model = load_checkpoint(path)
+    assert next(model.parameters()).dtype == torch.float32  # stored as float16, loaded as float32

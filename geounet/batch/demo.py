@@ -21,7 +21,7 @@ from geounet.synth import synthesize_scene
 
 log = logging.getLogger(__name__)
 
-# Held-out seeds: training of the shipped weights uses seeds below 9000 (workflows/train-default.yaml).
+# Held-out seeds: training of the shipped weights uses seeds below 9000 (workflows/train-synthetic.yaml).
 DEMO_SEED = 9000
 DEMO_SCENES: tuple[dict[str, Any], ...] = (
     {"crs": "EPSG:32633"},  # UTM 33N
@@ -52,12 +52,12 @@ def run_demo(out: Path, *, size: int = 1024, workers: int | None = None, progres
     make_scenes(scenes_dir, size)
     wf = WorkflowSettings(
         scenes=str(scenes_dir),
-        model="default",
+        model="synthetic",  # the demo's scenes are synthetic: the model trained on their look
         out=str(run_dir),
         inference=InferenceSettings(min_area_m2=4.0),
         cluster=ClusterSettings(workers=workers),
     )
-    print(f"[2/3] batch workflow with the shipped weights -> {run_dir}")
+    print(f"[2/3] batch workflow with the shipped synthetic-trained weights -> {run_dir}")
     outcomes, record = run_workflow(wf, progress=progress)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:

@@ -26,17 +26,23 @@ from geounet.train.config import load_training_settings
 def heldout_block(path: Path) -> dict[str, Any]:
     """The per-area rows of a held-out result, as short float fields."""
     result = json.loads(path.read_text())
-    keep = ("building_f1", "building_iou", "road_iou", "road_apls", "gsd_m")
+    keep = {
+        "building_f1": "building_f1",
+        "building_pixel_iou": "building_iou",
+        "road_pixel_iou": "road_iou",
+        "road_apls": "road_apls",
+    }
     areas = []
     for row in result.get("areas", []):
         entry: dict[str, Any] = {"area": row.get("area")}
-        for key in keep:
-            value = row.get(key)
+        scores = row.get("scores") or {}
+        for key, name in keep.items():
+            value = scores.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                entry[key] = float(value)
+                entry[name] = float(value)
         areas.append(entry)
     note = result.get("note") or "accuracy on areas never trained on (benchmarks/RESULTS.md)"
-    return {"note": note, "areas": areas, "measured": result.get("date"), "commit": result.get("commit")}
+    return {"note": note, "areas": areas, "measured": result.get("date")}
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ The command line maps the classes to exit codes (see ``geounet.cli.main``):
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 
 
@@ -80,3 +81,26 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     return EXIT_SOME_FAILED
+
+
+# -- values in messages: the one helper that keeps them short ----------------------------------
+BRIEF_CHARS = 200  # most characters of one value shown in a message
+
+
+def brief(value: object, limit: int = BRIEF_CHARS, *, as_repr: bool = False) -> str:
+    """``value`` as an error message shows it, at most about ``limit`` characters: a string as
+    it is (its ``repr`` with ``as_repr``), anything else as a ``repr`` that stops a few levels
+    and items deep (so a huge or deeply nested value costs little to show). A cut value keeps
+    its start and its end (where a message says what to do) around ``…`` and ends in
+    ``(N characters)``."""
+    if isinstance(value, str):
+        text = repr(value) if as_repr else value
+    else:
+        short = reprlib.Repr()
+        short.maxlevel, short.maxstring, short.maxother = 3, limit, limit
+        short.maxlist = short.maxtuple = short.maxdict = short.maxset = 8
+        text = short.repr(value)
+    if len(text) <= limit:
+        return text
+    tail = limit // 4
+    return f"{text[: limit - tail]}…{text[-tail:]} ({len(text):,} characters)"

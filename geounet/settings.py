@@ -88,22 +88,19 @@ class InferenceSettings(StrictModel):
         return v
 
     def fingerprint(self) -> str:
-        """Hash of every setting that changes outputs (resume compares it).
-
-        Keys added after scene.json records existed (:data:`HASHED_WHEN_SET`) count only when
-        they differ from their default, so records written before them still resume.
-        """
-        data = {
-            k: v
-            for k, v in self.model_dump(mode="json").items()
-            if not (k in HASHED_WHEN_SET and v == HASHED_WHEN_SET[k])
-        }
+        """Hash of every setting that can change outputs (resume compares it): all but
+        :data:`NOT_HASHED`."""
+        data = {k: v for k, v in self.model_dump(mode="json").items() if k not in NOT_HASHED}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# Settings that enter InferenceSettings.fingerprint only when set: their defaults reproduce
-# the outputs of the versions before them.
-HASHED_WHEN_SET: dict[str, object] = {"gsd_m": None, "tta": False}
+# Settings that cannot change a scene's outputs, so changing them resumes finished scenes:
+# batch_size and tiles_per_block group the same tiles into forward passes and Dask tasks (each
+# tile is still the same model input; polygons are merged exactly across block edges), and
+# max_pixels only refuses scenes (a refused scene has no outputs to reuse). Device and
+# precision do change the numbers and are hashed; cluster settings (workers, threads) and
+# progress bars are not inference settings at all.
+NOT_HASHED = frozenset({"batch_size", "tiles_per_block", "max_pixels"})
 
 
 class ClusterSettings(StrictModel):

@@ -24,7 +24,7 @@ from geounet.infer.block import infer_block, run_model
 from geounet.scene.plan import GSD_TOLERANCE, ModelGrid, model_grid, plan_tiles
 from geounet.scene.read import prepare_input, read_window
 from geounet.scene.source import ground_pixel_size_m, open_scene
-from geounet.settings import HASHED_WHEN_SET, InferenceSettings
+from geounet.settings import InferenceSettings
 from tests.conftest import UTM_HALF_METRE, make_checkpoint, smooth_image, write_tif
 
 SQUARE = (60, 40, 100, 80)  # col0, row0, col1, row1 of a bright 40 x 40 px (20 x 20 m) square
@@ -96,19 +96,14 @@ def test_gsd_warning_beyond_four_times_either_way() -> None:
     assert ModelGrid(1, 1, 1.0, 0.5, None).warning is None  # model's size unknown: nothing to compare
 
 
-def test_settings_hash_counts_gsd_and_tta_only_when_set() -> None:
-    import hashlib
-
+def test_settings_hash_counts_gsd_and_tta() -> None:
     base = InferenceSettings()
-    legacy = {k: v for k, v in base.model_dump(mode="json").items() if k not in HASHED_WHEN_SET}
-    # records written before these keys existed still resume
-    assert base.fingerprint() == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
     hashes = {
         base.fingerprint(),
         InferenceSettings(gsd_m=0.3).fingerprint(),
         InferenceSettings(gsd_m=0.4).fingerprint(),
+        InferenceSettings(tta=True).fingerprint(),
     }
-    hashes.add(InferenceSettings(tta=True).fingerprint())
     assert len(hashes) == 4
 
 

@@ -24,7 +24,7 @@ from geounet import __version__
 from geounet.atomic import write_json
 from geounet.batch.outcomes import SceneOutcome
 from geounet.checkpoint import CheckpointMetadata
-from geounet.export.layout import PROBABILITY_NAME, QUICKLOOK_NAME, SCENE_JSON, clear_scene_folder
+from geounet.export.layout import PROBABILITY_NAME, QUICKLOOK_NAME, SCENE_JSON, clear_scene_folder, output_sizes
 from geounet.export.probability import ProbabilityWriter
 from geounet.export.quicklook import ThumbnailCanvas, thumbnail_factor, write_quicklook
 from geounet.export.vectors import VECTOR_WRITERS, VectorWriter
@@ -225,6 +225,7 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         "stem": info.stem,
         "input_fingerprint": info.fingerprint,
         "model_hash": model.content_hash,
+        "model_fingerprint": model.output_fingerprint,  # resume compares this one
         "model": model_path,
         "config_hash": config_hash,
         "options": options,
@@ -252,7 +253,7 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         "gsd_warning": job.grid.warning,
         "timings_s": timings,
         "polygons": counts,
-        "outputs": written,
+        "outputs": output_sizes(job.folder, written),  # {file name: bytes}: resume checks them
         "versions": library_versions(),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

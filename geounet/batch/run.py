@@ -32,12 +32,14 @@ from geounet.checkpoint import CheckpointMetadata, load_checkpoint, read_metadat
 from geounet.compute import resolve_halo, resolve_tile_size, resolve_tiles_per_block
 from geounet.errors import CheckpointError, ConfigError, SceneError
 from geounet.export.layout import (
+    NO_RECORD,
     RUN_FILES,
     SCENE_JSON,
     check_writable,
     clear_scene_folder,
-    is_complete,
+    output_names,
     read_scene_record,
+    why_incomplete,
 )
 from geounet.infer.block import BlockTaskSpec
 from geounet.infer.tasks import cuda_available, load_model, release_worker
@@ -108,6 +110,21 @@ def make_plan(
     )
 
 
+def why_recompute(folder: Path, info: SceneInfo, model: CheckpointMetadata, settings: InferenceSettings) -> str | None:
+    """None when ``folder`` holds this scene's complete outputs for the same input, model
+    (:attr:`~geounet.checkpoint.CheckpointMetadata.output_fingerprint`) and settings
+    (:meth:`~geounet.settings.InferenceSettings.fingerprint`), each output at the size
+    scene.json records; else why the scene must be computed (``run``, ``predict`` and
+    ``--dry-run`` alike)."""
+    return why_incomplete(
+        folder,
+        input_fingerprint=info.fingerprint,
+        model_fingerprint=model.output_fingerprint,
+        config_hash=settings.fingerprint(),
+        outputs=output_names(model.spec.classes, settings.formats),
+    )
+
+
 def threads(client: Client) -> int:
     """Worker threads of the cluster (at least 1)."""
     info = client.scheduler_info()
@@ -174,9 +191,8 @@ def run_scenes(
             if (folder / SCENE_JSON).exists():
                 clear_scene_folder(folder, class_names)
             continue
-        if not force and is_complete(
-            folder, input_fingerprint=info.fingerprint, model_hash=model.content_hash, config_hash=config_hash
-        ):
+        reason = "--force" if force else why_recompute(folder, info, model, settings)
+        if reason is None:
             outcomes[i] = SceneOutcome(
                 scene=path,
                 stem=stem,
@@ -186,6 +202,8 @@ def run_scenes(
                 pixels=info.pixels,
             )
             continue
+        if reason != NO_RECORD and (folder / SCENE_JSON).exists():
+            log.info("scene %s: computing it again: %s", path, reason)
         if grid.warning:
             log.warning("scene %s: %s", path, grid.warning)
         todo.append((i, info, plan))
@@ -193,7 +211,7 @@ def run_scenes(
     ckpt_ref = None
     if todo:
         ckpt_ref = client.scatter(data, broadcast=True, hash=False)
-        warming = warm_workers(client, ckpt_ref, model.content_hash, settings.device)
+        warming = warm_workers(client, ckpt_ref, model.output_fingerprint, settings.device)
     checked.result()  # a bad checkpoint raises here: nothing reported, no block submitted
     del data  # the workers hold the bytes now; the client keeps only Dask's reference
     for i in sorted(outcomes):
@@ -203,7 +221,7 @@ def run_scenes(
     if todo:
         gpu = settings.device != "cpu" and any(client.run(cuda_available).values())
         spec = BlockTaskSpec(
-            content_hash=model.content_hash,
+            model_key=model.output_fingerprint,
             normalization=model.normalization,
             thresholds=thresholds,
             batch_size=settings.batch_size,
@@ -222,7 +240,7 @@ def run_scenes(
             spec=spec,
             checkpoint_ref=ckpt_ref,
             send_checkpoint=lambda: client.scatter(
-                reread_checkpoint(model_path, model.content_hash), broadcast=True, hash=False
+                reread_checkpoint(model_path, model.output_fingerprint), broadcast=True, hash=False
             ),
             config_hash=config_hash,
             options=options,
@@ -265,14 +283,15 @@ def read_checkpoint_bytes(path: str) -> bytes:
     raise CheckpointError(path, "cannot be read")
 
 
-def reread_checkpoint(path: str, content_hash: str) -> bytes:
+def reread_checkpoint(path: str, model_key: str) -> bytes:
     """The checkpoint's bytes again, for workers that lost their copy, refused unless they are
-    the same model the run started with (a file replaced mid-run must not mix models)."""
+    the same model the run started with (same :attr:`output_fingerprint`: a file replaced
+    mid-run must not mix models)."""
     data = read_checkpoint_bytes(path)
-    if read_metadata(data, name=path).content_hash != content_hash:
+    if read_metadata(data, name=path).output_fingerprint != model_key:
         raise CheckpointError(
             path,
-            "changed while the run was using it (its content hash differs); the workers' copy was "
+            "changed while the run was using it (its weights or metadata differ); the workers' copy was "
             "lost and cannot be sent again: run again",
         )
     return data
@@ -294,7 +313,7 @@ def in_background(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> LocalFut
         pool.shutdown(wait=False)  # the thread ends with fn
 
 
-def warm_workers(client: Client, ckpt_ref: Any, content_hash: str, device: str) -> list[Any]:
+def warm_workers(client: Client, ckpt_ref: Any, model_key: str, device: str) -> list[Any]:
     """Start loading the model on every worker now, one task each, so that the load overlaps
     the client's checkpoint check instead of holding up the first blocks. Returns the tasks'
     futures (the caller keeps them until the run ends)."""
@@ -303,11 +322,11 @@ def warm_workers(client: Client, ckpt_ref: Any, content_hash: str, device: str) 
         client.submit(
             load_model,
             ckpt_ref,
-            content_hash,
+            model_key,
             device,
             workers=[w],
             pure=False,
-            key=f"load-model-{content_hash[:12]}-{os.urandom(4).hex()}",
+            key=f"load-model-{model_key[:12]}-{os.urandom(4).hex()}",
         )
         for w in workers
     ]

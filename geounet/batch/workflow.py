@@ -37,13 +37,13 @@ from geounet.atomic import open_no_follow, remove_partials, write_json
 from geounet.batch.engine import dashboard_link, dask_client
 from geounet.batch.finalize import library_versions
 from geounet.batch.outcomes import SceneOutcome
-from geounet.batch.run import run_scenes, scene_grid
+from geounet.batch.run import run_scenes, scene_grid, why_recompute
 from geounet.checkpoint import read_metadata
-from geounet.config import load_config
-from geounet.errors import GeounetError, LockHeldError, OutputError, SceneError
-from geounet.export.layout import LOCK_NAME, LOG_NAME, RUN_FILES, RUN_JSON, check_writable, is_complete
+from geounet.config import describe_decode_error, load_config
+from geounet.errors import ConfigError, GeounetError, LockHeldError, OutputError, SceneError, brief
+from geounet.export.layout import LOCK_NAME, LOG_NAME, RUN_FILES, RUN_JSON, check_writable, holds_scene_record
 from geounet.scene.source import is_remote, open_scene, unique_stems
-from geounet.settings import WorkflowSettings
+from geounet.settings import InferenceSettings, WorkflowSettings
 from geounet.weights import resolve_model_name
 
 log = logging.getLogger(__name__)
@@ -104,20 +104,43 @@ def discover_scenes(
 
     Hidden files (``.name``) are skipped, and so are files under ``exclude`` (the output
     folder, whose ``probability.tif`` files are not scenes) when it lies inside the
-    searched folder. Local paths are made absolute (symbolic links are kept). Sorted
-    within each source; the order of sources is kept; duplicates are dropped.
+    searched folder, and files in folders that hold a geounet ``scene.json`` (outputs of
+    earlier runs, anywhere in the searched folder, or the folder itself). Local paths are made
+    absolute (symbolic links are kept). Sorted within each source; the order of sources is
+    kept; duplicates are dropped.
+
+    Raises:
+        ConfigError: a list file that is not UTF-8 text (a PNG, JP2 or other binary file).
     """
     specs = [spec] if isinstance(spec, str) else list(spec)
     skip = exclude.resolve() if exclude is not None else None
+    outputs: dict[Path, bool] = {}  # folder -> holds a geounet scene.json
+    skipped: list[str] = []
+
+    def in_outputs(q: Path, root: Path) -> bool:
+        """True when the folder of ``q``, or one above it up to ``root``, holds scene.json."""
+        folder, top = Path(os.path.abspath(q)).parent, Path(os.path.abspath(root))
+        while True:
+            if folder not in outputs:
+                outputs[folder] = holds_scene_record(folder)
+            if outputs[folder]:
+                return True
+            if folder == top or folder.parent == folder:
+                return False
+            folder = folder.parent
 
     def select(hits: Iterable[Path], root: Path) -> list[str]:
         r = root.resolve()
         out_inside = skip is not None and skip != r and _below(skip, r)
-        return sorted(
-            str(q)
-            for q in hits
-            if not q.name.startswith(".") and q.is_file() and not (out_inside and _below(q.resolve(), skip))  # type: ignore[arg-type]
-        )
+        kept = []
+        for q in hits:
+            if q.name.startswith(".") or not q.is_file() or (out_inside and _below(q.resolve(), skip)):  # type: ignore[arg-type]
+                continue
+            if in_outputs(q, root):
+                skipped.append(str(q))
+                continue
+            kept.append(str(q))
+        return sorted(kept)
 
     found: list[str] = []
     for s in specs:
@@ -134,7 +157,7 @@ def discover_scenes(
                 hits = p.rglob(pattern) if recursive else p.glob(pattern)
             found += select(hits, p)
         elif p.is_file() and p.suffix.lower() not in SCENE_SUFFIXES:
-            for line in p.read_text(encoding="utf-8").splitlines():
+            for line in read_list_file(p):
                 line = line.strip()
                 if line and not line.startswith("#"):
                     q = line if is_remote(line) or os.path.isabs(line) else str(p.parent / line)
@@ -146,10 +169,43 @@ def discover_scenes(
             found += select((Path(q) for q in globlib.glob(pat, recursive=True)), _glob_root(pat))
         else:
             found.append(str(p))  # a single file (or a missing one: reported per scene)
+    if skipped:
+        log.info(
+            "skipped %d file(s) in folders holding geounet outputs (scene.json), e.g. %s",
+            len(skipped),
+            brief(skipped[0]),
+        )
     # absolute paths: records name the file unambiguously, and workers (possibly on an
     # external cluster, in another working folder) open exactly that file
     found = [x if is_remote(x) else os.path.abspath(x) for x in found]
     return list(dict.fromkeys(found))  # first occurrence of each, in order
+
+
+def read_list_file(path: Path) -> list[str]:
+    """The lines of a list file of scenes (UTF-8 text, one path or URL per line).
+
+    Raises:
+        ConfigError: the file cannot be read, is not UTF-8 or holds NUL bytes (an image or
+            other binary file given where a folder, glob or list was expected).
+    """
+    fix = (
+        "a list file must be UTF-8 text with one scene path per line; to segment a folder of "
+        "scenes pass the folder (or a glob), and scenes must be GeoTIFFs (.tif, .tiff)"
+    )
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"scene list file {brief(str(path))} cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"scene list file {brief(str(path))} is not UTF-8 text ({describe_decode_error(exc)}); {fix}"
+        ) from None
+    if "\0" in text:
+        offset = text.index("\0")
+        raise ConfigError(f"scene list file {brief(str(path))} is not text (a NUL byte at character {offset}); {fix}")
+    return text.splitlines()
 
 
 # --------------------------------------------------------------------------- run folder
@@ -204,10 +260,12 @@ def clean_partials(out: Path) -> int:
 
 
 def remove_empty_scene_folders(outcomes: list[SceneOutcome]) -> None:
-    """Remove the (empty) folders of scenes that failed or were interrupted."""
+    """Remove the folders of scenes that failed or were interrupted, when nothing but
+    ``.partial-*`` leftovers is in them (only called while holding the output lock)."""
     for o in outcomes:
         if o.status == "failed":
             with contextlib.suppress(OSError):
+                remove_partials(o.out_dir)
                 Path(o.out_dir).rmdir()  # only succeeds when empty
 
 
@@ -282,6 +340,35 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
+@contextlib.contextmanager
+def claimed_output(out: Path, *, keep_log: bool = False) -> Iterator[threading.Event]:
+    """Hold ``out`` for one command (``run`` and ``predict`` alike); yields the event that
+    SIGTERM or the first Ctrl-C sets.
+
+    In order: the output lock (:func:`output_lock`: a second command on the same folder exits
+    at once with code 3, before it creates anything); a check that the folder takes files;
+    with ``keep_log``, OUT/geounet.log (:func:`run_log`); the signal handlers
+    (:func:`stop_on_signals`); the removal of ``.partial-*`` leftovers of interrupted writes,
+    before the command and again after it, however it ends.
+
+    Raises:
+        LockHeldError: another command holds the folder.
+        OutputError: the folder cannot take files.
+    """
+    with output_lock(out):
+        check_writable(out)  # a full disk fails here, before any cluster starts
+        with run_log(out) if keep_log else contextlib.nullcontext(), stop_on_signals() as stop:
+            removed = clean_partials(out)
+            if removed:
+                log.info("removed %d temporary file(s) left by an interrupted run", removed)
+            try:
+                yield stop
+            finally:
+                n = clean_partials(out)
+                if n:
+                    log.warning("removed %d temporary file(s) after the run", n)
+
+
 def load_workflow(path: str | Path | None, overrides: dict[str, Any]) -> WorkflowSettings:
     return load_config(WorkflowSettings, path, overrides)
 
@@ -318,10 +405,8 @@ def run_workflow(
         return _dry_run(scenes, model, out, wf, force), {}
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    with output_lock(out):
-        check_writable(out)  # a full disk fails here, before the cluster starts
-        with run_log(out), stop_on_signals() as stop:
-            return _run_locked(wf, scenes, model, out, force, progress, client, announce, stop, started, t0)
+    with claimed_output(out, keep_log=True) as stop:
+        return _run_locked(wf, scenes, model, out, force, progress, client, announce, stop, started, t0)
 
 
 def _run_locked(
@@ -338,10 +423,7 @@ def _run_locked(
     t0: float,
 ) -> tuple[list[SceneOutcome], dict[str, Any]]:
     """The run proper, holding the output lock, logging to OUT/geounet.log, with ``stop``
-    set by SIGTERM / Ctrl-C."""
-    removed = clean_partials(out)
-    if removed:
-        log.info("removed %d temporary file(s) left by an interrupted run", removed)
+    set by SIGTERM / Ctrl-C (see :func:`claimed_output`)."""
     log.info("run started: %d scene(s), model %s, output %s", len(scenes), model, out)
     outcomes: list[SceneOutcome] = []
     record: dict[str, Any] = {}
@@ -410,27 +492,78 @@ def _run_locked(
             if not getattr(c, "started", True):
                 log.info("no scene needed computing; no Dask cluster was started")
     except Exception as exc:
-        if not stop.is_set() or isinstance(exc, GeounetError):
+        if not stopped_by_signal(exc, stop):
             with contextlib.suppress(Exception):
                 write_record("stopped", error=f"{type(exc).__name__}: {exc}")
             raise
-        # the signal also reached the worker processes (a terminal's Ctrl-C, systemd's
-        # stop): what failed after it is part of the interruption, not an error
-        log.warning("stopped by a signal (%s: %s)", type(exc).__name__, exc)
         final = list(outcomes)
     except BaseException as exc:
         with contextlib.suppress(Exception):
             write_record("stopped", error=f"{type(exc).__name__}: {exc}")
         raise
-    finally:
-        n = clean_partials(out)
-        if n:
-            log.warning("removed %d temporary file(s) after the run", n)
     outcomes[:] = final
     remove_empty_scene_folders(final)
     write_record("finished")
     log.info("run %s: %s", record["status"], record["counts"])
     return final, record
+
+
+def stopped_by_signal(exc: Exception, stop: threading.Event) -> bool:
+    """True when ``exc``, which ended a command, is part of an interruption: the signal also
+    reached the worker processes (a terminal's Ctrl-C, systemd's stop), so what failed after
+    it is no error of its own. A geounet error is always reported. Logs the case."""
+    if not stop.is_set() or isinstance(exc, GeounetError):
+        return False
+    log.warning("stopped by a signal (%s: %s)", type(exc).__name__, exc)
+    return True
+
+
+def predict_scenes(
+    scenes: list[str],
+    model: str,
+    out: Path,
+    settings: InferenceSettings,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> tuple[list[SceneOutcome], bool]:
+    """``geounet predict``: segment ``scenes`` into ``out`` holding the folder as ``run``
+    does (:func:`claimed_output`: the lock, signals, ``.partial-*`` leftovers), on a Dask
+    cluster started only if some scene needs work. Returns the outcomes and whether SIGTERM or
+    Ctrl-C stopped it (unfinished scenes are then failed and removed).
+
+    Raises:
+        CheckpointError: a bad model, before the folder is locked or created (the full check
+            of the weights follows inside, before any scene starts).
+        LockHeldError: another ``run`` or ``predict`` holds ``out``.
+        OutputError: ``out`` cannot take files.
+    """
+    read_metadata(model)  # a bad model fails before anything else
+    outcomes: list[SceneOutcome] = []
+    with claimed_output(out) as stop:
+        try:
+            # lazy: the cluster starts on first use, after run_scenes has checked the model in
+            # full, so a bad or unsafe checkpoint exits 2 without starting any worker
+            with dask_client(scheduler, device=settings.device, workers=workers, lazy=True) as client:
+                final = run_scenes(
+                    scenes,
+                    model,
+                    out,
+                    settings,
+                    client=client,
+                    force=force,
+                    progress=progress,
+                    stop=stop,
+                    on_outcome=outcomes.append,
+                )
+        except Exception as exc:
+            if not stopped_by_signal(exc, stop):
+                raise
+            final = list(outcomes)
+        remove_empty_scene_folders(final)
+        return final, stop.is_set()
 
 
 def _dry_run(scenes: list[str], model: str, out: Path, wf: WorkflowSettings, force: bool) -> list[SceneOutcome]:
@@ -448,12 +581,7 @@ def _dry_run(scenes: list[str], model: str, out: Path, wf: WorkflowSettings, for
                 stem=stem,
             )
             scene_grid(info, meta, wf.inference)  # a resampled grid over the pixel budget is refused
-            done = not force and is_complete(
-                out / stem,
-                input_fingerprint=info.fingerprint,
-                model_hash=meta.content_hash,
-                config_hash=wf.inference.fingerprint(),
-            )
+            done = not force and why_recompute(out / stem, info, meta, wf.inference) is None
             res.append(
                 SceneOutcome(
                     scene=path,

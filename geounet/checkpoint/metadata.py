@@ -11,6 +11,7 @@ one JSON form that is stored, so that saving and loading give back equal values.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
@@ -31,6 +32,13 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "METADATA_KEY", "CheckpointMetadata"]
 FORMAT: Literal["geounet.checkpoint"] = "geounet.checkpoint"
 FORMAT_VERSION = 1
 METADATA_KEY = "geounet"  # the one key of the safetensors header metadata that geounet uses
+
+# Metadata that cannot change what the model computes on a scene: the file format's name and
+# version, the geounet version that saved it, and the records of how it was made. Every other
+# field (the tensors' hash, architecture and classes, bands, normalization, thresholds, pixel
+# size, receptive field, tile and halo suggestions), and any field added later, enters
+# CheckpointMetadata.output_fingerprint.
+DESCRIPTIVE_FIELDS = frozenset({"format", "format_version", "geounet_version", "provenance", "extra"})
 
 
 def _to_spec(value: Any) -> ModelSpec:
@@ -131,6 +139,19 @@ class CheckpointMetadata(StrictModel):
     def content_hash(self) -> str:
         """The full content hash (SHA-256 hex of the tensors); same as ``hash``."""
         return self.hash
+
+    @property
+    def output_fingerprint(self) -> str:
+        """SHA-256 hex of everything in the checkpoint that can change a scene's outputs: the
+        tensors' hash and every metadata field but :data:`DESCRIPTIVE_FIELDS`.
+
+        Two files with the same weights but other thresholds, normalization, bands, pixel size,
+        classes or tile/halo suggestions (used when the settings leave them unset) differ
+        here, so resume recomputes their scenes and workers do not reuse each other's model.
+        """
+        data = {k: v for k, v in self.to_dict().items() if k not in DESCRIPTIVE_FIELDS}
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(b"geounet-outputs-v1\0" + text.encode("utf-8")).hexdigest()
 
     @property
     def short_hash(self) -> str:

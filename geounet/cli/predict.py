@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from geounet.batch.engine import dask_client
-from geounet.batch.run import run_scenes
+from geounet.batch.workflow import predict_scenes
 from geounet.cli.options import inference_options, inference_overrides
 from geounet.cli.summary import exit_code_for_outcomes, print_summary
 from geounet.config import load_config
+from geounet.errors import EXIT_INTERRUPTED
 from geounet.settings import InferenceSettings
 from geounet.weights import resolve_model_name
 
@@ -58,18 +58,26 @@ def command(
 ) -> None:
     """Segment SCENES (GeoTIFF paths or GDAL URLs) and write, per scene, OUT/<stem>/ with
     <class>.geojson (RFC 7946), polygons.gpkg, probability.tif (COG), quicklook.png and
-    scene.json (written last).
+    scene.json (written last). Holds OUT's lock while it runs, as `geounet run` does.
 
     Exit codes: 0 all scenes done or skipped, 1 some failed, 5 all failed,
-    2 configuration error, 4 output folder not writable.
+    2 configuration error, 3 output folder locked by another run or predict,
+    4 output folder not writable, 130 interrupted (SIGTERM, Ctrl-C).
     """
     settings = load_config(InferenceSettings, config, inference_overrides(dict(kw)))
     show = sys.stderr.isatty() if progress is None else progress
-    # lazy: the cluster starts on first use, after run_scenes has checked the model in full,
-    # so a bad or unsafe checkpoint exits 2 without starting any worker
-    with dask_client(scheduler, device=settings.device, workers=workers, lazy=True) as client:
-        outcomes = run_scenes(
-            list(scenes), resolve_model_name(model), Path(out), settings, client=client, force=force, progress=show
-        )
+    outcomes, interrupted = predict_scenes(
+        list(scenes),
+        resolve_model_name(model),
+        Path(out),
+        settings,
+        scheduler=scheduler,
+        workers=workers,
+        force=force,
+        progress=show,
+    )
     print_summary(outcomes)
+    if interrupted:
+        click.echo("interrupted: unfinished scenes were removed; run again to continue", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(exit_code_for_outcomes(outcomes))

@@ -2,7 +2,8 @@
 
 Every name a scene folder can hold is spelled here and nowhere else; the pipeline, the
 writers, evaluation (which finds predictions by these names) and the demo import them.
-``scene.json`` is written last and is the proof that a scene is complete.
+``scene.json`` is written last and, with every output it lists at the size it records, is the
+proof that a scene is complete.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from geounet.atomic import partial_name, remove_partials
 from geounet.errors import OutputError
 from geounet.settings import ALL_FORMATS
 
-SCENE_JSON = "scene.json"  # the scene's record, written last: its presence means complete
+SCENE_JSON = "scene.json"  # the scene's record, written last: it lists the outputs and their sizes
 GPKG_NAME = "polygons.gpkg"  # every class as a layer, scene CRS
 PROBABILITY_NAME = "probability.tif"  # COG, one uint8 band per class (p x 255)
 QUICKLOOK_NAME = "quicklook.png"  # downsampled picture with the outlines
@@ -26,6 +27,7 @@ LOG_NAME = "geounet.log"  # OUT/geounet.log: the run's log
 LOCK_NAME = ".geounet.lock"  # OUT/.geounet.lock: held (flock) while a run writes to OUT
 RUN_FILES = (RUN_JSON, LOG_NAME, LOCK_NAME)  # no scene folder may take one of these names
 FORMATS = ALL_FORMATS  # every output format a scene folder can hold
+NO_RECORD = "no scene.json"  # why_incomplete's reason for a scene never finished
 
 
 def plural(class_name: str) -> str:
@@ -61,16 +63,62 @@ def read_scene_record(folder: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def is_complete(folder: Path, *, input_fingerprint: str, model_hash: str, config_hash: str) -> bool:
-    """True when ``scene.json`` records success for the same input, model and settings."""
+def holds_scene_record(folder: Path) -> bool:
+    """True when ``folder`` holds a geounet ``scene.json`` (a scene's output folder)."""
     rec = read_scene_record(folder)
-    return bool(
-        rec
-        and rec.get("status") == "success"
-        and rec.get("input_fingerprint") == input_fingerprint
-        and rec.get("model_hash") == model_hash
-        and rec.get("config_hash") == config_hash
-    )
+    return rec is not None and "input_fingerprint" in rec and "stem" in rec
+
+
+def output_sizes(folder: Path, names: Sequence[str]) -> dict[str, int]:
+    """``{name: size in bytes}`` of the finished output files ``names`` in ``folder``, for
+    scene.json (resume checks them against the files).
+
+    Raises:
+        OutputError: a file that was just written is gone.
+    """
+    sizes = {}
+    for name in names:
+        try:
+            sizes[name] = (folder / name).stat().st_size
+        except OSError as exc:
+            raise OutputError(f"cannot read the size of {folder / name}, just written: {exc.strerror or exc}") from None
+    return sizes
+
+
+def why_incomplete(
+    folder: Path, *, input_fingerprint: str, model_fingerprint: str, config_hash: str, outputs: Sequence[str]
+) -> str | None:
+    """None when ``scene.json`` records success for the same input, model and settings and
+    every output it lists (at least ``outputs``) is on disk with the size it records; else
+    why the scene must be computed again. Costs one small read and a ``stat`` per output."""
+    path = folder / SCENE_JSON
+    if not path.exists():
+        return NO_RECORD
+    rec = read_scene_record(folder)
+    if rec is None:
+        return f"{path} is not a JSON object"
+    if rec.get("status") != "success":
+        return f"{path} records status {rec.get('status')!r}"
+    if rec.get("input_fingerprint") != input_fingerprint:
+        return "the scene file changed (its input fingerprint differs)"
+    if rec.get("model_fingerprint") != model_fingerprint:
+        return "the model changed (its weights or metadata that change outputs differ)"
+    if rec.get("config_hash") != config_hash:
+        return "settings that change outputs differ"
+    listed = rec.get("outputs")
+    if not isinstance(listed, dict) or not all(isinstance(v, int) for v in listed.values()):
+        return f"{path} records no output sizes (written by an older geounet)"
+    missing = [n for n in outputs if n not in listed]
+    if missing:
+        return f"{path} does not list {missing[0]}"
+    for name, size in listed.items():
+        try:
+            actual = (folder / name).stat().st_size
+        except OSError:
+            return f"{folder / name} is missing"
+        if actual != size:
+            return f"{folder / name} is {actual} bytes, scene.json records {size}"
+    return None
 
 
 def clear_scene_folder(folder: Path, class_names: Sequence[str]) -> None:

@@ -2,7 +2,7 @@
 
 A task carries only small things (a :class:`~geounet.scene.source.SceneInfo`, a
 :class:`~geounet.scene.plan.Block`, settings); the model arrives once per worker through
-:func:`geounet.infer.model_cache.get_model`, keyed by the checkpoint's content hash. Reading
+:func:`geounet.infer.model_cache.get_model`, keyed by the checkpoint's output fingerprint. Reading
 goes through :mod:`geounet.scene.read` (per-thread dataset handles, driver allowlist).
 """
 
@@ -120,7 +120,7 @@ def class_masks(
 class BlockTaskSpec:
     """Everything a block task needs besides the scene, the block and the model bytes."""
 
-    content_hash: str
+    model_key: str  # the checkpoint's output_fingerprint: keys the worker's model cache
     normalization: Any
     thresholds: list[float]
     batch_size: int | None
@@ -159,7 +159,7 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
     t0 = time.perf_counter()
     device = resolve_device(spec.device)
     dtype = resolve_precision(spec.precision, device)
-    model = get_model(checkpoint, spec.content_hash, device)
+    model = get_model(checkpoint, spec.model_key, device)
     if device.type == "cpu":  # activations come from the worker's heap: keep them for reuse
         tile = next(iter(block.tiles)).read
         keep_activations(model, (int(tile.height), int(tile.width)), dtype)

@@ -1,4 +1,4 @@
-"""The worker's model cache: each checkpoint loaded once per (content hash, device).
+"""The worker's model cache: each checkpoint loaded once per (output fingerprint, device).
 
 The client sends the checkpoint's bytes to every worker once per run; a worker builds the
 model from those bytes the first time a task needs it (no temporary file) and prepares it
@@ -23,15 +23,19 @@ _MODELS: dict[tuple[str, str], SegmentationModel] = {}
 _MODEL_LOCK = threading.Lock()
 
 
-def get_model(checkpoint: ckpt.CheckpointSource, content_hash: str, device: torch.device) -> SegmentationModel:
-    """The worker's copy of the model, loaded once per (hash, device).
+def get_model(checkpoint: ckpt.CheckpointSource, model_key: str, device: torch.device) -> SegmentationModel:
+    """The worker's copy of the model, loaded once per (``model_key``, device).
+
+    ``model_key`` is the checkpoint's ``output_fingerprint`` (weights and metadata that change
+    outputs): two files with the same weights but another mode or classes are two models to a
+    long-lived worker.
 
     ``checkpoint`` is a path readable by the worker or the checkpoint's bytes (scattered
     once per run by the client), loaded from memory as they are: no file is written.
     Loading goes through the safe safetensors loader, with all its checks; its peak memory
     is about one more copy of the checkpoint (see :func:`geounet.checkpoint.load_checkpoint`).
     """
-    key = (content_hash, str(device))
+    key = (model_key, str(device))
     model = _MODELS.get(key)
     if model is not None:
         return model

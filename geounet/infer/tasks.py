@@ -15,10 +15,10 @@ from geounet.scene.read import close_datasets
 __all__ = ["cuda_available", "load_model", "release_worker"]
 
 
-def load_model(checkpoint: bytes, content_hash: str, device: str) -> str | None:
+def load_model(checkpoint: bytes, model_key: str, device: str) -> str | None:
     """Load the model into this worker's cache; returns the failure as text, or None."""
     try:
-        get_model(checkpoint, content_hash, resolve_device(device))
+        get_model(checkpoint, model_key, resolve_device(device))
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None

@@ -29,14 +29,16 @@ from geounet.config import StrictModel, describe_validation_error
 from geounet.errors import ConfigError, ModelInputError
 
 NormalizationKind = Literal["meanstd", "percentile"]
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _check_finite(name: str, values: list[float]) -> None:
-    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    """Statistics are applied in float32: each must be a finite float32 number."""
+    bad = [i for i, v in enumerate(values) if not (math.isfinite(v) and abs(v) <= _FLOAT32_MAX)]
     if bad:
         raise ValueError(
-            f"{name} must be finite numbers, got {values!r} (band indexes {bad} are not); "
-            "recompute the statistics from pixels without nodata"
+            f"{name} must be finite numbers within float32's range (|x| <= {_FLOAT32_MAX:.4g}), got "
+            f"{values!r} (band indexes {bad} are not); recompute the statistics from pixels without nodata"
         )
 
 
@@ -58,7 +60,7 @@ class MeanStd(StrictModel):
             )
         _check_finite("mean", self.mean)
         _check_finite("std", self.std)
-        bad = [i for i, s in enumerate(self.std) if s <= 0]
+        bad = [i for i, s in enumerate(self.std) if not np.float32(s) > 0]  # > 0 in float32 too
         if bad:
             raise ValueError(
                 f"std must be > 0 for every band, got {self.std!r} (band indexes {bad}); a zero "
@@ -90,7 +92,8 @@ class Percentile(StrictModel):
             )
         _check_finite("low", self.low)
         _check_finite("high", self.high)
-        bad = [i for i, (lo, hi) in enumerate(zip(self.low, self.high)) if not hi > lo]
+        # compared in float32, where high - low is computed
+        bad = [i for i, (lo, hi) in enumerate(zip(self.low, self.high)) if not np.float32(hi) > np.float32(lo)]
         if bad:
             raise ValueError(
                 f"high must be greater than low for every band, got low {self.low!r} and high "

@@ -36,6 +36,8 @@ GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 # Bytes of GDAL block cache per worker process: enough for the overlapping halo reads of
 # neighbouring blocks (one block row of halo is ~10 MB; a tiny cache was measured to slow reads ~3x).
 WORKER_GDAL_CACHE_BYTES = 64 * 2**20
+# Largest float32: float pixels beyond it (float64 scenes) would become +-inf in the model's input.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _dataset(path: str, drivers: tuple[str, ...] = (SCENE_DRIVER,)) -> rasterio.io.DatasetReader:
@@ -149,7 +151,9 @@ def read_window(
     With ``out_shape`` ``(h, w)`` the window (whose offsets and size may then be fractional)
     is resampled to that many pixels by GDAL (``resampling`` for the pixels, nearest for the
     validity mask): how a scene is brought to a model's pixel size, and how training zooms.
-    Output pixels whose footprint leaves the scene are invalid.
+    Output pixels whose footprint leaves the scene are invalid, and so are float pixels that
+    are not a finite float32 number in some band (NaN, +-inf, float64 beyond float32's range:
+    :func:`representable`).
     """
     if out_shape is None:
         h, w = int(window.height), int(window.width)
@@ -209,15 +213,35 @@ def read_window(
             "probably truncated or corrupt (copy it again)",
         )
     if part.dtype.kind == "f":
-        part_valid &= ~np.isnan(part).any(axis=0)
+        part_valid &= representable(part)
     data[:, sl[0], sl[1]] = part
     valid[sl] = part_valid
     return data, valid
 
 
+def representable(pixels: np.ndarray) -> np.ndarray:
+    """Pixels (h, w) whose float values in every band of ``pixels`` (bands, h, w) are finite
+    numbers within float32's range: NaN, +-inf and float64 values that would overflow to
+    +-inf when cast to float32 (the model's input type) are not. One pass over the data."""
+    if pixels.dtype.itemsize <= 4:
+        return np.isfinite(pixels).all(axis=0)
+    return (np.abs(pixels) <= FLOAT32_MAX).all(axis=0)  # NaN compares False
+
+
 def prepare_input(raw: np.ndarray, valid: np.ndarray, normalization: Any) -> np.ndarray:
-    """Normalize and zero invalid pixels (0 is the model's own padding value)."""
+    """Normalize and zero invalid pixels (0 is the model's own padding value).
+
+    Invalid float pixels (NaN, +-inf, beyond float32) are zeroed before the cast to float32,
+    so none reaches the model. A valid pixel whose normalized value is still not finite
+    (statistics near float32's limits) is zeroed too and marked invalid in ``valid``, in
+    place, so it is nodata for the masks as well.
+    """
     raw = np.where(valid[None], raw, 0) if raw.dtype.kind == "f" else raw
-    x = apply_normalization(raw, normalization)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        x = apply_normalization(raw, normalization)
     x[:, ~valid] = 0.0
+    bad = ~np.isfinite(x).all(axis=0)
+    if bad.any():
+        x[:, bad] = 0.0
+        valid &= ~bad
     return x

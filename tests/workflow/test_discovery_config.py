@@ -3,6 +3,7 @@ and configuration errors (exit code 2 naming the file, the key and the value).""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -52,6 +53,37 @@ def test_folder_is_searched_recursively_for_tif_and_tiff_any_case(tree: Path) ->
     assert str(tree / "out/x/probability.tif") in discover_scenes(str(tree))
     assert discover_scenes(str(tree / "out"), exclude=tree / "out") == [str(tree / "out/x/probability.tif")]
     assert discover_scenes(str(tree), pattern="y.*") == [str(tree / "sub/deeper/y.tif")]
+
+
+def _previous_output(folder: Path, **record: object) -> Path:
+    """A scene folder as geounet writes it: probability.tif (a GeoTIFF) and scene.json."""
+    _touch_tif(folder / "probability.tif")
+    rec = {"status": "success", "scene": "/data/x.tif", "stem": folder.name, "input_fingerprint": "f", **record}
+    (folder / "scene.json").write_text(json.dumps(rec))
+    return folder
+
+
+def test_folders_holding_geounet_outputs_are_not_searched(tree: Path, tmp_path: Path) -> None:
+    """Outputs of earlier runs written inside the scenes folder (to another OUT than this
+    run's, so `exclude` does not name them) are no scenes: every file in or below a folder
+    holding a geounet scene.json is skipped, in folder and glob searches alike."""
+    _previous_output(tree / "old-run" / "x")
+    _previous_output(tree / "sub" / "y")  # a scene folder straight inside a scene folder
+    (tree / "sub" / "y" / "deeper").mkdir()
+    _touch_tif(tree / "sub" / "y" / "deeper" / "z.tif")  # below an output folder: skipped too
+    # a scene.json that is not geounet's does not hide the folder's scenes
+    _touch_tif(tree / "mine" / "kept.tif")
+    (tree / "mine" / "scene.json").write_text('{"name": "my own notes"}')
+    want = sorted(str(tree / r) for r in ("x.tif", "B.TIFF", "sub/x.tif", "sub/deeper/y.tif", "mine/kept.tif"))
+    assert discover_scenes(str(tree), exclude=tree / "out") == want
+    assert discover_scenes(str(tree / "**" / "*.tif"), exclude=tree / "out") == sorted(
+        str(tree / r) for r in ("x.tif", "sub/x.tif", "sub/deeper/y.tif", "mine/kept.tif")
+    )
+    # the searched folder itself holding scene.json: nothing in it is a scene
+    assert discover_scenes(str(tree / "sub" / "y")) == []
+    # a file named explicitly (or in a list file) is taken as given
+    named = str(tree / "old-run" / "x" / "probability.tif")
+    assert discover_scenes(named) == [named]
 
 
 def test_glob_list_file_urls_and_missing_paths(tree: Path, tmp_path: Path) -> None:

@@ -4,7 +4,8 @@
       every area below; one `geounet run` per area (the CLI, as a user runs it), scored with
       geounet.evaluate; writes benchmarks/results/heldout/<label>.json and prints a Markdown
       table: one row per area, an "average over areas at 0.3-1 m" row
-  python benchmarks/bench_heldout.py --model geounet/weights/default.safetensors --label synthetic
+  python benchmarks/bench_heldout.py --model geounet/weights/default.safetensors --label default
+  python benchmarks/bench_heldout.py --model geounet/weights/synthetic.safetensors --label synthetic
   python benchmarks/bench_heldout.py --model M --label L --areas dsg-brazil las-vegas --threads 1
       some areas only; --threads / --workers shape geounet's embedded cluster, --nice lowers
       the priority of the inference processes (e.g. beside a training run)

@@ -96,7 +96,7 @@ def test_a_run_gives_the_workers_freed_heap_back(tmp_path) -> None:
     from geounet.batch.engine import WorkerSetup
     from geounet.batch.run import run_scenes
     from geounet.settings import InferenceSettings
-    from geounet.weights import default_weights
+    from geounet.weights import synthetic_weights
     from tests.conftest import smooth_image, write_tif
 
     scene = write_tif(tmp_path / "s.tif", smooth_image((3, 2048, 2048), seed=1))
@@ -106,7 +106,7 @@ def test_a_run_gives_the_workers_freed_heap_back(tmp_path) -> None:
     ):
         client.register_plugin(WorkerSetup(1))  # the workers' malloc settings: keep freed heap
         res = run_scenes(
-            [str(scene)], default_weights(), tmp_path / "out", InferenceSettings(), client=client, progress=False
+            [str(scene)], synthetic_weights(), tmp_path / "out", InferenceSettings(), client=client, progress=False
         )
         assert res[0].status == "success", res[0].error
         after_run = list(client.run(_worker_rss_mb).values())[0]

@@ -244,6 +244,10 @@ def _read_header(raw: _Raw) -> _Header:
         raise CheckpointError(
             name, f"has a corrupt safetensors header (not valid JSON: {exc}); copy the file again"
         ) from None
+    except RecursionError:
+        raise CheckpointError(
+            name, "has a corrupt safetensors header (JSON nested too deeply to be a checkpoint's); copy the file again"
+        ) from None
     if not isinstance(header, dict):
         raise CheckpointError(name, f"has a corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
     metadata = header.pop("__metadata__", None) or {}
@@ -323,6 +327,10 @@ def _metadata_from_header(header: _Header, name: str) -> CheckpointMetadata:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise CheckpointError(name, f"geounet metadata is not valid JSON ({exc}); copy the file again") from None
+    except RecursionError:
+        raise CheckpointError(
+            name, "geounet metadata is nested too deeply to be a checkpoint's; the file is corrupt or hostile"
+        ) from None
     if not isinstance(data, dict):
         raise CheckpointError(name, f"geounet metadata is a JSON {type(data).__name__}, not an object")
     if data.get("format") != FORMAT:

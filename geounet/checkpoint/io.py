@@ -122,6 +122,7 @@ def load_checkpoint(
                 f"depth {meta.spec.depth}) described in its metadata: {mismatch}; re-save the "
                 "checkpoint from the model that produced these weights",
             )
+        model = _materialize(model, meta.spec)
         data = raw.data(header.data_start)
     _verify_hash(where, meta, header, data)
 
@@ -164,7 +165,9 @@ def load_checkpoint(
 
 
 def _build(spec: ModelSpec, name: str) -> SegmentationModel:
-    """The architecture of ``spec``, its memory uninitialised (the checkpoint fills it)."""
+    """The architecture of ``spec`` on the meta device: shapes without memory, so a header
+    whose metadata declares a huge model is refused (shape check) before anything is
+    allocated; :func:`_materialize` gives it memory."""
     if spec.arch not in list_models():
         raise CheckpointError(
             name,
@@ -178,6 +181,11 @@ def _build(spec: ModelSpec, name: str) -> SegmentationModel:
             model = build(spec)
     except ConfigError as exc:
         raise CheckpointError(name, f"cannot build architecture {spec.arch!r} from its metadata: {exc}") from None
+    return model
+
+
+def _materialize(model: SegmentationModel, spec: ModelSpec) -> SegmentationModel:
+    """``model`` (from :func:`_build`) with CPU memory, uninitialised: the checkpoint fills it."""
     if any(m._non_persistent_buffers_set for m in model.modules()):
         # a buffer no checkpoint holds would stay uninitialised: build it for real
         return build(spec)
@@ -436,7 +444,7 @@ def import_torch_checkpoint(
     state = _find_state_dict(obj, s)
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
-    model = _build(model_spec, str(s))
+    model = _materialize(_build(model_spec, str(s)), model_spec)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     mismatch = _describe_mismatch({k: tuple(v.shape) for k, v in state.items()}, expected)
     if mismatch:

@@ -141,3 +141,48 @@ def test_symlinks_planted_in_out_are_never_written_through(tmp_path: Path, plant
             with run_log(out):
                 pass
     assert victim.read_text() == "keep me"
+
+
+def test_a_header_declaring_a_huge_model_is_refused_before_any_allocation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metadata claiming width 512, depth 6 over a small model's tensors: the shapes are
+    compared on the meta device, so loading refuses it before giving the model memory (~38 GB)."""
+    from safetensors import safe_open
+
+    import geounet.checkpoint.io as io
+    from geounet.checkpoint import load_checkpoint
+
+    given_memory: list[int] = []
+    real = io._materialize
+    monkeypatch.setattr(io, "_materialize", lambda model, spec: given_memory.append(spec.width) or real(model, spec))
+
+    src = make_checkpoint(tmp_path / "small.safetensors", width=4, depth=2)
+    with safe_open(str(src), "pt") as f:
+        record = json.loads(f.metadata()["geounet"])
+    record["spec"].update(width=512, depth=6)
+    record["tile_size"], record["halo"] = 1024, 0
+    huge = tmp_path / "huge.safetensors"
+    save_file(load_file(str(src)), str(huge), metadata={"geounet": json.dumps(record)})
+    with pytest.raises(CheckpointError, match=r"width 512, depth 6"):
+        load_checkpoint(huge)
+    assert given_memory == []  # refused on shapes alone
+    load_checkpoint(src)
+    assert given_memory == [4]
+
+
+@pytest.mark.parametrize("where", ["header", "metadata"])
+def test_a_checkpoint_nested_200000_levels_deep_is_refused(tmp_path: Path, where: str) -> None:
+    from geounet.checkpoint import load_checkpoint
+
+    deep = "[" * 200_000 + "]" * 200_000
+    if where == "header":
+        header = ('{"x": ' + deep + "}").encode()
+    else:
+        header = json.dumps({"__metadata__": {"geounet": deep}}).encode()
+    path = tmp_path / f"deep-{where}.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        load_checkpoint(path)
+    res = CliRunner().invoke(cli, ["info", str(path)])
+    assert res.exit_code == 2 and "nested too deeply" in res.output and "Traceback" not in res.output

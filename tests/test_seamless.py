@@ -23,9 +23,11 @@ from geounet.scene.source import open_scene
 from tests.conftest import make_checkpoint, smooth_image, write_tif
 
 
-def _tiled_and_whole(
-    scene: Path, ckpt: Path, *, tile: int, halo: int | None, k: int, precision: str
+def tiled_and_whole(
+    scene: Path, ckpt: Path, *, tile: int, halo: int | None, k: int, precision: str, tta: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
+    """The scene's probabilities tiled by the plan and in one whole-scene pass (with ``tta``,
+    each tile, halo included, is transformed whole)."""
     model = load_checkpoint(ckpt)
     info = open_scene(scene, in_channels=model.spec.in_channels)
     mi = read_metadata(ckpt)
@@ -40,14 +42,14 @@ def _tiled_and_whole(
     for b in plan.blocks:
         raw, valid = read_window(info, b.read)
         x = prepare_input(raw, valid, mi.normalization)
-        p = infer_block(model, x, b, batch_size=3, device=device, dtype=dtype)
+        p = infer_block(model, x, b, batch_size=3, device=device, dtype=dtype, tta=tta)
         c = b.core
         tiled[:, int(c.row_off) : int(c.row_off + c.height), int(c.col_off) : int(c.col_off + c.width)] = p
     from rasterio.windows import Window
 
     raw, valid = read_window(info, Window(0, 0, info.width, info.height))
     x = prepare_input(raw, valid, mi.normalization)
-    whole = run_model(model, x, device=device, dtype=dtype).numpy()[0]
+    whole = run_model(model, x, device=device, dtype=dtype, tta=tta).numpy()[0]
     return tiled, whole
 
 
@@ -63,21 +65,21 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tiled_equals_whole_scene_fp32(tmp_path: Path, ckpt: Path, size: tuple[int, int], tile: int, k: int) -> None:
     w, h = size
     scene = write_tif(tmp_path / "s.tif", smooth_image((3, h, w), seed=w))
-    tiled, whole = _tiled_and_whole(scene, ckpt, tile=tile, halo=None, k=k, precision="fp32")
+    tiled, whole = tiled_and_whole(scene, ckpt, tile=tile, halo=None, k=k, precision="fp32")
     assert not np.isnan(tiled).any(), "every pixel must be covered by exactly one core"
     assert np.abs(tiled - whole).max() <= 1e-3
 
 
 def test_tiled_equals_whole_scene_default_precision(tmp_path: Path, ckpt: Path) -> None:
     scene = write_tif(tmp_path / "s.tif", smooth_image((3, 250, 333), seed=1))
-    tiled, whole = _tiled_and_whole(scene, ckpt, tile=160, halo=None, k=2, precision="auto")
+    tiled, whole = tiled_and_whole(scene, ckpt, tile=160, halo=None, k=2, precision="auto")
     assert np.abs(tiled - whole).max() <= 1e-3
 
 
 def test_too_small_halo_shows_seams(tmp_path: Path, ckpt: Path) -> None:
     """The test can fail: with no halo the tiles differ from whole-scene inference."""
     scene = write_tif(tmp_path / "s.tif", smooth_image((3, 250, 333), seed=2))
-    tiled, whole = _tiled_and_whole(scene, ckpt, tile=64, halo=0, k=1, precision="fp32")
+    tiled, whole = tiled_and_whole(scene, ckpt, tile=64, halo=0, k=1, precision="fp32")
     assert np.abs(tiled - whole).max() > 1e-3
 
 

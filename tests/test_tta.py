@@ -15,16 +15,15 @@ from rasterio.windows import Window
 from geounet.batch.run import run_scenes
 from geounet.checkpoint import load_checkpoint, read_metadata
 from geounet.cli.options import inference_options, inference_overrides
-from geounet.compute import default_halo
 from geounet.config import load_config
-from geounet.infer.block import infer_block, run_model
+from geounet.infer.block import run_model
 from geounet.infer.tta import DIHEDRAL, dihedral_mean, invert, transform
 from geounet.models.base import activate
-from geounet.scene.plan import plan_tiles
 from geounet.scene.read import prepare_input, read_window
 from geounet.scene.source import open_scene
 from geounet.settings import InferenceSettings
 from tests.conftest import make_checkpoint, smooth_image, write_tif
+from tests.test_seamless import tiled_and_whole
 
 
 def test_the_eight_transforms_are_distinct_and_each_is_undone() -> None:
@@ -61,29 +60,6 @@ def test_tta_changes_a_real_model_output(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- seam-free
-def _tiled_and_whole_tta(scene: Path, ckpt: Path, *, tile: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """As tests/test_seamless.py, with TTA: each tile (halo included) is transformed whole."""
-    model = load_checkpoint(ckpt)
-    mi = read_metadata(ckpt)
-    info = open_scene(scene, in_channels=model.spec.in_channels)
-    device, dtype = torch.device("cpu"), torch.float32
-    halo = default_halo(model.receptive_field_radius, model.spec.multiple)
-    plan = plan_tiles(
-        info.width, info.height, tile_size=tile, halo=halo, multiple=model.spec.multiple, tiles_per_block=k
-    )
-    tiled = np.full((model.spec.out_channels, info.height, info.width), np.nan, np.float32)
-    for b in plan.blocks:
-        raw, valid = read_window(info, b.read)
-        x = prepare_input(raw, valid, mi.normalization)
-        p = infer_block(model, x, b, batch_size=3, device=device, dtype=dtype, tta=True)
-        c = b.core
-        tiled[:, int(c.row_off) : int(c.row_off + c.height), int(c.col_off) : int(c.col_off + c.width)] = p
-    raw, valid = read_window(info, Window(0, 0, info.width, info.height))
-    x = prepare_input(raw, valid, mi.normalization)
-    whole = run_model(model, x, device=device, dtype=dtype, tta=True).numpy()[0]
-    return tiled, whole
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.safetensors", width=4, depth=3)
@@ -95,7 +71,7 @@ def test_tiled_equals_whole_scene_with_tta(
 ) -> None:
     w, h = size
     scene = write_tif(tmp_path / "s.tif", smooth_image((3, h, w), seed=w + 1))
-    tiled, whole = _tiled_and_whole_tta(scene, ckpt, tile=tile, k=k)
+    tiled, whole = tiled_and_whole(scene, ckpt, tile=tile, halo=None, k=k, precision="fp32", tta=True)
     assert not np.isnan(tiled).any(), "every pixel must be covered by exactly one core"
     assert np.abs(tiled - whole).max() <= 1e-3
 
@@ -104,7 +80,7 @@ def test_padding_after_the_flip_would_show_seams(tmp_path: Path, ckpt: Path) -> 
     """Why the input is padded before it is transformed: transforming the unpadded scene puts
     the model's padding on its left/top edges, which no tile has, and the results differ."""
     scene = write_tif(tmp_path / "s.tif", smooth_image((3, 250, 333), seed=9))  # not a multiple of 8
-    tiled, _ = _tiled_and_whole_tta(scene, ckpt, tile=160, k=1)
+    tiled, _ = tiled_and_whole(scene, ckpt, tile=160, halo=None, k=1, precision="fp32", tta=True)
     model = load_checkpoint(ckpt)
     info = open_scene(scene, in_channels=3)
     raw, valid = read_window(info, Window(0, 0, info.width, info.height))

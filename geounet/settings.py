@@ -17,8 +17,8 @@ from geounet.config import StrictModel
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-OutputFormat = Literal["geojson", "gpkg", "probability", "quicklook"]
-ALL_FORMATS: tuple[OutputFormat, ...] = ("geojson", "gpkg", "probability", "quicklook")
+OutputFormat = Literal["geojson", "gpkg", "probability", "quicklook", "stac"]
+ALL_FORMATS: tuple[OutputFormat, ...] = ("geojson", "gpkg", "probability", "quicklook", "stac")
 
 
 class InferenceSettings(StrictModel):
@@ -53,6 +53,13 @@ class InferenceSettings(StrictModel):
     """The scenes' ground pixel size, metres, for scenes whose georeferencing does not tell the
     truth. None: each scene's own (at its centre; geodesic, so right for degrees too). Scenes
     are resampled to the checkpoint's pixel size (its ``gsd_m``) when they differ by > 2 %."""
+    stac_asset: str = Field("auto", min_length=1, max_length=200)
+    """Which asset of a STAC item is the scene: ``auto`` (the first GeoTIFF asset with role
+    ``data``, else ``visual``, else the item's only GeoTIFF), an asset key (``visual``), or
+    ``role:NAME``. Only for scenes given as STAC Items, ItemCollections or Catalogs."""
+    stac_bands: list[str] | None = None
+    """Bands of a STAC asset fed to the model, by name or common name from the asset's
+    ``bands``/``eo:bands`` (e.g. [red, green, blue]). None: ``bands``, else the checkpoint's."""
     # -- model ---------------------------------------------------------------------------
     tta: bool = False
     """Test-time augmentation: average each tile's probabilities over its 8 flips and quarter
@@ -68,7 +75,8 @@ class InferenceSettings(StrictModel):
     """Fill holes smaller than this area, square metres."""
     # -- outputs -------------------------------------------------------------------------
     formats: list[OutputFormat] = Field(default_factory=lambda: list(ALL_FORMATS))
-    """Which outputs to write besides scene.json."""
+    """Which outputs to write besides scene.json (``stac``: a STAC Item per scene, item.json,
+    and a STAC Catalog of the run's scenes, catalog.json)."""
     quicklook_size: int = Field(1024, ge=64, le=8192)
     """Longest side of quicklook.png, pixels."""
 

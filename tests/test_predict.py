@@ -67,7 +67,15 @@ def test_forced_region_lands_at_the_right_lonlat(tmp_path: Path, dask_local, cas
     folder = out / case
     _no_partials(out)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["buildings.geojson", "roads.geojson", "polygons.gpkg", "probability.tif", "quicklook.png", "scene.json"]
+        [
+            "buildings.geojson",
+            "roads.geojson",
+            "polygons.gpkg",
+            "probability.tif",
+            "quicklook.png",
+            "item.json",
+            "scene.json",
+        ]
     )
 
     # GeoJSON: RFC 7946 lon/lat, CCW exterior, properties

@@ -27,11 +27,13 @@ from geounet.checkpoint import CheckpointMetadata
 from geounet.export.layout import PROBABILITY_NAME, QUICKLOOK_NAME, SCENE_JSON, clear_scene_folder, output_sizes
 from geounet.export.probability import ProbabilityWriter
 from geounet.export.quicklook import ThumbnailCanvas, thumbnail_factor, write_quicklook
+from geounet.export.stac import scene_item, write_item
 from geounet.export.vectors import VECTOR_WRITERS, VectorWriter
 from geounet.heap import trim_heap
 from geounet.infer.block import BlockResult, BlockTaskSpec
 from geounet.scene.plan import TilingPlan
 from geounet.scene.source import SceneInfo
+from geounet.scene.stac import StacScene
 from geounet.settings import InferenceSettings
 from geounet.vectorize.postprocess import postprocess, single_parts
 from geounet.vectorize.seams import merge_seams
@@ -67,8 +69,10 @@ class SceneJob:
         model: CheckpointMetadata,
         settings: InferenceSettings,
         spec: BlockTaskSpec,
+        source: StacScene | None = None,
     ) -> None:
         self.info, self.plan, self.folder, self.model, self.settings = info, plan, folder, model, settings
+        self.source = source  # the STAC item the scene came from, if any
         # Everything downstream of the blocks is on the plan's model grid (the scene's own
         # pixels unless resampled): polygons in its pixels, its affine, its probability raster.
         self.grid = plan.model_grid
@@ -134,6 +138,7 @@ class SceneJob:
             error=error,
             pixels=self.info.pixels,
             blocks=len(self.plan.blocks),
+            stac_item=self.source.item_id if self.source is not None else None,
         )
 
 
@@ -211,6 +216,22 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         raster.append(timed("probability", lambda: [prob_writer.finish()]))
         job.prob_writer = None
     written = run_writers(vectors, raster)
+    if "stac" in s.formats:  # the item lists the outputs above; scene.json (last) lists it
+        ts = time.perf_counter()
+        item = scene_item(
+            info=info,
+            grid_transform=job.affine,
+            grid_shape=(job.grid.height, job.grid.width),
+            class_names=job.class_names,
+            counts=counts,
+            written=written,
+            model=model,
+            model_path=model_path,
+            config_hash=config_hash,
+            source=job.source,
+        )
+        written.append(write_item(job.folder, item).name)
+        stage["write_stac"] = time.perf_counter() - ts
     t2 = time.perf_counter()
     timings = {
         **{k: round(v, 3) for k, v in job.timings.items()},
@@ -223,6 +244,7 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         "status": "success",
         "scene": info.path,
         "stem": info.stem,
+        "stac": job.source.record() if job.source is not None else None,
         "input_fingerprint": info.fingerprint,
         "model_hash": model.content_hash,
         "model_fingerprint": model.output_fingerprint,  # resume compares this one
@@ -267,6 +289,7 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         timings=timings,
         pixels=info.pixels,
         blocks=len(job.plan.blocks),
+        stac_item=job.source.item_id if job.source is not None else None,
     )
 
 

@@ -21,6 +21,7 @@ class SceneOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     pixels: int = 0
     blocks: int = 0
+    stac_item: str | None = None  # the id of the STAC item the scene came from
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -17,7 +17,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future as LocalFuture
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,6 +32,7 @@ from geounet.checkpoint import CheckpointMetadata, load_checkpoint, read_metadat
 from geounet.compute import resolve_halo, resolve_tile_size, resolve_tiles_per_block
 from geounet.errors import CheckpointError, ConfigError, SceneError
 from geounet.export.layout import (
+    CATALOG_NAME,
     NO_RECORD,
     RUN_FILES,
     SCENE_JSON,
@@ -41,10 +42,12 @@ from geounet.export.layout import (
     read_scene_record,
     why_incomplete,
 )
+from geounet.export.stac import write_catalog
 from geounet.infer.block import BlockTaskSpec
 from geounet.infer.tasks import cuda_available, load_model, release_worker
 from geounet.scene.plan import ModelGrid, TilingPlan, model_grid, plan_tiles
 from geounet.scene.source import SceneInfo, ground_pixel_size_m, open_scene, unique_stems
+from geounet.scene.stac import StacScene
 from geounet.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -143,8 +146,14 @@ def run_scenes(
     stop: threading.Event | None = None,
     on_outcome: Callable[[SceneOutcome], None] | None = None,
     max_in_flight: int | None = None,
+    stac: Mapping[str, StacScene] | None = None,
 ) -> list[SceneOutcome]:
     """Segment ``scenes`` into ``out/<stem>/``; returns one outcome per scene, in order.
+
+    ``stac``: the STAC item each scene path came from (:mod:`geounet.scene.stac`): the scene
+    keeps the item's id (its folder's name when the id is a safe file name), its bands and a
+    link to it; an item without a usable asset is a failed scene. With the ``stac`` format,
+    OUT/catalog.json lists the item.json of every finished scene, rewritten as scenes finish.
 
     Bad scenes are recorded as failed and the others go on. Environment errors (the output
     folder cannot take files) stop the run with :class:`OutputError` after cleaning up.
@@ -165,7 +174,9 @@ def run_scenes(
     thresholds = resolve_thresholds(model, settings)
     config_hash = settings.fingerprint()
     options = settings.model_dump(mode="json")
-    stems = unique_stems([os.fspath(s) for s in scenes], reserved=RUN_FILES)
+    stac = stac or {}
+    paths = [os.fspath(s) for s in scenes]
+    stems = unique_stems(paths, reserved=RUN_FILES, names=[stac[p].item_id if p in stac else None for p in paths])
     class_names = list(model.spec.classes)
     outcomes: dict[int, SceneOutcome] = {}
 
@@ -174,11 +185,14 @@ def run_scenes(
     for i, (path, stem) in enumerate(zip(scenes, stems)):
         path = os.fspath(path)
         folder = out / stem
+        item = stac.get(path)
         try:
+            if item is not None and item.error:
+                raise SceneError(path, item.error)
             info = open_scene(
                 path,
                 in_channels=model.spec.in_channels,
-                bands=settings.bands or (list(model.bands) if model.bands else None),
+                bands=scene_bands(settings, model, item),
                 max_pixels=settings.max_pixels,
                 use_nodata=settings.use_nodata,
                 stem=stem,
@@ -186,7 +200,14 @@ def run_scenes(
             grid = scene_grid(info, model, settings)
             plan = make_plan(info, model, settings, grid)
         except SceneError as exc:
-            outcomes[i] = SceneOutcome(scene=path, stem=stem, status="failed", out_dir=str(folder), error=str(exc))
+            outcomes[i] = SceneOutcome(
+                scene=path,
+                stem=stem,
+                status="failed",
+                out_dir=str(folder),
+                error=str(exc),
+                stac_item=item.item_id if item is not None else None,
+            )
             log.error("%s", exc)
             if (folder / SCENE_JSON).exists():
                 clear_scene_folder(folder, class_names)
@@ -200,6 +221,7 @@ def run_scenes(
                 out_dir=str(folder),
                 polygons=(read_scene_record(folder) or {}).get("polygons", {}),
                 pixels=info.pixels,
+                stac_item=item.item_id if item is not None else None,
             )
             continue
         if reason != NO_RECORD and (folder / SCENE_JSON).exists():
@@ -213,6 +235,8 @@ def run_scenes(
         ckpt_ref = client.scatter(data, broadcast=True, hash=False)
         warming = warm_workers(client, ckpt_ref, model.output_fingerprint, settings.device)
     checked.result()  # a bad checkpoint raises here: nothing reported, no block submitted
+    if "stac" in settings.formats:
+        on_outcome = _with_catalog(out, stems, model, on_outcome)
     del data  # the workers hold the bytes now; the client keeps only Dask's reference
     for i in sorted(outcomes):
         if on_outcome:
@@ -250,6 +274,7 @@ def run_scenes(
             stop=stop,
             outcomes=outcomes,
             on_outcome=on_outcome,
+            stac=stac,
         )
         # GDAL's block cache (process-wide, 5 % of RAM by default) would otherwise fill with the
         # probability blocks streamed to disk and the quicklook read, so the client's memory
@@ -267,6 +292,35 @@ def run_scenes(
                 client.run(release_worker)
     del warming  # held until here: Dask cancels a task whose futures are all released
     return [outcomes[i] for i in sorted(outcomes)]
+
+
+def scene_bands(settings: InferenceSettings, model: CheckpointMetadata, item: StacScene | None) -> list[int] | None:
+    """The bands a scene feeds the model: named in its STAC asset (``stac_bands``), else the
+    settings' ``bands``, else the checkpoint's."""
+    if item is not None and item.bands:
+        return list(item.bands)
+    return settings.bands or (list(model.bands) if model.bands else None)
+
+
+def _with_catalog(
+    out: Path, stems: Sequence[str], model: CheckpointMetadata, on_outcome: Callable[[SceneOutcome], None] | None
+) -> Callable[[SceneOutcome], None]:
+    """``on_outcome`` that first rewrites OUT/catalog.json with every finished scene so far
+    (in the run's scene order), so the catalog is valid whenever the run stops."""
+    order = {s: i for i, s in enumerate(stems)}
+    done: set[str] = set()
+    description = f"geounet results of model {model.short_hash} ({', '.join(model.spec.classes)})"
+    if not (out / CATALOG_NAME).exists():  # a run that finishes no scene still has a (valid, empty) catalog
+        write_catalog(out, [], description=description)
+
+    def report(o: SceneOutcome) -> None:
+        if o.status in ("success", "skipped"):
+            done.add(o.stem)
+            write_catalog(out, sorted(done, key=lambda s: order.get(s, len(order))), description=description)
+        if on_outcome is not None:
+            on_outcome(o)
+
+    return report
 
 
 def read_checkpoint_bytes(path: str) -> bytes:

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future as LocalFuture
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +33,7 @@ from geounet.errors import GeounetError, OutputError
 from geounet.infer.block import BlockTaskSpec, process_block
 from geounet.scene.plan import Block, TilingPlan
 from geounet.scene.source import SceneInfo
+from geounet.scene.stac import StacScene
 from geounet.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,13 @@ class BlockScheduler:
         stop: threading.Event | None,
         outcomes: dict[int, SceneOutcome],
         on_outcome: Callable[[SceneOutcome], None] | None,
+        stac: Mapping[str, StacScene] | None = None,
     ) -> None:
         self.client, self.out, self.model, self.model_path = client, out, model, model_path
         self.settings, self.spec, self.config_hash, self.options = settings, spec, config_hash, options
         self.limit, self.gpu, self.progress, self.stop = limit, gpu, progress, stop
         self.outcomes, self.on_outcome = outcomes, on_outcome
+        self.stac = stac or {}  # scene path -> the STAC item it came from
         self._checkpoint, self._send_checkpoint = checkpoint_ref, send_checkpoint
         self.todo: list[tuple[int, SceneInfo, TilingPlan]] = []
         self.jobs: dict[int, SceneJob] = {}  # scene index -> job, in submission order
@@ -177,7 +180,9 @@ class BlockScheduler:
                 if not self.todo:
                     return
                 i, info, plan = self.todo.pop(0)
-                self.jobs[i] = SceneJob(info, plan, self.out / info.stem, self.model, self.settings, self.spec)
+                self.jobs[i] = SceneJob(
+                    info, plan, self.out / info.stem, self.model, self.settings, self.spec, self.stac.get(info.path)
+                )
             job = self.jobs[i]
             block = job.plan.blocks[job.next_block]
             job.next_block += 1

@@ -28,7 +28,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,13 @@ from geounet.atomic import open_no_follow, remove_partials, write_json
 from geounet.batch.engine import dashboard_link, dask_client
 from geounet.batch.finalize import library_versions
 from geounet.batch.outcomes import SceneOutcome
-from geounet.batch.run import run_scenes, scene_grid, why_recompute
+from geounet.batch.run import run_scenes, scene_bands, scene_grid, why_recompute
 from geounet.checkpoint import read_metadata
 from geounet.config import describe_decode_error, load_config
 from geounet.errors import ConfigError, GeounetError, LockHeldError, OutputError, SceneError, brief
 from geounet.export.layout import LOCK_NAME, LOG_NAME, RUN_FILES, RUN_JSON, check_writable, holds_scene_record
 from geounet.scene.source import is_remote, open_scene, unique_stems
+from geounet.scene.stac import StacScene, is_stac_document, read_stac
 from geounet.settings import InferenceSettings, WorkflowSettings
 from geounet.weights import resolve_model_name
 
@@ -90,8 +91,11 @@ def discover_scenes(
     recursive: bool = True,
     base: Path | None = None,
     exclude: Path | None = None,
+    stac: dict[str, StacScene] | None = None,
+    stac_asset: str = "auto",
+    stac_bands: Sequence[str] | None = None,
 ) -> list[str]:
-    """Scene paths from a folder, glob, list file, URL, or a list of any of these.
+    """Scene paths from a folder, glob, list file, URL, STAC document, or a list of any of these.
 
     * a folder is searched (recursively unless ``recursive`` is false) for ``pattern``;
       the default ``*.tif`` matches ``.tif`` and ``.tiff`` in any case;
@@ -99,6 +103,10 @@ def discover_scenes(
       that matches nothing from the current folder is tried from ``base``;
     * any other existing file that is not a GeoTIFF is a list file: one path or URL per
       line, ``#`` comments; relative paths are taken from the list file's folder;
+    * a STAC Item, ItemCollection or static Catalog/Collection (``.json``/``.geojson``, a file
+      or URL) gives one scene per item: its asset ``stac_asset`` (bands ``stac_bands``), see
+      :mod:`geounet.scene.stac`; each scene's :class:`StacScene` is put in ``stac`` under the
+      scene's path;
     * GDAL URLs (``/vsis3/...``, ``https://...``) and paths that do not exist are passed
       through (a missing file is then reported as a failed scene, not silently dropped).
 
@@ -110,7 +118,8 @@ def discover_scenes(
     kept; duplicates are dropped.
 
     Raises:
-        ConfigError: a list file that is not UTF-8 text (a PNG, JP2 or other binary file).
+        ConfigError: a list file that is not UTF-8 text (a PNG, JP2 or other binary file); a
+            STAC document that cannot be read or is not STAC.
     """
     specs = [spec] if isinstance(spec, str) else list(spec)
     skip = exclude.resolve() if exclude is not None else None
@@ -144,12 +153,18 @@ def discover_scenes(
 
     found: list[str] = []
     for s in specs:
+        p = Path(s)
+        if not is_remote(s) and not p.is_absolute() and base is not None and not p.exists() and (base / p).exists():
+            p = base / p
+        if is_stac_document(s):
+            for item in read_stac(s if is_remote(s) else str(p), asset=stac_asset, bands=stac_bands):
+                found.append(item.href)
+                if stac is not None:
+                    stac.setdefault(item.href, item)
+            continue
         if is_remote(s):
             found.append(s)
             continue
-        p = Path(s)
-        if not p.is_absolute() and base is not None and not p.exists() and (base / p).exists():
-            p = base / p
         if p.is_dir():
             if pattern == "*.tif":
                 hits = (q for q in (p.rglob("*") if recursive else p.glob("*")) if q.suffix.lower() in SCENE_SUFFIXES)
@@ -398,20 +413,31 @@ def run_workflow(
     out = resolve_out(wf.out, base)
     model = resolve_model(wf.model, base)
     read_metadata(model)  # a bad model fails before anything else
-    scenes = discover_scenes(wf.scenes, pattern=wf.pattern, recursive=wf.recursive, base=base, exclude=out)
+    stac: dict[str, StacScene] = {}
+    scenes = discover_scenes(
+        wf.scenes,
+        pattern=wf.pattern,
+        recursive=wf.recursive,
+        base=base,
+        exclude=out,
+        stac=stac,
+        stac_asset=wf.inference.stac_asset,
+        stac_bands=wf.inference.stac_bands,
+    )
     if not scenes:
         log.warning("no scenes found for %r (pattern %r): nothing to do", wf.scenes, wf.pattern)
     if dry_run:
-        return _dry_run(scenes, model, out, wf, force), {}
+        return _dry_run(scenes, model, out, wf, force, stac), {}
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     with claimed_output(out, keep_log=True) as stop:
-        return _run_locked(wf, scenes, model, out, force, progress, client, announce, stop, started, t0)
+        return _run_locked(wf, scenes, stac, model, out, force, progress, client, announce, stop, started, t0)
 
 
 def _run_locked(
     wf: WorkflowSettings,
     scenes: list[str],
+    stac: dict[str, StacScene],
     model: str,
     out: Path,
     force: bool,
@@ -488,6 +514,7 @@ def _run_locked(
                 progress=progress,
                 stop=stop,
                 on_outcome=on_outcome,
+                stac=stac,
             )
             if not getattr(c, "started", True):
                 log.info("no scene needed computing; no Dask cluster was started")
@@ -541,6 +568,8 @@ def predict_scenes(
         OutputError: ``out`` cannot take files.
     """
     read_metadata(model)  # a bad model fails before anything else
+    stac: dict[str, StacScene] = {}
+    scenes = expand_stac(scenes, settings, stac)
     outcomes: list[SceneOutcome] = []
     with claimed_output(out) as stop:
         try:
@@ -557,6 +586,7 @@ def predict_scenes(
                     progress=progress,
                     stop=stop,
                     on_outcome=outcomes.append,
+                    stac=stac,
                 )
         except Exception as exc:
             if not stopped_by_signal(exc, stop):
@@ -566,16 +596,36 @@ def predict_scenes(
         return final, stop.is_set()
 
 
-def _dry_run(scenes: list[str], model: str, out: Path, wf: WorkflowSettings, force: bool) -> list[SceneOutcome]:
+def expand_stac(scenes: Sequence[str], settings: InferenceSettings, stac: dict[str, StacScene]) -> list[str]:
+    """``scenes`` with each STAC document replaced by its items' scenes (recorded in ``stac``);
+    other paths and URLs stay as they are. Raises ConfigError for an unreadable document."""
+    out: list[str] = []
+    for s in scenes:
+        if not is_stac_document(s):
+            out.append(s)
+            continue
+        for item in read_stac(s, asset=settings.stac_asset, bands=settings.stac_bands):
+            out.append(item.href)
+            stac.setdefault(item.href, item)
+    return list(dict.fromkeys(out))
+
+
+def _dry_run(
+    scenes: list[str], model: str, out: Path, wf: WorkflowSettings, force: bool, stac: dict[str, StacScene]
+) -> list[SceneOutcome]:
     """What a run would do, per scene: run, skip (complete) or refuse. Reads headers only."""
     meta = read_metadata(model)
     res = []
-    for path, stem in zip(scenes, unique_stems(scenes, reserved=RUN_FILES)):
+    names = [stac[p].item_id if p in stac else None for p in scenes]
+    for path, stem in zip(scenes, unique_stems(scenes, reserved=RUN_FILES, names=names)):
+        item = stac.get(path)
         try:
+            if item is not None and item.error:
+                raise SceneError(path, item.error)
             info = open_scene(
                 path,
                 in_channels=meta.spec.in_channels,
-                bands=wf.inference.bands or (list(meta.bands) if meta.bands else None),
+                bands=scene_bands(wf.inference, meta, item),
                 max_pixels=wf.inference.max_pixels,
                 use_nodata=wf.inference.use_nodata,
                 stem=stem,

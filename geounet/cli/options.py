@@ -34,6 +34,11 @@ def _parse_ints(value: str | None, flag: str) -> list[int] | None:
         raise ConfigError(f"{flag} {value!r} must be comma-separated integers, e.g. 1,2,3") from None
 
 
+def _parse_names(value: str | None) -> list[str] | None:
+    names = [x.strip() for x in (value or "").split(",") if x.strip()]
+    return names or None
+
+
 INFERENCE_OPTIONS: list[Callable[..., Any]] = [
     click.option(
         "--tile-size",
@@ -71,7 +76,9 @@ INFERENCE_OPTIONS: list[Callable[..., Any]] = [
     click.option("--min-area-m2", type=float, help="Drop polygons smaller than this, square metres. Default: 0."),
     click.option("--fill-holes-m2", type=float, help="Fill holes smaller than this, square metres. Default: 0."),
     click.option(
-        "--formats", help="Outputs to write, comma-separated from geojson,gpkg,probability,quicklook. Default: all."
+        "--formats",
+        help="Outputs to write, comma-separated from geojson,gpkg,probability,quicklook,stac (item.json per scene, "
+        "catalog.json per run). Default: all.",
     ),
     click.option("--max-pixels", type=int, help="Refuse scenes larger than this many pixels. Default: 4e9."),
     click.option(
@@ -81,6 +88,18 @@ INFERENCE_OPTIONS: list[Callable[..., Any]] = [
         metavar="METRES",
         help="The scenes' ground pixel size in metres, for scenes whose georeferencing is wrong; scenes are "
         "resampled to the model's pixel size. Default: each scene's own (measured at its centre).",
+    ),
+    click.option(
+        "--stac-asset",
+        metavar="KEY|role:NAME",
+        help="Scenes given as STAC items or catalogs: the asset to segment, by key or role:NAME. "
+        "Default: auto (the first GeoTIFF asset with role data, else visual).",
+    ),
+    click.option(
+        "--stac-bands",
+        metavar="NAMES",
+        help="Scenes given as STAC: bands by name or common name from the asset's bands/eo:bands, "
+        "comma-separated, e.g. red,green,blue. Default: --bands, else the checkpoint's.",
     ),
     click.option(
         "--tta/--no-tta",
@@ -115,5 +134,7 @@ def inference_overrides(kw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         "max_pixels": kw.pop("max_pixels", None),
         "gsd_m": kw.pop("gsd_m", None),
         "tta": kw.pop("tta", None),
+        "stac_asset": kw.pop("stac_asset", None),
+        "stac_bands": _parse_names(kw.pop("stac_bands", None)),
     }
     return {f"{prefix}{k}": v for k, v in over.items()}

@@ -1,8 +1,10 @@
-"""Roads as networks: skeleton graphs, an APLS-like path similarity and centerline completeness.
+"""Roads as networks: APLS (SpaceNet), centerline completeness and correctness.
 
-:func:`road_topology` burns both networks on one grid, thins them to one-pixel skeletons
-(:func:`skeletonize`, Zhang–Suen thinning written with numpy), turns each skeleton into a
-graph and compares path lengths between control points; it returns a
+:func:`road_topology` turns both networks into networkx graphs in metres -- centerlines
+as they are, noded at their ends and crossings (:func:`line_network`); road polygons
+burned on a grid and thinned by the same code as predicted road masks
+(:func:`surface_network`, :mod:`geounet.vectorize.centerlines`) -- then scores them with
+:func:`apls` and by the length of each network near the other; it returns a
 :class:`RoadTopology`. :meth:`RoadTotals.combine` adds the results of several scenes.
 Ratios follow :mod:`geounet.evaluate.ratios`.
 """
@@ -11,189 +13,335 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
+import networkx as nx
 import numpy as np
 import shapely
 from scipy import sparse
 from scipy.sparse.csgraph import dijkstra
-from scipy.spatial import cKDTree
 
 from geounet.errors import ConfigError
 from geounet.evaluate.geometry import GeometryInput, check_same_crs, geometry_array, polygonal
 from geounet.evaluate.pixels import RasterGrid, burn
 from geounet.evaluate.ratios import ratio
+from geounet.vectorize.centerlines import centerline_graph, thin
+from geounet.vectorize.graph import to_networkx
 
-__all__ = ["RoadTopology", "RoadTotals", "TopologyParams", "road_surfaces", "road_topology", "skeletonize"]
+__all__ = [
+    "APLSResult",
+    "RoadTopology",
+    "RoadTotals",
+    "TopologyParams",
+    "apls",
+    "line_network",
+    "road_surfaces",
+    "road_topology",
+    "skeletonize",
+    "surface_network",
+]
+
+# The thinning of road masks, under the name evaluation has always used for it.
+skeletonize = thin
+
+# A path difference below this share of the path is float rounding (projecting a point
+# back onto the line it was interpolated on), not a difference between the networks.
+ROUNDING = 1e-9
 
 
 # ---------------------------------------------------------------------------------------
-# Skeletons, their graphs and path lengths between control points
+# Networks in metres
 # ---------------------------------------------------------------------------------------
 
 
-def _neighbours(img: np.ndarray) -> list[np.ndarray]:
-    """The 8 neighbours of the interior of a padded image, clockwise from north (P2..P9)."""
-    return [
-        img[:-2, 1:-1],
-        img[:-2, 2:],
-        img[1:-1, 2:],
-        img[2:, 2:],
-        img[2:, 1:-1],
-        img[2:, :-2],
-        img[1:-1, :-2],
-        img[:-2, :-2],
-    ]
+def line_network(lines: GeometryInput) -> nx.MultiGraph:
+    """A graph of centerlines: nodes at line ends and where lines cross or touch, edges the
+    lines between them (``shapely.node``, then ``shapely.line_merge`` so that lines meeting
+    end to end become one edge). Node attributes ``x``, ``y``; edge attributes ``geometry``
+    and ``length`` (CRS units). Null, empty and non-linear geometries are ignored."""
+    arr = geometry_array(lines, "road centerlines")
+    arr = arr[~shapely.is_missing(arr)]
+    arr = arr[np.isin(shapely.get_type_id(arr), (1, 2, 5)) & ~shapely.is_empty(arr)]
+    g = nx.MultiGraph()
+    if len(arr) == 0:
+        return g
+    merged = shapely.line_merge(shapely.node(shapely.MultiLineString(list(shapely.get_parts(arr)))))
+    parts = shapely.get_parts(merged)
+    parts = parts[shapely.length(parts) > 0]
+    ends = np.concatenate([shapely.get_coordinates(shapely.get_point(parts, i)) for i in (0, -1)])
+    xy, inverse = np.unique(ends, axis=0, return_inverse=True)
+    inverse = inverse.reshape(2, -1)
+    for i, (x, y) in enumerate(xy.tolist()):
+        g.add_node(i, x=x, y=y)
+    for k, line in enumerate(parts):
+        g.add_edge(int(inverse[0, k]), int(inverse[1, k]), geometry=line, length=float(line.length))
+    return g
 
 
-def skeletonize(mask: np.ndarray) -> np.ndarray:
-    """One-pixel-wide skeleton of a boolean mask (Zhang & Suen 1984 thinning).
+def surface_network(
+    polygons: GeometryInput, grid: RasterGrid, road_width_m: float, *, spur_m: float | None = None
+) -> nx.MultiGraph:
+    """A graph of road polygons: burned on ``grid`` (metres), thinned and traced as one window
+    (:func:`geounet.vectorize.centerlines.centerline_graph`), in the grid's CRS.
 
-    Each iteration removes, in two sub-steps, the boundary pixels whose removal keeps the
-    shape 8-connected (2–6 neighbours, exactly one 0→1 transition around the pixel, and the
-    sub-step's north/east or south/west conditions). Connectivity and topology are preserved;
-    the result may keep small staircase triangles and short spurs at irregular boundaries.
-    Cost: ≈ 20 array operations per iteration over the bounding box of the mask; the number
-    of iterations is half the widest part in pixels.
+    Cleaning, in metres converted to pixels: holes up to ``road_width_m`` across (and its
+    square in area) are filled; spurs shorter than ``spur_m`` (default ``road_width_m``:
+    the ragged edge of a road of that width) and components shorter than it are dropped;
+    geometries are simplified by one pixel (thinning staircases would add up to 8 % to
+    diagonal lengths). Cost: one raster of the grid, its thinning and one tracing pass.
     """
-    m = np.asarray(mask).astype(bool)
-    out = np.zeros_like(m)
-    rows, cols = np.nonzero(m)
-    if rows.size == 0:
-        return out
-    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    img = np.pad(m[r0:r1, c0:c1], 1)
-    core = img[1:-1, 1:-1]
-    while True:
-        changed = False
-        for step in (0, 1):
-            p2, p3, p4, p5, p6, p7, p8, p9 = _neighbours(img)
-            ring = (p2, p3, p4, p5, p6, p7, p8, p9, p2)
-            b = sum(x.astype(np.uint8) for x in ring[:8])
-            a = sum((~ring[k] & ring[k + 1]).astype(np.uint8) for k in range(8))
-            if step == 0:
-                c = ~(p2 & p4 & p6) & ~(p4 & p6 & p8)
-            else:
-                c = ~(p2 & p4 & p8) & ~(p2 & p6 & p8)
-            delete = core & (b >= 2) & (b <= 6) & (a == 1) & c
-            if delete.any():
-                core[delete] = False
-                changed = True
-        if not changed:
-            break
-    out[r0:r1, c0:c1] = core
-    return out
+    pixel = math.sqrt(abs(grid.transform.determinant))
+    mask = burn(polygonal(geometry_array(polygons, "road polygons")), (grid.height, grid.width), grid.transform)
+    hole = road_width_m / pixel
+    spur = (road_width_m if spur_m is None else spur_m) / pixel
+    graph = centerline_graph(
+        mask,
+        max_hole_area_px=math.floor(hole * hole),
+        max_hole_extent_px=math.floor(hole),
+        min_spur_px=spur,
+        min_component_px=spur,
+        simplify_px=1.0,
+    )
+    return to_networkx(graph, grid.transform)
+
+
+# ---------------------------------------------------------------------------------------
+# APLS
+# ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _SkeletonGraph:
-    """Skeleton pixels as graph nodes; 8-neighbours joined by edges of 1 or √2 pixels."""
+class APLSResult:
+    """APLS of a proposal against the truth (:func:`apls`).
 
-    rc: np.ndarray  # (N, 2) row, col of each node
-    graph: sparse.csr_matrix
-
-    @property
-    def n(self) -> int:
-        return len(self.rc)
-
-
-def _skeleton_graph(skel: np.ndarray) -> _SkeletonGraph:
-    """The graph of a skeleton mask. Cost: four vectorized passes over its pixels; ≤ 4 edges per pixel."""
-    rows, cols = np.nonzero(skel)
-    n = len(rows)
-    index = np.full(skel.shape, -1, dtype=np.int64)
-    index[rows, cols] = np.arange(n)
-    src: list[np.ndarray] = []
-    dst: list[np.ndarray] = []
-    w: list[np.ndarray] = []
-    h, wd = skel.shape
-    for dr, dc, length in ((0, 1, 1.0), (1, 0, 1.0), (1, 1, math.sqrt(2)), (1, -1, math.sqrt(2))):
-        r2, c2 = rows + dr, cols + dc
-        inside = (r2 >= 0) & (r2 < h) & (c2 >= 0) & (c2 < wd)
-        a = np.flatnonzero(inside)
-        b = index[r2[inside], c2[inside]]
-        ok = b >= 0
-        src.append(a[ok])
-        dst.append(b[ok])
-        w.append(np.full(int(ok.sum()), length))
-    s = np.concatenate(src) if src else np.empty(0, np.int64)
-    d = np.concatenate(dst) if dst else np.empty(0, np.int64)
-    ww = np.concatenate(w) if w else np.empty(0)
-    g = sparse.coo_matrix((ww, (s, d)), shape=(n, n)).tocsr()
-    return _SkeletonGraph(np.column_stack([rows, cols]), g)
-
-
-def _control_points(sk: _SkeletonGraph, spacing_px: float, max_points: int) -> np.ndarray:
-    """Node indices: per square cell of ``spacing_px``, the skeleton pixel nearest the cell centre.
-
-    Deterministic; at most ``max_points`` (an evenly spread subset of the cells, in
-    row-major cell order, when there are more).
+    Attributes:
+        apls: harmonic mean of the two directions; 0 when either is 0 or has no path to
+            score; NaN when neither direction has a path (nothing to score).
+        truth_to_proposal: 1 - mean path difference of truth paths found in the proposal
+            (punishes missing roads and cuts); NaN without truth paths.
+        proposal_to_truth: the same with the roles swapped (spurious roads, false shortcuts).
+        pairs_truth, pairs_proposal: control-point pairs scored in each direction.
     """
-    if sk.n == 0:
-        return np.empty(0, dtype=np.int64)
-    s = max(spacing_px, 1.0)
-    cell = np.floor(sk.rc / s).astype(np.int64)
-    centre = (cell + 0.5) * s - 0.5
-    dist = np.hypot(*(sk.rc - centre).T)
-    key = cell[:, 0] * (int(cell[:, 1].max()) + 1) + cell[:, 1]
-    order = np.lexsort((np.arange(sk.n), dist, key))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = key[order][1:] != key[order][:-1]
-    pts = order[first]
-    if len(pts) > max_points:
-        pts = pts[np.unique(np.linspace(0, len(pts) - 1, max_points).round().astype(np.int64))]
-    return pts
+
+    apls: float
+    truth_to_proposal: float
+    proposal_to_truth: float
+    pairs_truth: int
+    pairs_proposal: int
 
 
-def _path_lengths(sk: _SkeletonGraph, nodes: np.ndarray, chunk: int = 32) -> np.ndarray:
-    """Shortest-path lengths (pixels) between ``nodes`` on the skeleton; inf when disconnected.
+@dataclass(frozen=True)
+class _Net:
+    """A graph's geometry: node points, and per edge its ends, LineString and length."""
 
-    Cost: one Dijkstra per node, ``chunk`` × N floats in memory at a time.
+    xy: np.ndarray  # (N, 2)
+    u: np.ndarray  # (E,)
+    v: np.ndarray  # (E,)
+    lines: np.ndarray  # (E,) LineStrings from u to v
+    length: np.ndarray  # (E,)
+
+    @classmethod
+    def of(cls, g: nx.Graph) -> _Net:
+        """Nodes need ``x``, ``y``; an edge's ``geometry`` (else the straight line between its
+        nodes) is turned to run from u to v; lengths are the geometries' (CRS units)."""
+        ids = list(g.nodes)
+        index = {n: i for i, n in enumerate(ids)}
+        try:
+            xy = np.array([[g.nodes[n]["x"], g.nodes[n]["y"]] for n in ids], dtype=np.float64).reshape(-1, 2)
+        except KeyError:
+            raise ConfigError("APLS needs graphs whose nodes have 'x' and 'y' (osmnx style)") from None
+        uv = np.array([[index[a], index[b]] for a, b in g.edges()], dtype=np.int64).reshape(-1, 2)
+        lines = np.empty(len(uv), dtype=object)
+        for k, ((i, j), (_, _, line)) in enumerate(zip(uv.tolist(), g.edges(data="geometry"))):
+            if line is None:
+                line = shapely.LineString([xy[i], xy[j]])
+            elif np.hypot(*(line.coords[0] - xy[i])) > np.hypot(*(line.coords[0] - xy[j])):
+                line = line.reverse()
+            lines[k] = line
+        return cls(xy, uv[:, 0], uv[:, 1], lines, shapely.length(lines))
+
+
+def _control_points(net: _Net, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """SpaceNet's control points: every node, plus points along each edge at least
+    ``0.75 · spacing`` long -- its midpoint up to ``spacing``, else evenly spaced points no
+    further apart than ``spacing`` (``create_graph_midpoints`` with curvature ignored).
+
+    Returns ``(edge, t)`` per point: edge -1 and t the node index for a node, else the
+    distance along the edge.
     """
-    k = len(nodes)
-    out = np.full((k, k), np.inf)
-    for i in range(0, k, chunk):
-        d = dijkstra(sk.graph, directed=False, indices=nodes[i : i + chunk])
-        out[i : i + chunk] = d[:, nodes]
+    edges, ts = [np.full(len(net.xy), -1)], [np.arange(len(net.xy), dtype=np.float64)]
+    for k, length in enumerate(net.length.tolist()):
+        if length < 0.75 * spacing:
+            continue
+        if length <= spacing:
+            t = np.array([length / 2])
+        else:
+            t = np.linspace(0, length, len(np.arange(0, length, spacing)) + 1)[1:-1]
+        edges.append(np.full(len(t), k))
+        ts.append(t)
+    return np.concatenate(edges), np.concatenate(ts)
+
+
+def _points(net: _Net, edge: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Coordinates of positions ``(edge, t)`` (edge -1: node ``t``)."""
+    out = np.empty((len(edge), 2))
+    node = edge < 0
+    out[node] = net.xy[t[node].astype(np.int64)]
+    if (~node).any():
+        out[~node] = shapely.get_coordinates(shapely.line_interpolate_point(net.lines[edge[~node]], t[~node]))
     return out
 
 
-def _apls_direction(
-    src: _SkeletonGraph, src_pts: np.ndarray, dst: _SkeletonGraph, dst_tree: cKDTree | None, snap_px: float
+def _path_lengths(net: _Net, edge: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Shortest-path lengths between positions ``(edge, t)`` on ``net`` (inf: no path).
+
+    The edges are split at the positions (exact lengths along them, no geometry), the
+    result is a sparse graph of nodes and positions, one Dijkstra per position.
+    """
+    n = len(net.xy)
+    vertex = np.where(edge < 0, t, -1).astype(np.int64)
+    on_edge = np.flatnonzero(edge >= 0)
+    vertex[on_edge] = n + np.arange(len(on_edge))
+    src: list[int] = []
+    dst: list[int] = []
+    w: list[float] = []
+    cuts: dict[int, list[tuple[float, int]]] = {}
+    for i in on_edge.tolist():
+        cuts.setdefault(int(edge[i]), []).append((float(t[i]), int(vertex[i])))
+    for k in range(len(net.length)):
+        stops = [(0.0, int(net.u[k])), *sorted(cuts.get(k, [])), (float(net.length[k]), int(net.v[k]))]
+        for (t0, a), (t1, b) in zip(stops[:-1], stops[1:]):
+            if a != b:
+                src.append(a)
+                dst.append(b)
+                w.append(max(t1 - t0, 0.0))
+    size = n + len(on_edge)
+    # Parallel edges: the shortest counts (a sparse matrix would add them up); a zero-length
+    # step stays an edge as the smallest float (scipy reads a stored 0 as "no edge").
+    sa, da = np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64)
+    wa = np.maximum(np.array(w, dtype=np.float64), np.finfo(np.float64).tiny)
+    lo, hi = np.minimum(sa, da), np.maximum(sa, da)
+    order = np.lexsort((wa, hi, lo))
+    keep = order[np.r_[True, (lo[order][1:] != lo[order][:-1]) | (hi[order][1:] != hi[order][:-1])]]
+    graph = sparse.coo_matrix((wa[keep], (sa[keep], da[keep])), shape=(size, size)).tocsr()
+    unique, inv = np.unique(vertex, return_inverse=True)
+    d = dijkstra(graph, directed=False, indices=unique)[:, unique]
+    return d[np.ix_(inv, inv)]
+
+
+def _snap(points: np.ndarray, net: _Net, snap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each point projected onto the nearest edge of ``net`` within ``snap``: ``(found, edge, t)``."""
+    found = np.zeros(len(points), dtype=bool)
+    edge = np.zeros(len(points), dtype=np.int64)
+    t = np.zeros(len(points))
+    if len(points) == 0 or len(net.lines) == 0:
+        return found, edge, t
+    pts = shapely.points(points)
+    (pi, ei), _ = shapely.STRtree(net.lines).query_nearest(pts, max_distance=snap, return_distance=True)
+    # Equidistant edges: the first one (query_nearest returns them all, sorted by point).
+    first = np.ones(len(pi), dtype=bool)
+    first[1:] = pi[1:] != pi[:-1]
+    pi, ei = pi[first], ei[first]
+    found[pi] = True
+    edge[pi] = ei
+    t[pi] = shapely.line_locate_point(net.lines[ei], pts[pi])
+    return found, edge, t
+
+
+def _direction(
+    src: _Net, dst: _Net, spacing: float, snap: float, min_path: float, max_points: int
 ) -> tuple[float, int]:
-    """APLS-style score of ``dst`` seen from ``src``: mean over connected pairs of 1 - min(1, |ΔL|/L)."""
-    if len(src_pts) < 2:
+    """One half of APLS: control points of ``src``, their paths in ``src`` and, snapped onto
+    ``dst``, in ``dst``; ``(1 - mean min(1, |L - L'| / L), pairs)``, NaN without pairs."""
+    edge, t = _control_points(src, spacing)
+    if len(edge) > max_points:
+        pick = np.unique(np.linspace(0, len(edge) - 1, max_points).round().astype(np.int64))
+        edge, t = edge[pick], t[pick]
+    if len(edge) < 2:
         return math.nan, 0
-    ls = _path_lengths(src, src_pts)
-    iu = np.triu_indices(len(src_pts), k=1)
-    l_src = ls[iu]
-    pair_ok = np.isfinite(l_src) & (l_src > 0)
-    if not pair_ok.any():
+    l_src = _path_lengths(src, edge, t)
+    iu = np.triu_indices(len(edge), k=1)
+    pairs = np.isfinite(l_src[iu]) & (l_src[iu] >= min_path) & (l_src[iu] > 0)
+    if not pairs.any():
         return math.nan, 0
-    if dst_tree is None:
-        return 0.0, int(pair_ok.sum())
-    dist, snapped = dst_tree.query(src.rc[src_pts].astype(float), distance_upper_bound=snap_px + 1e-9)
-    found = np.isfinite(dist)
-    ld = np.full((len(src_pts), len(src_pts)), np.inf)
+    found, d_edge, d_t = _snap(_points(src, edge, t), dst, snap)
+    l_dst = np.full_like(l_src, np.inf)
     if found.any():
-        uniq, inv = np.unique(snapped[found], return_inverse=True)
-        lu = _path_lengths(dst, uniq)
         fi = np.flatnonzero(found)
-        ld[np.ix_(fi, fi)] = lu[np.ix_(inv, inv)]
-    l_dst = ld[iu]
+        l_dst[np.ix_(fi, fi)] = _path_lengths(dst, d_edge[fi], d_t[fi])
+    ls, ld = l_src[iu][pairs], l_dst[iu][pairs]
     with np.errstate(invalid="ignore"):
-        rel = np.abs(l_src - l_dst) / np.where(l_src > 0, l_src, 1.0)
-        penalty = np.where(np.isfinite(l_dst), np.minimum(1.0, rel), 1.0)
-    return float(1.0 - penalty[pair_ok].mean()), int(pair_ok.sum())
+        diff = np.where(np.isfinite(ld), np.minimum(1.0, np.abs(ls - ld) / ls), 1.0)
+    diff[diff < ROUNDING] = 0.0
+    return float(1.0 - diff.mean()), int(pairs.sum())
 
 
-def _count_within(a: _SkeletonGraph, tree: cKDTree | None, snap_px: float) -> int:
-    """How many pixels of skeleton ``a`` lie within ``snap_px`` of the skeleton indexed by ``tree``."""
-    if a.n == 0 or tree is None:
-        return 0
-    d, _ = tree.query(a.rc.astype(float), distance_upper_bound=snap_px + 1e-9)
-    return int(np.isfinite(d).sum())
+def apls(
+    truth: nx.Graph,
+    proposal: nx.Graph,
+    *,
+    spacing_m: float = 50.0,
+    snap_m: float = 4.0,
+    min_path_m: float = 10.0,
+    max_points: int = 500,
+) -> APLSResult:
+    """Average Path Length Similarity (Van Etten et al. 2018, SpaceNet 3) of two road graphs,
+    undirected networkx graphs in one metric CRS (nodes with ``x``, ``y``, edges with an
+    optional LineString ``geometry``: osmnx graphs, or :func:`~geounet.vectorize.graph.to_networkx`
+    with a transform). As SpaceNet's ``apls.py``:
+
+    1. control points: every node, plus points along every edge at least ``0.75 ·
+       spacing_m`` long, no further apart than ``spacing_m`` (:func:`_control_points`);
+    2. truth → proposal: each truth control point is snapped onto the nearest proposal edge
+       within ``snap_m``; for every pair of truth control points joined by a truth path of
+       length ``L >= min_path_m``, with ``L'`` the proposal's shortest path between the
+       snapped points, the pair costs ``min(1, |L - L'| / L)``, and 1 when a point did not
+       snap or ``L'`` does not exist; the direction scores 1 - the mean cost;
+    3. proposal → truth: the same with the roles swapped;
+    4. APLS is the harmonic mean of the two (``scipy.stats.hmean`` in SpaceNet), 0 when
+       either is 0 or has no pair.
+
+    Departures: curvature does not decide which edges get control points (SpaceNet's
+    ``is_curved_eps < 0``); short paths are skipped whether or not their start point
+    snapped; beyond ``max_points`` control points an evenly spread subset is used, not a
+    random one; edges are measured along their geometry. Cost: one Dijkstra per control
+    point (≤ ``max_points``) on each graph, split at the points.
+    """
+    for name, value in (("spacing_m", spacing_m), ("snap_m", snap_m)):
+        if not value > 0:
+            raise ConfigError(f"APLS {name} must be > 0 m, got {value}")
+    if max_points < 2:
+        raise ConfigError(f"APLS max_points must be >= 2, got {max_points}")
+    t_net, p_net = _Net.of(truth), _Net.of(proposal)
+    a_tp, n_tp = _direction(t_net, p_net, spacing_m, snap_m, min_path_m, max_points)
+    a_pt, n_pt = _direction(p_net, t_net, spacing_m, snap_m, min_path_m, max_points)
+    if n_tp == 0 and n_pt == 0:
+        total = math.nan
+    elif n_tp == 0 or n_pt == 0 or a_tp <= 0 or a_pt <= 0:
+        total = 0.0
+    else:
+        total = 2 * a_tp * a_pt / (a_tp + a_pt)
+    return APLSResult(total, a_tp, a_pt, n_tp, n_pt)
+
+
+def matched_length(lines: np.ndarray, other: np.ndarray, distance: float) -> float:
+    """Length of ``lines`` within ``distance`` of ``other`` (both LineString arrays, CRS units).
+
+    The lines are cut into pieces of at most ``distance / 2``; a piece counts when its
+    midpoint is within ``distance`` of ``other`` (so identical networks match exactly).
+    Cost: one STRtree query per piece.
+    """
+    if len(lines) == 0 or len(other) == 0:
+        return 0.0
+    coords, index = shapely.get_coordinates(shapely.segmentize(lines, distance / 2), return_index=True)
+    same = index[1:] == index[:-1]
+    a, b = coords[:-1][same], coords[1:][same]
+    seg = np.hypot(*(b - a).T)
+    hits = shapely.STRtree(other).query(shapely.points((a + b) / 2), predicate="dwithin", distance=distance)[0]
+    near = np.zeros(len(seg), dtype=bool)
+    near[hits] = True
+    return float(seg[near].sum())
 
 
 # ---------------------------------------------------------------------------------------
@@ -206,18 +354,20 @@ class TopologyParams:
     """Settings of :func:`road_topology` (all lengths in metres of the metric CRS).
 
     Attributes:
-        pixel_m: pixel size of the raster on which road surfaces are skeletonized.
-        spacing_m: side of the grid cells that place control points along the network.
+        pixel_m: pixel size of the raster on which road polygons are thinned.
+        spacing_m: the most distance between APLS control points along an edge (SpaceNet: 50).
         snap_m: how far a control point may be moved onto the other network, and the
             buffer of centerline completeness/correctness; ``None``: half the road width.
+        min_path_m: APLS skips paths shorter than this (SpaceNet: 10).
         max_points: at most this many control points per network (Dijkstra runs per point).
         max_pixels: refuse rasters larger than this (raise ``pixel_m`` instead).
     """
 
     pixel_m: float = 1.0
-    spacing_m: float = 20.0
+    spacing_m: float = 50.0
     snap_m: float | None = None
-    max_points: int = 200
+    min_path_m: float = 10.0
+    max_points: int = 500
     max_pixels: int = 40_000_000
 
     def __post_init__(self) -> None:
@@ -227,6 +377,8 @@ class TopologyParams:
             raise ConfigError(f"topology control-point spacing must be > 0 m, got {self.spacing_m}")
         if self.snap_m is not None and not self.snap_m > 0:
             raise ConfigError(f"topology snap distance must be > 0 m, got {self.snap_m}")
+        if not self.min_path_m >= 0:
+            raise ConfigError(f"topology min_path_m must be >= 0 m, got {self.min_path_m}")
         if self.max_points < 2:
             raise ConfigError(f"topology max_points must be >= 2, got {self.max_points}")
 
@@ -248,7 +400,7 @@ def road_surfaces(geoms: GeometryInput, road_width_m: float) -> np.ndarray:
 
 class CenterlineScores:
     """Completeness, correctness and their harmonic mean (Wiedemann 1998) from the matched
-    and total amounts that a subclass gives by :meth:`_amounts` (pixels or metres)."""
+    and total lengths (metres) that a subclass gives by :meth:`_amounts`."""
 
     def _amounts(self) -> tuple[float, float, float, float]:
         """``(matched truth, truth, matched prediction, prediction)``."""
@@ -283,14 +435,13 @@ class RoadTopology(CenterlineScores):
     """Road scores of one scene; :func:`road_topology` explains what each one measures.
 
     Attributes:
-        apls: harmonic mean of the two directions (the one defined when only one is);
-            NaN when both networks are empty.
-        apls_truth_to_pred: mean pair score of truth paths found in the prediction.
+        apls: :attr:`APLSResult.apls`; NaN when neither network has a path to score.
+        apls_truth_to_pred: truth paths found in the prediction (:attr:`APLSResult.truth_to_proposal`).
         apls_pred_to_truth: the same with the roles swapped.
         pairs_truth, pairs_pred: control-point pairs scored in each direction.
-        truth_pixels, pred_pixels: skeleton pixels of each network.
-        matched_truth_pixels, matched_pred_pixels: skeleton pixels within ``snap_m`` of the
-            other network's skeleton.
+        truth_length_m, pred_length_m: length of each network, metres.
+        matched_truth_length_m, matched_pred_length_m: length of each network within
+            ``snap_m`` of the other, metres.
         road_width_m, pixel_m, snap_m, spacing_m: the settings used, metres.
     """
 
@@ -299,58 +450,30 @@ class RoadTopology(CenterlineScores):
     apls_pred_to_truth: float
     pairs_truth: int
     pairs_pred: int
-    truth_pixels: int
-    pred_pixels: int
-    matched_truth_pixels: int
-    matched_pred_pixels: int
+    truth_length_m: float
+    pred_length_m: float
+    matched_truth_length_m: float
+    matched_pred_length_m: float
     road_width_m: float
     pixel_m: float
     snap_m: float
     spacing_m: float
 
     def _amounts(self) -> tuple[float, float, float, float]:
-        return (self.matched_truth_pixels, self.truth_pixels, self.matched_pred_pixels, self.pred_pixels)
-
-    @property
-    def truth_length_m(self) -> float:
-        """Length of the truth network: skeleton pixels × ``pixel_m``."""
-        return self.truth_pixels * self.pixel_m
-
-    @property
-    def pred_length_m(self) -> float:
-        """Length of the predicted network: skeleton pixels × ``pixel_m``."""
-        return self.pred_pixels * self.pixel_m
-
-    @property
-    def matched_truth_length_m(self) -> float:
-        """Length of the truth network within ``snap_m`` of the prediction."""
-        return self.matched_truth_pixels * self.pixel_m
-
-    @property
-    def matched_pred_length_m(self) -> float:
-        """Length of the predicted network within ``snap_m`` of the truth."""
-        return self.matched_pred_pixels * self.pixel_m
+        return (self.matched_truth_length_m, self.truth_length_m, self.matched_pred_length_m, self.pred_length_m)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (lengths in metres), NaN kept (the JSON writer turns it into ``null``)."""
-        return {
-            "apls": self.apls,
-            "apls_truth_to_pred": self.apls_truth_to_pred,
-            "apls_pred_to_truth": self.apls_pred_to_truth,
-            "pairs_truth": self.pairs_truth,
-            "pairs_pred": self.pairs_pred,
+        rest = asdict(self)
+        head = {
+            k: rest.pop(k) for k in ("apls", "apls_truth_to_pred", "apls_pred_to_truth", "pairs_truth", "pairs_pred")
+        }
+        scores = {
             "completeness": self.completeness,
             "correctness": self.correctness,
             "centerline_f1": self.centerline_f1,
-            "truth_length_m": self.truth_length_m,
-            "pred_length_m": self.pred_length_m,
-            "matched_truth_length_m": self.matched_truth_length_m,
-            "matched_pred_length_m": self.matched_pred_length_m,
-            "road_width_m": self.road_width_m,
-            "pixel_m": self.pixel_m,
-            "snap_m": self.snap_m,
-            "spacing_m": self.spacing_m,
         }
+        return {**head, **scores, **rest}
 
 
 @dataclass(frozen=True)
@@ -407,6 +530,12 @@ class RoadTotals(CenterlineScores):
         }
 
 
+def _is_linear(arr: np.ndarray) -> bool:
+    """Whether every (non-null) geometry is a line: such a network is used as it is."""
+    arr = arr[~shapely.is_missing(arr)]
+    return len(arr) > 0 and bool(np.isin(shapely.get_type_id(arr), (1, 2, 5)).all())
+
+
 def road_topology(
     pred_roads: GeometryInput,
     true_roads: GeometryInput,
@@ -414,101 +543,86 @@ def road_topology(
     road_width_m: float = 6.0,
     params: TopologyParams | None = None,
 ) -> RoadTopology:
-    """Topology-aware road scores: an APLS-like path-length similarity and centerline completeness.
+    """Topology-aware road scores: APLS and centerline completeness/correctness.
 
-    What it measures. Both networks (polygons, or centerlines buffered by ``road_width_m``)
-    are burned on one grid of ``params.pixel_m`` and thinned to one-pixel skeletons
-    (:func:`skeletonize`); each skeleton becomes a graph whose nodes are pixels and whose
-    edges join 8-neighbours (length 1 or √2 pixels). Control points are placed along each
-    network, one per ``spacing_m`` cell (the skeleton pixel nearest the cell centre).
+    Each network becomes a graph in metres: centerlines (every geometry a line) as they
+    are (:func:`line_network`); polygons (or a mix: lines buffered, :func:`road_surfaces`)
+    burned on one grid of ``params.pixel_m`` and thinned as predicted road masks are
+    (:func:`surface_network`).
 
-    * ``apls`` (simplified APLS, after Van Etten et al. 2018, SpaceNet 3): for every pair of
-      control points of the truth that is connected in the truth, with path length L, the
-      two points are snapped to the nearest prediction pixel within ``snap_m``; the pair
-      scores ``1 - min(1, |L - L'| / L)`` where L' is the prediction's path length between
-      the snapped points (0 when a point does not snap or the snapped points are not
-      connected). ``apls_truth_to_pred`` is the mean over pairs (it punishes missing roads
-      and cuts); ``apls_pred_to_truth`` is the same with the roles swapped (it punishes
-      spurious roads and false shortcuts); ``apls`` is their harmonic mean. When only one
-      direction has pairs, ``apls`` is that direction. 1 for identical networks; a road cut
-      in two drops it because pairs across the gap have no path.
-    * ``completeness`` / ``correctness`` (Wiedemann 1998): the share of truth skeleton
-      pixels within ``snap_m`` of the predicted skeleton, and vice versa; ``centerline_f1``
-      is their harmonic mean. Lengths are counted in skeleton pixels × ``pixel_m``.
+    * ``apls``: :func:`apls` (SpaceNet 3) with ``spacing_m``, ``snap_m`` and ``min_path_m``.
+      1 for identical networks; a road cut in two drops it because paths across the gap
+      are missing; spurious roads and shortcuts drop the prediction → truth half.
+    * ``completeness`` / ``correctness`` (Wiedemann 1998): the share of the truth's length
+      within ``snap_m`` of the prediction, and vice versa (:func:`matched_length`);
+      ``centerline_f1`` is their harmonic mean.
 
-    What it ignores: junction positions are not control points (the regular sampling covers
-    them only approximately), the raster skeleton can add short spurs at ragged edges,
-    roads wider than the grid can resolve are thinned to their medial axis, road
-    categories/speeds are ignored, and paths are lengths on the skeleton (pixel geometry,
-    error ≤ ≈8 % for diagonal staircases on both sides alike).
-
-    Cost: one raster of the union bounding box of both networks at ``pixel_m`` (bool), the
-    thinning iterations over it, and one Dijkstra per control point (≤ ``max_points`` per
-    side) over the skeleton pixels. Geometries must be in one projected CRS in metres.
-
-    Returns:
-        A :class:`RoadTopology`. Both networks empty: every score NaN.
+    Road categories and speeds (SpaceNet's travel-time APLS) are ignored. Geometries must be
+    in one projected CRS in metres. Cost: for polygons, one raster over both networks at
+    ``pixel_m`` (bool), thinned and traced; one Dijkstra per control point (<= ``max_points``
+    per side) on each graph. Returns a :class:`RoadTopology`; both networks empty: scores NaN.
     """
     if not road_width_m > 0:
         raise ConfigError(f"road width must be > 0 m, got {road_width_m}; give the full width of a road")
     prm = params or TopologyParams()
     check_same_crs(pred_roads, true_roads, "road_topology")
-    pa = road_surfaces(pred_roads, road_width_m)
-    ta = road_surfaces(true_roads, road_width_m)
-    pa = pa[~shapely.is_empty(pa)]
-    ta = ta[~shapely.is_empty(ta)]
-    px = prm.pixel_m
-    snap_px = (prm.snap_m if prm.snap_m is not None else road_width_m / 2.0) / px
-    spacing_px = prm.spacing_m / px
+    snap = prm.snap_m if prm.snap_m is not None else road_width_m / 2.0
+    arrays = {}
+    for role, geoms in (("pred", pred_roads), ("truth", true_roads)):
+        arr = geometry_array(geoms, "roads")
+        arr = arr[~shapely.is_missing(arr)]
+        arrays[role] = arr[~shapely.is_empty(arr)]
+    surfaces = {role: road_surfaces(arr, road_width_m) for role, arr in arrays.items() if not _is_linear(arr)}
+    surfaces = {role: arr[~shapely.is_empty(arr)] for role, arr in surfaces.items()}
 
-    # 1. Both networks on one grid, thinned to skeleton graphs.
-    both = np.concatenate([pa, ta])
-    if len(both):
-        minx, miny, maxx, maxy = shapely.total_bounds(both)
-        margin = 2 * px
-        # The CRS of this grid is never used: geometries are already in the caller's metric CRS.
-        crs = getattr(true_roads, "crs", None) or getattr(pred_roads, "crs", None) or "EPSG:3857"
-        grid = RasterGrid.from_bounds((minx - margin, miny - margin, maxx + margin, maxy + margin), px, crs)
-        if grid.width * grid.height > prm.max_pixels:
-            raise ConfigError(
-                f"road topology raster would be {grid.width}×{grid.height} px at {px} m; "
-                f"this exceeds {prm.max_pixels} px — use a larger topology pixel size"
-            )
-        shape = (grid.height, grid.width)
-        t_sk = _skeleton_graph(skeletonize(burn(ta, shape, grid.transform)))
-        p_sk = _skeleton_graph(skeletonize(burn(pa, shape, grid.transform)))
-    else:
-        t_sk = p_sk = _skeleton_graph(np.zeros((1, 1), dtype=bool))
+    # 1. Both networks as graphs in metres; polygons on one grid.
+    graphs: dict[str, nx.Graph] = {}
+    if surfaces:
+        both = np.concatenate(list(surfaces.values()))
+        grid = _grid(both, prm, true_roads, pred_roads) if len(both) else None
+        for role, arr in surfaces.items():
+            graphs[role] = nx.MultiGraph() if grid is None or not len(arr) else surface_network(arr, grid, road_width_m)
+    for role, arr in arrays.items():
+        if role not in graphs:
+            graphs[role] = line_network(arr)
 
-    # 2. APLS both ways between control points.
-    t_tree = cKDTree(t_sk.rc.astype(float)) if t_sk.n else None
-    p_tree = cKDTree(p_sk.rc.astype(float)) if p_sk.n else None
-    t_pts = _control_points(t_sk, spacing_px, prm.max_points)
-    p_pts = _control_points(p_sk, spacing_px, prm.max_points)
-    a_tp, n_tp = _apls_direction(t_sk, t_pts, p_sk, p_tree, snap_px)
-    a_pt, n_pt = _apls_direction(p_sk, p_pts, t_sk, t_tree, snap_px)
-    if math.isnan(a_tp) and math.isnan(a_pt):
-        apls = math.nan if (t_sk.n == 0 and p_sk.n == 0) or (t_sk.n and p_sk.n) else 0.0
-    elif math.isnan(a_tp):
-        apls = a_pt
-    elif math.isnan(a_pt):
-        apls = a_tp
-    else:
-        apls = 0.0 if a_tp + a_pt == 0 else 2 * a_tp * a_pt / (a_tp + a_pt)
-
-    # 3. Centerline completeness and correctness: skeleton pixels near the other skeleton.
+    # 2. APLS both ways; 3. lengths near the other network.
+    result = apls(
+        graphs["truth"],
+        graphs["pred"],
+        spacing_m=prm.spacing_m,
+        snap_m=snap,
+        min_path_m=prm.min_path_m,
+        max_points=prm.max_points,
+    )
+    t_lines, p_lines = _Net.of(graphs["truth"]).lines, _Net.of(graphs["pred"]).lines
     return RoadTopology(
-        apls=apls,
-        apls_truth_to_pred=a_tp,
-        apls_pred_to_truth=a_pt,
-        pairs_truth=n_tp,
-        pairs_pred=n_pt,
-        truth_pixels=t_sk.n,
-        pred_pixels=p_sk.n,
-        matched_truth_pixels=_count_within(t_sk, p_tree, snap_px),
-        matched_pred_pixels=_count_within(p_sk, t_tree, snap_px),
+        apls=result.apls,
+        apls_truth_to_pred=result.truth_to_proposal,
+        apls_pred_to_truth=result.proposal_to_truth,
+        pairs_truth=result.pairs_truth,
+        pairs_pred=result.pairs_proposal,
+        truth_length_m=float(shapely.length(t_lines).sum()),
+        pred_length_m=float(shapely.length(p_lines).sum()),
+        matched_truth_length_m=matched_length(t_lines, p_lines, snap),
+        matched_pred_length_m=matched_length(p_lines, t_lines, snap),
         road_width_m=road_width_m,
-        pixel_m=px,
-        snap_m=snap_px * px,
+        pixel_m=prm.pixel_m,
+        snap_m=snap,
         spacing_m=prm.spacing_m,
     )
+
+
+def _grid(geoms: np.ndarray, prm: TopologyParams, *inputs: GeometryInput) -> RasterGrid:
+    """The grid of ``prm.pixel_m`` over ``geoms`` with a margin of two pixels, size-checked."""
+    px = prm.pixel_m
+    minx, miny, maxx, maxy = shapely.total_bounds(geoms)
+    # The CRS of this grid is never used: geometries are already in the caller's metric CRS.
+    crs = next((c for c in (getattr(i, "crs", None) for i in inputs) if c is not None), "EPSG:3857")
+    grid = RasterGrid.from_bounds((minx - 2 * px, miny - 2 * px, maxx + 2 * px, maxy + 2 * px), px, crs)
+    if grid.width * grid.height > prm.max_pixels:
+        raise ConfigError(
+            f"road topology raster would be {grid.width}×{grid.height} px at {px} m; "
+            f"this exceeds {prm.max_pixels} px — use a larger topology pixel size"
+        )
+    return grid

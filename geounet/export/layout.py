@@ -22,10 +22,12 @@ SCENE_JSON = "scene.json"  # the scene's record, written last: it lists the outp
 GPKG_NAME = "polygons.gpkg"  # every class as a layer, scene CRS
 PROBABILITY_NAME = "probability.tif"  # COG, one uint8 band per class (p x 255)
 QUICKLOOK_NAME = "quicklook.png"  # downsampled picture with the outlines
+ITEM_NAME = "item.json"  # the scene's outputs as a STAC Item (label extension), written before scene.json
+CATALOG_NAME = "catalog.json"  # OUT/catalog.json: a self-contained STAC Catalog of the run's scene items
 RUN_JSON = "run.json"  # OUT/run.json: the run's record, one entry per scene
 LOG_NAME = "geounet.log"  # OUT/geounet.log: the run's log
 LOCK_NAME = ".geounet.lock"  # OUT/.geounet.lock: held (flock) while a run writes to OUT
-RUN_FILES = (RUN_JSON, LOG_NAME, LOCK_NAME)  # no scene folder may take one of these names
+RUN_FILES = (RUN_JSON, LOG_NAME, LOCK_NAME, CATALOG_NAME)  # no scene folder may take one of these names
 FORMATS = ALL_FORMATS  # every output format a scene folder can hold
 NO_RECORD = "no scene.json"  # why_incomplete's reason for a scene never finished
 
@@ -51,6 +53,8 @@ def output_names(class_names: Sequence[str], formats: Sequence[str]) -> list[str
         names.append(PROBABILITY_NAME)
     if "quicklook" in formats:
         names.append(QUICKLOOK_NAME)
+    if "stac" in formats:
+        names.append(ITEM_NAME)
     return names
 
 

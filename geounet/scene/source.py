@@ -131,7 +131,9 @@ def _stem_for(path: str) -> str:
     return _safe(stem) or "scene"
 
 
-def unique_stems(paths: Sequence[str], reserved: Sequence[str] = ()) -> list[str]:
+def unique_stems(
+    paths: Sequence[str], reserved: Sequence[str] = (), names: Sequence[str | None] | None = None
+) -> list[str]:
     """Output folder names: safe file stems, disambiguated by parent folders on collision.
 
     ``a/x.tif`` and ``b/x.tif`` become ``a_x`` and ``b_x``; unique stems stay as they are.
@@ -139,9 +141,14 @@ def unique_stems(paths: Sequence[str], reserved: Sequence[str] = ()) -> list[str
     never equals one of ``reserved`` (the run's own files, e.g. ``geounet.log``: such a
     scene gets ``<name>_scene``). Names that still collide (``x y.tif`` and ``x_y.tif``)
     get the first free ``_2``, ``_3``... suffix.
+
+    ``names``: a preferred name per path (a STAC item's id), used as it is when it is already
+    a safe file name; None or an unsafe name falls back to the file's stem.
     """
     taken = {r.lower() for r in reserved}
-    stems = [_stem_for(p) for p in paths]
+    given = list(names) if names is not None else [None] * len(paths)
+    fixed = {i for i, n in enumerate(given) if n and _safe(n) == n}
+    stems = [str(given[i]) if i in fixed else _stem_for(p) for i, p in enumerate(paths)]
     stems = [f"{s}_scene" if s.lower() in taken else s for s in stems]
     for depth in range(1, 8):
         seen: dict[str, int] = {}
@@ -156,7 +163,9 @@ def unique_stems(paths: Sequence[str], reserved: Sequence[str] = ()) -> list[str
         if not distinct:
             continue  # try deeper parents
         stems = [
-            "_".join([_safe(q) or "_" for q in parents_of[i]] + [_stem_for(p)]) if s in distinct else s
+            "_".join([_safe(q) or "_" for q in parents_of[i]] + [_stem_for(p)])
+            if s in distinct and i not in fixed
+            else s
             for i, (p, s) in enumerate(zip(paths, stems))
         ]
     # Still colliding (identical paths, or names that became equal): number them, never

@@ -22,6 +22,7 @@ from tests.conftest import REPO, write_tif
 
 UTM33 = ("EPSG:32633", Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0))
 SCENE_OUTPUTS = (
+    "item.json",
     "buildings.geojson",
     "roads.geojson",
     "polygons.gpkg",

@@ -142,6 +142,9 @@ OTHER_OUTPUTS = {
     "quicklook_size": {"quicklook_size": 64},
     "bands": {"bands": [1, 2, 3]},
     "use_nodata": {"use_nodata": False},
+    # for STAC scenes they pick another file or other bands (plain files: recomputed all the same)
+    "stac_asset": {"stac_asset": "visual"},
+    "stac_bands": {"stac_bands": ["red", "green", "blue"]},
 }
 
 

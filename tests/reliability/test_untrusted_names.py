@@ -99,8 +99,9 @@ def test_a_scene_named_dot_dot_writes_inside_out(tmp_path: Path, dask_local) -> 
     assert [r.status for r in res] == ["success", "success"], [r.error for r in res]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "runs"])  # nothing else beside
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["out"]
-    folders = sorted(p.name for p in out.iterdir())
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert folders == ["geounet.log_scene", "scene"]
+    assert sorted(p.name for p in out.iterdir() if not p.is_dir()) == ["catalog.json"]
     assert all((out / f / "scene.json").is_file() for f in folders)
 
 

@@ -146,17 +146,22 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def scene_record(folder: Path) -> dict:
-    """scene.json without what legitimately differs between runs (timings, timestamps)."""
+def scene_record(folder: Path, *, source: bool = True) -> dict:
+    """scene.json without what legitimately differs between runs (timings, timestamps; the
+    size of item.json, which holds its creation time); without ``source``, also without the
+    STAC item the scene came from."""
     rec = read_json(folder / "scene.json")
     rec.pop("timings_s")
     rec.pop("finished")
+    rec["outputs"].pop("item.json", None)
+    if not source:
+        rec.pop("stac")
     return rec
 
 
-def assert_same_scene(got: Path, want: Path) -> None:
+def assert_same_scene(got: Path, want: Path, *, source: bool = True) -> None:
     """Same GeoJSON and GeoPackage content, same probability and quicklook pixels, same
-    scene.json except timings and timestamps."""
+    scene.json except timings and timestamps (and, without ``source``, the STAC source)."""
     import numpy as np
     import pyogrio
     import rasterio
@@ -176,7 +181,7 @@ def assert_same_scene(got: Path, want: Path) -> None:
         assert ga.profile == wa.profile
         assert np.array_equal(ga.read(), wa.read())
     assert np.array_equal(np.asarray(Image.open(got / "quicklook.png")), np.asarray(Image.open(want / "quicklook.png")))
-    a, b = scene_record(got), scene_record(want)
+    a, b = scene_record(got, source=source), scene_record(want, source=source)
     assert a == b, {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
 
 

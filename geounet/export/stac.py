@@ -56,8 +56,8 @@ def footprint(crs_wkt: str, transform: Affine, width: int, height: int) -> tuple
     """The scene's outline in lon/lat (WGS 84) as a GeoJSON Polygon, and its bbox.
 
     Each side is sampled at :data:`EDGE_POINTS` points, so a UTM or polar scene's outline keeps
-    its shape in degrees. A scene crossing the antimeridian gets its true outline but a bbox
-    spanning the globe's longitudes the short way round is not computed (see the README).
+    its shape in degrees. A scene that crosses ±180° is not cut into a MultiPolygon there, as
+    STAC and RFC 7946 ask: its footprint and bbox then run the long way round the globe.
     """
     t = np.linspace(0.0, 1.0, EDGE_POINTS, endpoint=False)
     cols = np.concatenate([t * width, np.full_like(t, width), (1 - t) * width, np.zeros_like(t)])
@@ -93,6 +93,34 @@ def scene_datetime(info: SceneInfo, source: StacScene | None) -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
+def model_reference(model: CheckpointMetadata, model_path: str) -> dict[str, Any]:
+    """The model that made the outputs, as its card tells it: the fields are named after the
+    machine-learning-model (MLM) extension's (``name``, ``architecture``, ``tasks``,
+    ``framework``) without declaring it, since that extension describes a model's own item and
+    requires its input and output specification; plus the checkpoint's content hash, classes,
+    pixel size and the training data's sources with their terms and attribution (credit owed
+    by whoever publishes the outputs)."""
+    sources = model.provenance.get("data")
+    data = []
+    if isinstance(sources, list):
+        for rec in sources:
+            if isinstance(rec, dict) and isinstance(rec.get("source"), str):
+                data.append({k: rec[k] for k in ("source", "terms", "attribution") if isinstance(rec.get(k), str)})
+    return {
+        "name": os.path.basename(model_path),
+        "hash": model.content_hash,
+        "short_hash": model.short_hash,
+        "architecture": model.spec.arch,
+        "width": model.spec.width,
+        "depth": model.spec.depth,
+        "tasks": ["semantic-segmentation"],
+        "framework": "pytorch",
+        "classes": list(model.spec.classes),
+        "gsd_m": model.gsd_m,
+        "training_data": data,
+    }
+
+
 def _proj_code(info: SceneInfo) -> str | None:
     return f"EPSG:{info.epsg}" if info.epsg else None
 
@@ -125,16 +153,7 @@ def scene_item(
             "title": f"geounet {', '.join(plural(c) for c in class_names)} of {info.stem}",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "geounet:version": __version__,
-            "geounet:model": {
-                "file": os.path.basename(model_path),
-                "hash": model.content_hash,
-                "short_hash": model.short_hash,
-                "architecture": model.spec.arch,
-                "width": model.spec.width,
-                "depth": model.spec.depth,
-                "classes": list(model.spec.classes),
-                "gsd_m": model.gsd_m,
-            },
+            "geounet:model": model_reference(model, model_path),
             "geounet:settings_hash": config_hash,
             "geounet:scene": info.path,
         },

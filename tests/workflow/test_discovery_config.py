@@ -170,7 +170,7 @@ def test_shipped_workflow_loads_validates_and_comments_every_key() -> None:
     wf = load_workflow(SHIPPED, {})
     assert isinstance(wf, WorkflowSettings)
     assert wf.model == "default" and wf.recursive is True and wf.cluster.scheduler is None
-    assert wf.inference.formats == ["geojson", "gpkg", "probability", "quicklook"]
+    assert wf.inference.formats == ["geojson", "gpkg", "probability", "quicklook", "stac"]
     for n, line in enumerate(SHIPPED.read_text().splitlines(), 1):
         if line.strip() and not line.lstrip().startswith("#"):
             assert "#" in line, f"{SHIPPED}:{n} has no comment: {line!r}"

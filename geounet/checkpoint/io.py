@@ -233,6 +233,7 @@ def save_checkpoint(
     halo: int | None = None,
     thresholds: float | Sequence[float] | Mapping[str, float] | None = None,
     gsd_m: float | None = None,
+    linear_classes: Sequence[str] | None = None,
     provenance: Mapping[str, Any] | None = None,
     **extra: Any,
 ) -> str:
@@ -334,6 +335,7 @@ def save_checkpoint(
             halo=halo_v,
             thresholds=thr,
             gsd_m=pick("gsd_m", gsd_m),
+            linear_classes=pick("linear_classes", list(linear_classes) if linear_classes is not None else None),
             provenance=prov,
             extra=extras,
             hash=digest,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
@@ -39,6 +40,12 @@ METADATA_KEY = "geounet"  # the one key of the safetensors header metadata that 
 # size, receptive field, tile and halo suggestions), and any field added later, enters
 # CheckpointMetadata.output_fingerprint.
 DESCRIPTIVE_FIELDS = frozenset({"format", "format_version", "geounet_version", "provenance", "extra"})
+
+
+def is_road_name(name: str) -> bool:
+    """Whether a class name reads as roads (``road``, ``roads``, ``main_road``, ``road_paved``):
+    such classes are linear unless a checkpoint's ``linear_classes`` says otherwise."""
+    return re.fullmatch(r"(?:[a-z0-9]+_)*roads?(?:_[a-z0-9]+)*", name.lower()) is not None
 
 
 def _to_spec(value: Any) -> ModelSpec:
@@ -90,6 +97,7 @@ class CheckpointMetadata(StrictModel):
     gsd_m: float | None = Field(
         default=None, gt=0.0, le=10_000.0
     )  # ground pixel size the model was trained at, metres; None: unknown (scenes are read at their own pixel size)
+    linear_classes: list[str] | None = None  # classes traced as centerline graphs (roads); None: by name
     provenance: dict[str, Any] = Field(default_factory=dict)
     extra: dict[str, Any] = Field(default_factory=dict)
     hash: str = Field(pattern=r"^[0-9a-f]{64}$")  # sha256 hex of the tensors
@@ -117,6 +125,12 @@ class CheckpointMetadata(StrictModel):
         bad = {k: v for k, v in self.thresholds.items() if not 0.0 <= v <= 1.0}
         if bad:
             raise ValueError(f"thresholds {bad!r} must be probabilities between 0 and 1")
+        if self.linear_classes is not None and not set(self.linear_classes) <= set(spec.classes):
+            unknown = sorted(set(self.linear_classes) - set(spec.classes))
+            raise ValueError(
+                f"'linear_classes' = {self.linear_classes!r} names {unknown}, which are not classes of the model "
+                f"{list(spec.classes)!r}; list classes of the model (or none)"
+            )
         m = spec.multiple
         if self.halo % m:
             raise ValueError(
@@ -157,6 +171,14 @@ class CheckpointMetadata(StrictModel):
     def short_hash(self) -> str:
         """First 12 hex characters of the content hash: for file names and log lines."""
         return self.hash[:12]
+
+    @property
+    def linear(self) -> tuple[str, ...]:
+        """Classes traced as centerline graphs: ``linear_classes``, else those named like roads
+        (:func:`is_road_name`)."""
+        if self.linear_classes is not None:
+            return tuple(c for c in self.spec.classes if c in self.linear_classes)
+        return tuple(c for c in self.spec.classes if is_road_name(c))
 
     @property
     def class_names(self) -> tuple[str, ...]:

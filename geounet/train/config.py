@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from geounet.checkpoint.metadata import is_road_name
 from geounet.config import StrictModel, load_config
 from geounet.errors import ConfigError
 from geounet.settings import Device, Precision
@@ -47,6 +48,9 @@ class ClassLabels(StrictModel):
     Also the fallback where ``width_field`` is empty. Points are buffered likewise."""
     width_field: str | None = None
     """Attribute holding each line's width in metres (e.g. ``width_m``); empty values use ``width_m``."""
+    linear: bool | None = None
+    """Trace this class as a centerline graph at inference (road networks: LineStrings between
+    junctions and dead ends). None: true for classes named like roads (``road``, ``roads``)."""
     separate_touching: bool = False
     """Burn a background line where two features of this class touch, so that attached
     buildings (terraced houses) are predicted, and polygonized, as separate objects."""
@@ -560,6 +564,11 @@ class TrainingSettings(StrictModel):
     @property
     def class_names(self) -> list[str]:
         return [c.name for c in self.data.classes]
+
+    @property
+    def linear_classes(self) -> list[str]:
+        """Classes traced as centerline graphs at inference (``linear``, else named like roads)."""
+        return [c.name for c in self.data.classes if (c.linear if c.linear is not None else is_road_name(c.name))]
 
     @property
     def source(self) -> str:

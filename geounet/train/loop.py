@@ -414,6 +414,7 @@ class RunFolder:
             normalization=self.normalization,
             thresholds=self.thresholds,
             gsd_m=self.settings.data.gsd_m,
+            linear_classes=self.settings.linear_classes,
             provenance=provenance,
         )
 

@@ -21,6 +21,34 @@ OutputFormat = Literal["geojson", "gpkg", "probability", "quicklook", "stac"]
 ALL_FORMATS: tuple[OutputFormat, ...] = ("geojson", "gpkg", "probability", "quicklook", "stac")
 
 
+class CenterlineSettings(StrictModel):
+    """Road networks: how the masks of linear classes become centerline graphs (lengths in
+    metres, so results do not depend on the pixel size or the block grid)."""
+
+    enabled: bool = True
+    """Trace the checkpoint's linear classes (roads) as centerline graphs (road_centerlines.geojson,
+    GeoPackage layers <class>_centerlines and <class>_nodes)."""
+    classes: list[str] | None = None
+    """Classes traced as graphs. None: the checkpoint's linear classes (classes named like roads)."""
+    fill_holes_m2: float = Field(30.0, ge=0)
+    """Holes in the road mask smaller than this area, square metres, are filled before thinning
+    (a car or a tree's shadow on the road would otherwise split it into a loop)."""
+    max_hole_side_m: float = Field(10.0, ge=0)
+    """... and only holes whose bounding box is at most this long on both sides, metres."""
+    min_spur_m: float = Field(10.0, ge=0)
+    """Dead-end edges shorter than this hanging on a junction are pruned, metres (thinning
+    leaves such spurs at the corners of wide roads)."""
+    min_length_m: float = Field(20.0, ge=0)
+    """Connected pieces of network shorter than this in total are dropped, metres."""
+    bridge_m: float = Field(0.0, ge=0)
+    """Join dead ends facing each other across a gap shorter than this, metres; 0: off."""
+    simplify_m: float = Field(1.0, ge=0)
+    """Douglas-Peucker tolerance of the centerlines, metres; 0: every pixel centre."""
+    max_width_m: float = Field(40.0, gt=0, le=1000)
+    """Widest road traced exactly across block seams, metres: sets the overlap of the windows
+    the graph is traced in (wider blobs, e.g. parking lots, may differ at a seam)."""
+
+
 class InferenceSettings(StrictModel):
     """How a scene is cut, inferred, thresholded, vectorized and written."""
 
@@ -73,6 +101,8 @@ class InferenceSettings(StrictModel):
     """Drop polygons smaller than this area, square metres."""
     fill_holes_m2: float = Field(0.0, ge=0)
     """Fill holes smaller than this area, square metres."""
+    centerlines: CenterlineSettings = Field(default_factory=CenterlineSettings)
+    """Road centerline graphs of the linear classes (see :class:`CenterlineSettings`)."""
     # -- outputs -------------------------------------------------------------------------
     formats: list[OutputFormat] = Field(default_factory=lambda: list(ALL_FORMATS))
     """Which outputs to write besides scene.json (``stac``: a STAC Item per scene, item.json,

@@ -24,7 +24,15 @@ from geounet import __version__
 from geounet.atomic import write_json
 from geounet.batch.outcomes import SceneOutcome
 from geounet.checkpoint import CheckpointMetadata
-from geounet.export.layout import PROBABILITY_NAME, QUICKLOOK_NAME, SCENE_JSON, clear_scene_folder, output_sizes
+from geounet.export.layout import (
+    PROBABILITY_NAME,
+    QUICKLOOK_NAME,
+    SCENE_JSON,
+    centerline_layer,
+    clear_scene_folder,
+    node_layer,
+    output_sizes,
+)
 from geounet.export.probability import ProbabilityWriter
 from geounet.export.quicklook import ThumbnailCanvas, thumbnail_factor, write_quicklook
 from geounet.export.stac import scene_item, write_item
@@ -32,9 +40,10 @@ from geounet.export.vectors import VECTOR_WRITERS, VectorWriter
 from geounet.heap import trim_heap
 from geounet.infer.block import BlockResult, BlockTaskSpec
 from geounet.scene.plan import TilingPlan
-from geounet.scene.source import SceneInfo
+from geounet.scene.source import SceneInfo, ground_pixel_size_m
 from geounet.scene.stac import StacScene
 from geounet.settings import InferenceSettings
+from geounet.vectorize.network import GraphParams, LinearStage, graph_tables
 from geounet.vectorize.postprocess import postprocess, single_parts
 from geounet.vectorize.seams import merge_seams
 
@@ -91,12 +100,20 @@ class SceneJob:
         self.started = time.perf_counter()
         self.failed: str | None = None
         self.prob_writer: ProbabilityWriter | None = None
+        self.linear_stage: LinearStage | None = None
         self.thumbnail: ThumbnailCanvas | None = None
         if "quicklook" in settings.formats:
             gw, gh = self.grid.width, self.grid.height
             self.thumbnail = ThumbnailCanvas(gw, gh, thumbnail_factor(gw, gh, settings.quicklook_size))
         folder.mkdir(parents=True, exist_ok=True)
         clear_scene_folder(folder, self.class_names)
+        if self.spec.linear:
+            self.linear_stage = LinearStage(
+                folder,
+                width=self.grid.width,
+                height=self.grid.height,
+                classes=[self.class_names[k] for k in self.spec.linear],
+            )
         if "probability" in settings.formats:
             self.prob_writer = ProbabilityWriter(
                 folder / PROBABILITY_NAME,
@@ -113,6 +130,8 @@ class SceneJob:
             self.polygons[k].append(p)
         if self.prob_writer is not None and result.probability is not None:
             self.prob_writer.write(result.core, result.probability)
+        if self.linear_stage is not None and result.linear is not None:
+            self.linear_stage.write(result.core, result.linear)
         if self.thumbnail is not None and result.thumbnail is not None:
             self.thumbnail.add(result.thumbnail)
         for stage, seconds in result.timings.items():
@@ -126,6 +145,8 @@ class SceneJob:
         """Drop everything this scene wrote so far."""
         if self.prob_writer is not None:
             self.prob_writer.abort()
+        if self.linear_stage is not None:
+            self.linear_stage.remove()
         clear_scene_folder(self.folder, self.class_names)
 
     def outcome(self, status: str, error: str | None = None) -> SceneOutcome:
@@ -182,6 +203,9 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         job.polygons[k] = []  # free memory early
         del merged, kept, geoms
         trim_heap()
+    graphs: dict[str, dict[str, int | float]] = {}
+    if job.linear_stage is not None:
+        graphs = _road_graphs(job, layers)
     t1 = time.perf_counter()
     stage: dict[str, float] = {}
 
@@ -275,6 +299,7 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         "gsd_warning": job.grid.warning,
         "timings_s": timings,
         "polygons": counts,
+        "centerlines": graphs,  # per linear class: edges, nodes, length_km, seconds
         "outputs": output_sizes(job.folder, written),  # {file name: bytes}: resume checks them
         "versions": library_versions(),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -291,6 +316,57 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         blocks=len(job.plan.blocks),
         stac_item=job.source.item_id if job.source is not None else None,
     )
+
+
+def _road_graphs(job: SceneJob, layers: dict[str, gpd.GeoDataFrame]) -> dict[str, dict[str, int | float]]:
+    """Trace the staged linear classes into centerline graphs and add their layers
+    (``<class>_centerlines``, ``<class>_nodes``) to ``layers``; returns their summary."""
+    stage, info, model = job.linear_stage, job.info, job.model
+    assert stage is not None
+    t0 = time.perf_counter()
+    pixel_m = ground_pixel_size_m(info.crs_wkt, tuple(job.affine)[:6], job.grid.width, job.grid.height) or 1.0
+    try:
+        graphs = stage.graphs(GraphParams.from_settings(job.settings.centerlines, pixel_m))
+    finally:
+        stage.remove()
+        job.linear_stage = None
+    summary: dict[str, dict[str, int | float]] = {}
+    for name, graph in zip(stage.classes, graphs):
+        t = graph_tables(graph, job.affine, info.crs_wkt, pixel_m)
+        common = {"class": name, "scene": info.stem, "model": model.short_hash}
+
+        def columns(n: int, common: dict[str, str] = common) -> dict[str, np.ndarray]:
+            return {k: np.full(n, v, dtype=object) for k, v in common.items()}
+
+        layers[centerline_layer(name)] = gpd.GeoDataFrame(
+            {
+                "u": t.u,
+                "v": t.v,
+                "length_m": np.round(t.length_m, 2),
+                "width_m": np.round(t.width_m, 2),
+                "score": np.round(t.score, 4),
+                **columns(len(t.u)),
+            },
+            geometry=gpd.GeoSeries(list(t.lines), crs=info.crs_wkt),
+            crs=info.crs_wkt,
+        )
+        layers[node_layer(name)] = gpd.GeoDataFrame(
+            {
+                "id": t.node_id,
+                "degree": t.degree,
+                **{k: np.full(len(t.node_id), v, dtype=object) for k, v in common.items()},
+            },
+            geometry=gpd.GeoSeries(list(t.points), crs=info.crs_wkt),
+            crs=info.crs_wkt,
+        )
+        summary[name] = {
+            "edges": len(t.u),
+            "nodes": len(t.node_id),
+            "length_km": round(float(t.length_m.sum()) / 1000, 3),
+        }
+    for name in summary:
+        summary[name]["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary
 
 
 def _rounded(metres: float | None) -> float | None:

@@ -66,6 +66,24 @@ def resolve_thresholds(model: CheckpointMetadata, settings: InferenceSettings) -
     return [float(settings.thresholds.get(c, model.thresholds.get(c, 0.5))) for c in classes]
 
 
+def linear_classes(model: CheckpointMetadata, settings: InferenceSettings) -> list[str]:
+    """Classes traced as centerline graphs: ``centerlines.classes``, else the checkpoint's
+    linear classes (named like roads); none when ``centerlines.enabled`` is off or no vector
+    format (geojson, gpkg) is written."""
+    c = settings.centerlines
+    if not c.enabled or not {"geojson", "gpkg"} & set(settings.formats):
+        return []
+    if c.classes is None:
+        return list(model.linear)
+    unknown = sorted(set(c.classes) - set(model.spec.classes))
+    if unknown:
+        raise ConfigError(
+            f"centerlines.classes names {unknown}, which the model does not predict; its classes are "
+            f"{list(model.spec.classes)}"
+        )
+    return [k for k in model.spec.classes if k in c.classes]
+
+
 def scene_gsd_m(info: SceneInfo, settings: InferenceSettings) -> float | None:
     """The scene's ground pixel size, metres: the settings' ``gsd_m`` when given, else measured
     at the scene's centre from its CRS and geotransform (None when it cannot be)."""
@@ -124,7 +142,7 @@ def why_recompute(folder: Path, info: SceneInfo, model: CheckpointMetadata, sett
         input_fingerprint=info.fingerprint,
         model_fingerprint=model.output_fingerprint,
         config_hash=settings.fingerprint(),
-        outputs=output_names(model.spec.classes, settings.formats),
+        outputs=output_names(model.spec.classes, settings.formats, linear_classes(model, settings)),
     )
 
 
@@ -172,6 +190,7 @@ def run_scenes(
     # and the workers' own model load (:func:`warm_workers`), and is waited for below.
     checked = in_background(check_checkpoint, data, model_path)
     thresholds = resolve_thresholds(model, settings)
+    linear_classes(model, settings)  # unknown class names: a ConfigError before any scene
     config_hash = settings.fingerprint()
     options = settings.model_dump(mode="json")
     stac = stac or {}
@@ -254,6 +273,7 @@ def run_scenes(
             keep_probability="probability" in settings.formats,
             quicklook_size=settings.quicklook_size if "quicklook" in settings.formats else None,
             tta=settings.tta,
+            linear=tuple(class_names.index(c) for c in linear_classes(model, settings)),
         )
         scheduler = BlockScheduler(
             client,

@@ -42,11 +42,23 @@ def geojson_name(class_name: str) -> str:
     return f"{plural(class_name)}.geojson"
 
 
-def output_names(class_names: Sequence[str], formats: Sequence[str]) -> list[str]:
-    """File names a finished scene folder holds besides scene.json."""
+def centerline_layer(class_name: str) -> str:
+    """Layer (and GeoJSON stem) of a linear class's centerlines: ``road`` -> ``road_centerlines``."""
+    return f"{class_name}_centerlines"
+
+
+def node_layer(class_name: str) -> str:
+    """GeoPackage layer of a linear class's graph nodes: ``road`` -> ``road_nodes``."""
+    return f"{class_name}_nodes"
+
+
+def output_names(class_names: Sequence[str], formats: Sequence[str], linear: Sequence[str] = ()) -> list[str]:
+    """File names a finished scene folder holds besides scene.json (``linear``: the classes
+    traced as centerline graphs, which get a GeoJSON of their centerlines)."""
     names = []
     if "geojson" in formats:
         names += [geojson_name(c) for c in class_names]
+        names += [geojson_name(centerline_layer(c)) for c in linear]
     if "gpkg" in formats:
         names.append(GPKG_NAME)
     if "probability" in formats:
@@ -127,7 +139,7 @@ def why_incomplete(
 
 def clear_scene_folder(folder: Path, class_names: Sequence[str]) -> None:
     """Remove scene.json first (the folder stops claiming completeness), then outputs."""
-    for name in [SCENE_JSON, *output_names(class_names, FORMATS)]:
+    for name in [SCENE_JSON, *output_names(class_names, FORMATS, linear=class_names)]:
         with contextlib.suppress(FileNotFoundError):
             (folder / name).unlink()
     remove_partials(folder)

@@ -5,6 +5,9 @@ One registry, :data:`VECTOR_WRITERS`, for the polygon formats:
 * ``<class>.geojson`` -- RFC 7946: WGS84 lon/lat, counter-clockwise exteriors, cut at the
   antimeridian (pyproj + GEOS, or GDAL's ``RFC7946=YES`` for layers crossing ±180°);
 * ``polygons.gpkg`` -- the same polygons in the scene's CRS, one layer per class.
+
+Road graphs travel in the same ``layers`` mapping under ``<class>_centerlines`` (LineStrings:
+a GeoJSON file and a layer) and ``<class>_nodes`` (Points: a layer only).
 """
 
 from __future__ import annotations
@@ -170,8 +173,18 @@ def _json_value(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
+def _geometry_type(name: str) -> str:
+    """A layer's geometry type: graph edges and nodes by their layer names, else polygons."""
+    if name.endswith("_centerlines"):
+        return "LineString"
+    if name.endswith("_nodes"):
+        return "Point"
+    return "Polygon"
+
+
 def write_gpkg(layers: dict[str, gpd.GeoDataFrame], final: Path) -> None:
-    """One GeoPackage layer per class, in the scene's CRS."""
+    """One GeoPackage layer per class (and per linear class its centerlines and nodes), in the
+    scene's CRS."""
     with atomic_output(final) as tmp:
         try:
             for name, gdf in layers.items():
@@ -180,7 +193,7 @@ def write_gpkg(layers: dict[str, gpd.GeoDataFrame], final: Path) -> None:
                     tmp,
                     layer=name,
                     driver="GPKG",
-                    geometry_type="Polygon",
+                    geometry_type=_geometry_type(name),
                     append=tmp.exists(),
                     promote_to_multi=False,
                 )
@@ -194,6 +207,8 @@ VectorWriter = Callable[[dict[str, gpd.GeoDataFrame], Path], list[Path]]
 def _geojson_writer(layers: dict[str, gpd.GeoDataFrame], folder: Path) -> list[Path]:
     out = []
     for name, gdf in layers.items():
+        if _geometry_type(name) == "Point":
+            continue  # graph nodes: in the GeoPackage only (ids and degrees; the edges carry u, v)
         path = folder / geojson_name(name)
         write_geojson(gdf, path)
         out.append(path)
@@ -202,7 +217,7 @@ def _geojson_writer(layers: dict[str, gpd.GeoDataFrame], folder: Path) -> list[P
 
 def _gpkg_writer(layers: dict[str, gpd.GeoDataFrame], folder: Path) -> list[Path]:
     path = folder / GPKG_NAME
-    write_gpkg({plural(k): v for k, v in layers.items()}, path)
+    write_gpkg({k if _geometry_type(k) != "Polygon" else plural(k): v for k, v in layers.items()}, path)
     return [path]
 
 

@@ -23,6 +23,7 @@ from geounet.models.base import SegmentationModel, activate
 from geounet.scene.plan import Block, ModelGrid
 from geounet.scene.read import prepare_input, read_window
 from geounet.scene.source import SceneInfo
+from geounet.vectorize.network import encode_linear
 from geounet.vectorize.polygonize import polygonize_block
 
 
@@ -130,6 +131,7 @@ class BlockTaskSpec:
     quicklook_size: int | None = None  # longest quicklook side, px; None: no quicklook
     tta: bool = False  # average each tile over its 8 flips and quarter turns
     grid: ModelGrid | None = None  # the scene's model grid (blocks are on it); None: the scene's own pixels
+    linear: tuple[int, ...] = ()  # indexes of the classes traced as road graphs (their cores travel back)
 
 
 @dataclass
@@ -143,6 +145,7 @@ class BlockResult:
     valid_pixels: int
     timings: dict[str, float] = field(default_factory=dict)
     thumbnail: ThumbnailPart | None = None  # the core's share of the quicklook picture
+    linear: np.ndarray | None = None  # (L, h, w) uint8 of the linear classes: 0 off, else p x 255 (>= 1)
 
 
 def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec: BlockTaskSpec) -> BlockResult:
@@ -217,6 +220,7 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
         )
         for k, m in enumerate(masks)
     ]
+    linear = encode_linear(cls_probs, masks, spec.linear) if spec.linear and not skipped else None
     prob_u8 = None
     if spec.keep_probability:
         q = np.clip(cls_probs, 0.0, 1.0)
@@ -232,4 +236,5 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
         valid_pixels=int(core_valid.sum()),
         timings={"read": t1 - t0, "infer": t2 - t1, "vectorize": t3 - t2, "skipped_blocks": float(skipped)},
         thumbnail=thumb,
+        linear=linear,
     )

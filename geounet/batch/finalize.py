@@ -113,6 +113,8 @@ class SceneJob:
                 width=self.grid.width,
                 height=self.grid.height,
                 classes=[self.class_names[k] for k in self.spec.linear],
+                crs_wkt=info.crs_wkt,
+                transform=self.affine,
             )
         if "probability" in settings.formats:
             self.prob_writer = ProbabilityWriter(

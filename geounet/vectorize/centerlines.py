@@ -106,7 +106,9 @@ def thin(mask: np.ndarray) -> np.ndarray:
     the road's ends, and that decision travels along the whole road, one pixel per
     sub-iteration (a crop moved the skeleton 78 px from the cut on a 7 px road). Guo & Hall's
     rule stayed within the road's width of a cut at every angle and width tried.
-    Cost: one pass over the mask per sub-iteration.
+    Cost: three array passes over the whole mask per sub-iteration, about ``w`` of them for
+    objects ``w`` px thick: measured 4-9 s on a 2048² window of random roads, 9-17× Zhang's
+    compiled loop; an active-set loop over the same rule measured 2.5-3.3× faster.
     """
     m = np.asarray(mask, dtype=bool)
     if m.ndim != 2:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from affine import Affine
 from pyproj import CRS, Geod, Transformer
 from rasterio.windows import Window
 
@@ -91,7 +92,9 @@ class LinearStage:
     arrive (a sparse, uncompressed tiled GeoTIFF named ``.partial-…``, removed when the graph
     is traced or the scene fails)."""
 
-    def __init__(self, folder: Path, *, width: int, height: int, classes: Sequence[str]) -> None:
+    def __init__(
+        self, folder: Path, *, width: int, height: int, classes: Sequence[str], crs_wkt: str, transform: Affine
+    ) -> None:
         self.path = partial_name(folder / "linear-stage.tif")
         self.width, self.height, self.classes = width, height, list(classes)
         try:
@@ -103,6 +106,8 @@ class LinearStage:
                 height=height,
                 count=len(self.classes),
                 dtype="uint8",
+                crs=crs_wkt,
+                transform=transform,
                 tiled=True,
                 blockxsize=256,
                 blockysize=256,
@@ -123,8 +128,10 @@ class LinearStage:
         except RASTER_ERRORS as exc:
             raise OutputError(f"cannot write {self.path}: {exc}") from exc
 
-    def graphs(self, params: GraphParams, size: int = WINDOW) -> list[CenterlineGraph]:
-        """The cleaned centerline graph of each class, in model-grid pixels."""
+    def graphs(self, params: GraphParams, size: int | None = None) -> list[CenterlineGraph]:
+        """The cleaned centerline graph of each class, in model-grid pixels (windows of
+        ``size`` px, default :data:`WINDOW`)."""
+        size = size or WINDOW
         try:
             self.ds.close()
         except RASTER_ERRORS as exc:

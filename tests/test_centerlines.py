@@ -36,7 +36,8 @@ CLEAN = {"min_spur_px": 12.0, "min_component_px": 30.0, "bridge_px": 10.0, "simp
 
 def burn(lines: list[list[tuple[float, float]]], widths: list[float], shape: tuple[int, int]) -> np.ndarray:
     """Thick polylines ((x, y) = (col, row) in pixels) burned on a grid of ``shape``."""
-    geoms = [shapely.LineString(pts).buffer(w / 2) for pts, w in zip(lines, widths)]
+    with np.errstate(all="ignore"):  # GEOS divides by zero on repeated points; the buffer is still right
+        geoms = [shapely.LineString(pts).buffer(w / 2) for pts, w in zip(lines, widths)]
     return rasterize(geoms, out_shape=shape).astype(bool)
 
 

@@ -276,3 +276,24 @@ def test_thin_and_exact_halo() -> None:
     bar[2:7, 2:14] = True
     assert thin(bar)[4].sum() >= 6 and thin(bar).sum() == thin(bar)[4].sum()
     assert exact_halo_px(14.2, 3) == 15 + 3 + 12
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_thin_equals_scikit_image_thin_pixel_for_pixel(seed: int) -> None:
+    """The active-set Guo & Hall thinning gives exactly scikit-image's result (blobs, roads,
+    salt noise, objects on the array's border)."""
+    from skimage.morphology import thin as skimage_thin
+
+    rng = np.random.default_rng(seed)
+    blobs = ndimage.gaussian_filter(rng.random((150, 170)), 2 + seed) > 0.5
+    noisy = blobs | (rng.random(blobs.shape) > 0.93) if seed % 2 else blobs
+    assert np.array_equal(thin(noisy), skimage_thin(noisy))
+
+
+def test_edt_at_equals_scipy_distance_transform() -> None:
+    from geounet.vectorize.centerlines import edt_at
+
+    rng = np.random.default_rng(3)
+    m = ndimage.gaussian_filter(rng.random((120, 140)), 3) > 0.45
+    rows, cols = np.nonzero(thin(m))
+    assert np.array_equal(edt_at(m, rows, cols), ndimage.distance_transform_edt(m)[rows, cols])

@@ -93,14 +93,14 @@ from geounet.evaluate import (
     type=click.FloatRange(min=0, min_open=True),
     default=1.0,
     show_default=True,
-    help="Pixel size on which road networks are skeletonized for APLS, metres.",
+    help="Pixel size on which road polygons (not centerlines) are thinned into graphs for APLS, metres.",
 )
 @click.option(
     "--topology-spacing-m",
     type=click.FloatRange(min=0, min_open=True),
-    default=20.0,
+    default=50.0,
     show_default=True,
-    help="Spacing of APLS control points along the roads, metres.",
+    help="Spacing of APLS control points along the roads, metres (SpaceNet 3 uses 50).",
 )
 @click.option(
     "--snap-m",

@@ -274,6 +274,13 @@ def _clip_to_grid(scenes: Sequence[SceneVectors], grid: RasterGrid, crs: CRS) ->
             setattr(sc, role, _clip(getattr(sc, role), footprint))
 
 
+def _lines_or(lines: gpd.GeoSeries | None, surfaces: gpd.GeoSeries, crs: CRS) -> gpd.GeoSeries:
+    """A network's centerlines when it has any (scored as the graph they form), else its surfaces."""
+    if lines is not None and len(lines):
+        return reproject(lines, crs, "road centerlines")
+    return surfaces
+
+
 def _surfaces_series(sc: SceneVectors, road_width_m: float, crs: CRS) -> gpd.GeoSeries | None:
     """Road surfaces: road polygons when there are any, else centerlines buffered to ``road_width_m``.
 
@@ -379,7 +386,11 @@ def evaluate_scene(
     # 5. Road topology.
     roads = None
     if s.topology is not None and t_roads is not None and p_roads is not None:
-        roads = road_topology(p_roads, t_roads, road_width_m=s.road_width_m, params=s.topology)
+        # graphs as they are where there are any: the predicted centerline graph geounet wrote
+        # (road_centerlines.geojson) and truth centerlines; else surfaces, thinned alike
+        p_graph = _lines_or(pv.road_centerlines, p_roads, crs)
+        t_graph = _lines_or(tv.road_centerlines, t_roads, crs)
+        roads = road_topology(p_graph, t_graph, road_width_m=s.road_width_m, params=s.topology)
 
     if scene is None:
         scene = scene_stem(Path(tv.sources[0].rsplit(":", 1)[0])) if tv.sources else "scene"

@@ -102,6 +102,12 @@ INFERENCE_OPTIONS: list[Callable[..., Any]] = [
         "comma-separated, e.g. red,green,blue. Default: --bands, else the checkpoint's.",
     ),
     click.option(
+        "--centerlines/--no-centerlines",
+        default=None,
+        help="Trace road classes as centerline graphs (road_centerlines.geojson, GeoPackage layers "
+        "road_centerlines and road_nodes). Default: on.",
+    ),
+    click.option(
         "--tta/--no-tta",
         default=None,
         help="Test-time augmentation: average each tile over its 8 flips and quarter turns (8x compute). Default: off.",
@@ -134,6 +140,7 @@ def inference_overrides(kw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         "max_pixels": kw.pop("max_pixels", None),
         "gsd_m": kw.pop("gsd_m", None),
         "tta": kw.pop("tta", None),
+        "centerlines.enabled": kw.pop("centerlines", None),
         "stac_asset": kw.pop("stac_asset", None),
         "stac_bands": _parse_names(kw.pop("stac_bands", None)),
     }

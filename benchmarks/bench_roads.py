@@ -161,9 +161,7 @@ def main() -> None:
         for n in groups:
             r = per[n]
             cells.append(
-                "n/a"
-                if r["apls"] is None
-                else f"{r['apls']:.3f} ({r['completeness']:.2f} / {r['correctness']:.2f})"
+                "n/a" if r["apls"] is None else f"{r['apls']:.3f} ({r['completeness']:.2f} / {r['correctness']:.2f})"
             )
         print(f"| {setting} | " + " | ".join(cells) + " |")
 

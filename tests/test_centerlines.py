@@ -24,12 +24,11 @@ from geounet.vectorize.centerlines import (
     WindowPieces,
     centerline_graph,
     exact_halo_px,
-    fill_small_holes,
     join_windows,
-    thin,
     trace_window,
 )
 from geounet.vectorize.graph import CenterlineGraph, clean_graph, to_networkx
+from geounet.vectorize.skeleton import edt_at, fill_small_holes, thin
 
 CLEAN = {"min_spur_px": 12.0, "min_component_px": 30.0, "bridge_px": 10.0, "simplify_px": 1.0}
 
@@ -291,8 +290,6 @@ def test_thin_equals_scikit_image_thin_pixel_for_pixel(seed: int) -> None:
 
 
 def test_edt_at_equals_scipy_distance_transform() -> None:
-    from geounet.vectorize.centerlines import edt_at
-
     rng = np.random.default_rng(3)
     m = ndimage.gaussian_filter(rng.random((120, 140)), 3) > 0.45
     rows, cols = np.nonzero(thin(m))

@@ -415,6 +415,10 @@ def _synthetic_scene(tmp_path: Path, stem: str = "tile1") -> tuple[Path, Path]:
     gpd.GeoDataFrame(
         {"class": ["road"] * 2}, geometry=[c.buffer(3, cap_style="flat") for c in centerlines], crs=UTM
     ).to_crs("EPSG:4326").to_file(pred_dir / stem / "roads.geojson", driver="GeoJSON")
+    # and the road graph, as geounet writes it for linear classes (what APLS scores)
+    gpd.GeoDataFrame({"class": ["road"] * 2}, geometry=centerlines, crs=UTM).to_crs("EPSG:4326").to_file(
+        pred_dir / stem / "road_centerlines.geojson", driver="GeoJSON"
+    )
     return pred_dir, truth_dir
 
 

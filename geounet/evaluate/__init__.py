@@ -11,8 +11,9 @@ One idea per module, each usable alone:
 * :mod:`~geounet.evaluate.pixels` — confusion counts of masks (:func:`pixel_counts`,
   :func:`pixel_metrics`) and of polygons burned window by window on a scene's grid
   (:class:`RasterGrid`, :func:`windowed_pixel_counts`), never a full-scene raster.
-* :mod:`~geounet.evaluate.roads` — road networks: :func:`skeletonize`, skeleton graphs and
-  :func:`road_topology` (an APLS-like path similarity, centerline completeness).
+* :mod:`~geounet.evaluate.roads` — road networks as graphs in metres (centerlines as they
+  are, polygons thinned as predicted masks are) and :func:`road_topology` (APLS, centerline
+  completeness and correctness); :mod:`~geounet.evaluate.apls` — SpaceNet 3's APLS.
 * :mod:`~geounet.evaluate.vectors` — truth and prediction files in any format and CRS that
   GDAL reads, classes selected by layer, file name or field (:func:`read_vectors`), and the
   metric CRS they are measured in (:func:`choose_metric_crs`).

@@ -23,7 +23,7 @@ import pyogrio.errors
 from pyproj import CRS
 
 from geounet.errors import ConfigError, SceneReadError
-from geounet.export.layout import GPKG_NAME, geojson_name
+from geounet.export.layout import GPKG_NAME, centerline_layer, geojson_name
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ __all__ = [
 DEFAULT_CLASSES: Mapping[str, str] = {"building": "Building", "road": "Road"}
 
 #: File names of one scene in geounet's output layout (``OUT/<scene>/...``).
-PRED_FILES = (geojson_name("building"), geojson_name("road"))  # the scene folder's names (export.layout)
+# the scene folder's names (export.layout): polygons per class and the road graph
+PRED_FILES = (geojson_name("building"), geojson_name("road"), geojson_name(centerline_layer("road")))
 PRED_FALLBACK = GPKG_NAME
 
 Role = Literal["buildings", "roads", "road_centerlines"]
@@ -225,9 +226,9 @@ def read_vectors(
 
     Which features are what, in order:
 
-    1. A **folder** is one scene in geounet's output layout: ``buildings.geojson`` and
-       ``roads.geojson`` (or ``polygons.gpkg`` when neither exists); a missing file means
-       that class was not predicted (empty).
+    1. A **folder** is one scene in geounet's output layout: ``buildings.geojson``,
+       ``roads.geojson`` and the road graph ``road_centerlines.geojson`` (or ``polygons.gpkg``
+       when none exists); a missing file means that class was not predicted (empty).
     2. With ``class_field``: rows of ``layer`` (or the only layer) whose field equals
        ``classes["building"]`` / ``classes["road"]`` (case-insensitive) are buildings / roads
        (road polygons are surfaces, road lines centerlines), e.g. ``Niveau_2`` = ``Building``.

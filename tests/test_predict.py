@@ -70,6 +70,7 @@ def test_forced_region_lands_at_the_right_lonlat(tmp_path: Path, dask_local, cas
         [
             "buildings.geojson",
             "roads.geojson",
+            "road_centerlines.geojson",
             "polygons.gpkg",
             "probability.tif",
             "quicklook.png",

@@ -25,6 +25,7 @@ SCENE_OUTPUTS = (
     "item.json",
     "buildings.geojson",
     "roads.geojson",
+    "road_centerlines.geojson",
     "polygons.gpkg",
     "probability.tif",
     "quicklook.png",

@@ -413,7 +413,8 @@ def predict(images: Sequence[Path], out: Path, model: Path, opts: argparse.Names
 
 def _excluded_pred(scene_dir: Path, exclude: Path) -> tuple[Any, dict[str, int]]:
     """Predictions with the excluded regions taken out: buildings lying mostly (> 50 %) there
-    are dropped, road polygons are cut there. The truth has nothing there by construction."""
+    are dropped, road polygons and the road graph's centerlines are cut there. The truth has
+    nothing there by construction."""
     import geopandas as gpd
     import shapely
 
@@ -434,7 +435,10 @@ def _excluded_pred(scene_dir: Path, exclude: Path) -> tuple[Any, dict[str, int]]
     cut = cut[~shapely.is_empty(cut)] if len(r) else cut
     pv.buildings = gpd.GeoSeries(b.values[keep], crs=crs)
     pv.roads = gpd.GeoSeries(cut, crs=crs)
-    pv.road_centerlines = None
+    lines = pv.road_centerlines
+    if lines is not None and len(lines):
+        cl = shapely.difference(lines.to_crs(crs).values, region)
+        pv.road_centerlines = gpd.GeoSeries(cl[~shapely.is_empty(cl)], crs=crs)
     return pv, {"buildings_dropped": int((~keep).sum()), "buildings_kept": int(keep.sum())}
 
 

@@ -49,6 +49,37 @@ class CenterlineSettings(StrictModel):
     the graph is traced in (wider blobs, e.g. parking lots, may differ at a seam)."""
 
 
+class RegularizeSettings(StrictModel):
+    """Building outlines: pixel staircases become regular outlines (edges along each building's
+    dominant directions, right angles, small steps removed) with ``buildingregulariser``; an
+    outline is kept only where it stays close to the pixel one (lengths in metres, so results
+    do not depend on the pixel size or the block grid)."""
+
+    enabled: bool = True
+    """Regularize the outlines of the building classes; the pixel outlines stay in the GeoPackage
+    as layers <class>_raw (e.g. buildings_raw)."""
+    classes: list[str] | None = None
+    """Classes regularized. None: the classes named like buildings (building, buildings, *_building(s))."""
+    simplify_m: float | None = Field(None, gt=0, le=100)
+    """Douglas-Peucker tolerance applied before the edges are snapped to the directions, metres
+    (removes the pixel stairs and the mask's noise). None: twice the scene's ground pixel size."""
+    min_step_m: float = Field(1.0, ge=0, le=100)
+    """Offsets between two parallel walls narrower than this are removed (the walls become one
+    straight wall), metres."""
+    allow_45: bool = True
+    """Edges may also run at 45 degrees to the dominant direction, where the outline clearly does."""
+    diagonal_reduction_deg: float = Field(15.0, ge=0, le=22.5)
+    """How much clearer an edge must be diagonal before it snaps to 45 degrees instead of 0 or 90,
+    degrees (0: the nearest of the three; 22.5: never diagonal)."""
+    allow_circles: bool = False
+    """Outlines within IoU 0.9 of a circle become circles (storage tanks); off: they get straight edges."""
+    min_iou: float = Field(0.8, gt=0, le=1)
+    """A regularized outline replaces the pixel one only if their intersection over union is at
+    least this (0-1); else the pixel outline is kept."""
+    area_tolerance: float = Field(0.2, ge=0, le=1)
+    """... and only if its area differs from the pixel outline's by at most this fraction (0.2: 20 %)."""
+
+
 class InferenceSettings(StrictModel):
     """How a scene is cut, inferred, thresholded, vectorized and written."""
 
@@ -103,6 +134,8 @@ class InferenceSettings(StrictModel):
     """Fill holes smaller than this area, square metres."""
     centerlines: CenterlineSettings = Field(default_factory=CenterlineSettings)
     """Road centerline graphs of the linear classes (see :class:`CenterlineSettings`)."""
+    regularize: RegularizeSettings = Field(default_factory=RegularizeSettings)
+    """Regular building outlines (see :class:`RegularizeSettings`)."""
     # -- outputs -------------------------------------------------------------------------
     formats: list[OutputFormat] = Field(default_factory=lambda: list(ALL_FORMATS))
     """Which outputs to write besides scene.json (``stac``: a STAC Item per scene, item.json,

@@ -24,6 +24,8 @@ from geounet import __version__
 from geounet.atomic import write_json
 from geounet.batch.outcomes import SceneOutcome
 from geounet.checkpoint import CheckpointMetadata
+from geounet.checkpoint.metadata import is_building_name
+from geounet.errors import ConfigError
 from geounet.export.layout import (
     PROBABILITY_NAME,
     QUICKLOOK_NAME,
@@ -32,6 +34,7 @@ from geounet.export.layout import (
     clear_scene_folder,
     node_layer,
     output_sizes,
+    raw_layer,
 )
 from geounet.export.probability import ProbabilityWriter
 from geounet.export.quicklook import ThumbnailCanvas, thumbnail_factor, write_quicklook
@@ -44,7 +47,8 @@ from geounet.scene.source import SceneInfo, ground_pixel_size_m
 from geounet.scene.stac import StacScene
 from geounet.settings import InferenceSettings
 from geounet.vectorize.network import GraphParams, LinearStage, graph_tables
-from geounet.vectorize.postprocess import postprocess, single_parts
+from geounet.vectorize.postprocess import areas_m2, postprocess, single_parts, to_pixels
+from geounet.vectorize.regularize import regularize_in_crs
 from geounet.vectorize.seams import merge_seams
 
 
@@ -65,6 +69,27 @@ def library_versions() -> dict[str, str]:
         "dask": dask.__version__,
         "numpy": np.__version__,
     }
+
+
+def regularized_classes(class_names: Sequence[str], settings: InferenceSettings) -> list[str]:
+    """Classes whose outlines are regularized: ``regularize.classes``, else those named like
+    buildings; none when ``regularize.enabled`` is off or no vector format (geojson, gpkg) is
+    written.
+
+    Raises:
+        ConfigError: ``regularize.classes`` names a class the model does not predict.
+    """
+    r = settings.regularize
+    if not r.enabled or not {"geojson", "gpkg"} & set(settings.formats):
+        return []
+    if r.classes is None:
+        return [c for c in class_names if is_building_name(c)]
+    unknown = sorted(set(r.classes) - set(class_names))
+    if unknown:
+        raise ConfigError(
+            f"regularize.classes names {unknown}, which the model does not predict; its classes are {list(class_names)}"
+        )
+    return [c for c in class_names if c in r.classes]
 
 
 class SceneJob:
@@ -170,8 +195,11 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
     info, model, s = job.info, job.model, job.settings
     t0 = time.perf_counter()
     layers: dict[str, gpd.GeoDataFrame] = {}
-    pixel_layers: list[np.ndarray] = []  # the kept polygons in scene pixels, for the quicklook
+    pixel_layers: list[np.ndarray] = []  # the polygons as written, in scene pixels, for the quicklook
     counts: dict[str, int] = {}
+    regular = regularized_classes(job.class_names, s)
+    regularized: dict[str, dict[str, int]] = {}
+    regularize_s = 0.0
     for k, name in enumerate(job.class_names):
         # blocks arrive in any order; merging them in grid order makes the output files
         # byte-for-byte reproducible (ring and hole order of merged polygons)
@@ -188,22 +216,23 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
             scene_shape=(job.grid.height, job.grid.width),
         )
         geoms, area, score = single_parts(kept.geoms, kept.area_m2, kept.score, info.crs_wkt)
-        if job.thumbnail is not None:  # the quicklook draws the kept polygons in pixels
-            pixel_layers.append(kept.pixel_geoms)
-        layers[name] = gpd.GeoDataFrame(
-            {
-                "class": np.full(len(geoms), name, dtype=object),
-                "score": np.round(np.asarray(score, dtype=np.float64), 4),
-                "area_m2": np.round(np.asarray(area, dtype=np.float64), 2),
-                "scene": np.full(len(geoms), info.stem, dtype=object),
-                "model": np.full(len(geoms), model.short_hash, dtype=object),
-            },
-            geometry=gpd.GeoSeries(list(geoms), crs=info.crs_wkt),
-            crs=info.crs_wkt,
-        )
+        pixel_geoms = kept.pixel_geoms
+        raw = None
+        if name in regular:  # after the seam merge: the outlines do not depend on the block grid
+            ts = time.perf_counter()
+            raw = _polygon_layer(job, name, geoms, area, score)
+            geoms, area, regularized[name] = _regularize(job, geoms, area)
+            if job.thumbnail is not None:
+                pixel_geoms = to_pixels(geoms, job.affine)
+            regularize_s += time.perf_counter() - ts
+        if job.thumbnail is not None:  # the quicklook draws the polygons as written, in pixels
+            pixel_layers.append(pixel_geoms)
+        layers[name] = _polygon_layer(job, name, geoms, area, score)
+        if raw is not None:
+            layers[raw_layer(name)] = raw  # the pixel outlines: GeoPackage only
         counts[name] = len(geoms)
         job.polygons[k] = []  # free memory early
-        del merged, kept, geoms
+        del merged, kept, geoms, pixel_geoms, raw
         trim_heap()
     graphs: dict[str, dict[str, int | float]] = {}
     if job.linear_stage is not None:
@@ -262,6 +291,7 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
     timings = {
         **{k: round(v, 3) for k, v in job.timings.items()},
         "merge_postprocess": round(t1 - t0, 3),
+        **({"regularize": round(regularize_s, 3)} if regular else {}),
         "write": round(t2 - t1, 3),
         **{k: round(v, 3) for k, v in stage.items()},
         "wall": round(t2 - job.started, 3),
@@ -301,7 +331,8 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         "gsd_warning": job.grid.warning,
         "timings_s": timings,
         "polygons": counts,
-        "centerlines": graphs,  # per linear class: edges, nodes, length_km, seconds
+        "centerlines": graphs,  # per linear class: edges, nodes, length_km (time: timings_s.centerlines)
+        "regularized": regularized,  # per regularized class: outlines regularized, outlines kept raw
         "outputs": output_sizes(job.folder, written),  # {file name: bytes}: resume checks them
         "versions": library_versions(),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -318,6 +349,44 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         blocks=len(job.plan.blocks),
         stac_item=job.source.item_id if job.source is not None else None,
     )
+
+
+def _polygon_layer(
+    job: SceneJob, name: str, geoms: np.ndarray, area: np.ndarray, score: np.ndarray
+) -> gpd.GeoDataFrame:
+    """A class's polygons with their attributes (class, score, area_m2, scene, model)."""
+    crs = job.info.crs_wkt
+    return gpd.GeoDataFrame(
+        {
+            "class": np.full(len(geoms), name, dtype=object),
+            "score": np.round(np.asarray(score, dtype=np.float64), 4),
+            "area_m2": np.round(np.asarray(area, dtype=np.float64), 2),
+            "scene": np.full(len(geoms), job.info.stem, dtype=object),
+            "model": np.full(len(geoms), job.model.short_hash, dtype=object),
+        },
+        geometry=gpd.GeoSeries(list(geoms), crs=crs),
+        crs=crs,
+    )
+
+
+def _regularize(job: SceneJob, geoms: np.ndarray, area: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Regularize a class's outlines (scene CRS): the outlines (regularized or as given), their
+    areas (m², recomputed where regularized, as postprocess measures them) and the counts for
+    scene.json."""
+    info, grid = job.info, job.grid
+    width, height = grid.width, grid.height
+    pixel_m = ground_pixel_size_m(info.crs_wkt, tuple(job.affine)[:6], width, height) or 1.0
+    r = regularize_in_crs(
+        geoms,
+        info.crs_wkt,
+        center_xy=job.affine @ (width / 2.0, height / 2.0),
+        settings=job.settings.regularize,
+        pixel_m=pixel_m,
+    )
+    area = np.asarray(area, dtype=np.float64).copy()
+    area[r.regularized] = areas_m2(r.geoms[r.regularized], info.crs_wkt)
+    done = int(r.regularized.sum())
+    return r.geoms, area, {"regularized": done, "kept_raw": len(geoms) - done}
 
 
 def _road_graphs(job: SceneJob, layers: dict[str, gpd.GeoDataFrame]) -> dict[str, dict[str, int | float]]:
@@ -366,8 +435,7 @@ def _road_graphs(job: SceneJob, layers: dict[str, gpd.GeoDataFrame]) -> dict[str
             "nodes": len(t.node_id),
             "length_km": round(float(t.length_m.sum()) / 1000, 3),
         }
-    for name in summary:
-        summary[name]["seconds"] = round(time.perf_counter() - t0, 3)
+    job.timings["centerlines"] = time.perf_counter() - t0
     return summary
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import rasterio
 from distributed import Client
 
+from geounet.batch.finalize import regularized_classes
 from geounet.batch.outcomes import SceneOutcome
 from geounet.batch.scheduler import BlockScheduler
 from geounet.checkpoint import CheckpointMetadata, load_checkpoint, read_metadata
@@ -191,6 +192,7 @@ def run_scenes(
     checked = in_background(check_checkpoint, data, model_path)
     thresholds = resolve_thresholds(model, settings)
     linear_classes(model, settings)  # unknown class names: a ConfigError before any scene
+    regularized_classes(model.spec.classes, settings)  # the same for regularize.classes
     config_hash = settings.fingerprint()
     options = settings.model_dump(mode="json")
     stac = stac or {}

@@ -48,6 +48,12 @@ def is_road_name(name: str) -> bool:
     return re.fullmatch(r"(?:[a-z0-9]+_)*roads?(?:_[a-z0-9]+)*", name.lower()) is not None
 
 
+def is_building_name(name: str) -> bool:
+    """Whether a class name reads as buildings (``building``, ``buildings``, ``small_building``):
+    such classes get regularized outlines unless ``regularize.classes`` says otherwise."""
+    return re.fullmatch(r"(?:[a-z0-9]+_)*buildings?", name.lower()) is not None
+
+
 def _to_spec(value: Any) -> ModelSpec:
     """Validate the ``spec`` mapping into a :class:`ModelSpec` (types first, then ModelSpec's rules)."""
     if isinstance(value, ModelSpec):

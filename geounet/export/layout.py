@@ -52,6 +52,19 @@ def node_layer(class_name: str) -> str:
     return f"{class_name}_nodes"
 
 
+RAW_SUFFIX = "_raw"  # GeoPackage layer of a regularized class's pixel outlines: buildings_raw
+
+
+def raw_layer(class_name: str) -> str:
+    """GeoPackage layer of a regularized class's pixel outlines: ``building`` -> ``buildings_raw``."""
+    return f"{plural(class_name)}{RAW_SUFFIX}"
+
+
+def is_raw_layer(name: str) -> bool:
+    """Whether a layer holds pixel outlines (:func:`raw_layer`): in the GeoPackage only."""
+    return name.endswith(RAW_SUFFIX)
+
+
 def output_names(class_names: Sequence[str], formats: Sequence[str], linear: Sequence[str] = ()) -> list[str]:
     """File names a finished scene folder holds besides scene.json (``linear``: the classes
     traced as centerline graphs, which get a GeoJSON of their centerlines)."""

@@ -7,7 +7,8 @@ One registry, :data:`VECTOR_WRITERS`, for the polygon formats:
 * ``polygons.gpkg`` -- the same polygons in the scene's CRS, one layer per class.
 
 Road graphs travel in the same ``layers`` mapping under ``<class>_centerlines`` (LineStrings:
-a GeoJSON file and a layer) and ``<class>_nodes`` (Points: a layer only).
+a GeoJSON file and a layer) and ``<class>_nodes`` (Points: a layer only); the pixel outlines
+of regularized classes under ``<classes>_raw`` (Polygons: a layer only).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import shapely
 
 from geounet.atomic import atomic_output
 from geounet.errors import OutputError
-from geounet.export.layout import GPKG_NAME, geojson_name, plural
+from geounet.export.layout import GPKG_NAME, geojson_name, is_raw_layer, plural
 from geounet.heap import trim_heap
 
 
@@ -183,8 +184,8 @@ def _geometry_type(name: str) -> str:
 
 
 def write_gpkg(layers: dict[str, gpd.GeoDataFrame], final: Path) -> None:
-    """One GeoPackage layer per class (and per linear class its centerlines and nodes), in the
-    scene's CRS."""
+    """One GeoPackage layer per class (and per linear class its centerlines and nodes, per
+    regularized class its pixel outlines), in the scene's CRS."""
     with atomic_output(final) as tmp:
         try:
             for name, gdf in layers.items():
@@ -207,8 +208,10 @@ VectorWriter = Callable[[dict[str, gpd.GeoDataFrame], Path], list[Path]]
 def _geojson_writer(layers: dict[str, gpd.GeoDataFrame], folder: Path) -> list[Path]:
     out = []
     for name, gdf in layers.items():
-        if _geometry_type(name) == "Point":
-            continue  # graph nodes: in the GeoPackage only (ids and degrees; the edges carry u, v)
+        if _geometry_type(name) == "Point" or is_raw_layer(name):
+            # in the GeoPackage only: graph nodes (ids and degrees; the edges carry u, v) and
+            # the pixel outlines of regularized classes
+            continue
         path = folder / geojson_name(name)
         write_geojson(gdf, path)
         out.append(path)
@@ -217,7 +220,9 @@ def _geojson_writer(layers: dict[str, gpd.GeoDataFrame], folder: Path) -> list[P
 
 def _gpkg_writer(layers: dict[str, gpd.GeoDataFrame], folder: Path) -> list[Path]:
     path = folder / GPKG_NAME
-    write_gpkg({k if _geometry_type(k) != "Polygon" else plural(k): v for k, v in layers.items()}, path)
+    # class layers are named in the plural (buildings); the others already carry their names
+    named = {k if _geometry_type(k) != "Polygon" or is_raw_layer(k) else plural(k): v for k, v in layers.items()}
+    write_gpkg(named, path)
     return [path]
 
 

@@ -25,7 +25,7 @@ from rasterio.transform import Affine
 
 from geounet.errors import ConfigError
 
-__all__ = ["WorldPolygons", "areas_m2", "pixel_size_m", "postprocess", "to_world"]
+__all__ = ["WorldPolygons", "areas_m2", "pixel_size_m", "postprocess", "single_parts", "to_pixels", "to_world"]
 
 
 class WorldPolygons(NamedTuple):
@@ -103,6 +103,11 @@ def to_world(geoms: Any, affine: Affine | Sequence[float]) -> np.ndarray:
         return np.column_stack([a * x + b * y + c, d * x + e * y + f])
 
     return shapely.transform(np.asarray(geoms, dtype=object), apply)
+
+
+def to_pixels(world_geoms: Any, affine: Affine | Sequence[float]) -> np.ndarray:
+    """Scene CRS -> pixel coordinates (x = column, y = row): :func:`to_world`'s inverse."""
+    return to_world(world_geoms, ~_as_affine(affine))
 
 
 def pixel_size_m(affine: Affine | Sequence[float], crs: Any, center_xy: tuple[float, float]) -> float:

@@ -1,0 +1,195 @@
+"""Regular building outlines (geounet/vectorize/regularize.py): pixel staircases become
+outlines along the building's directions with right angles; the gate keeps the pixel outline
+where the result strays; the pipeline writes both."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import pytest
+import shapely
+from affine import Affine
+from rasterio.features import rasterize, shapes
+from shapely import affinity
+
+from geounet.batch.finalize import regularized_classes
+from geounet.batch.run import run_scenes
+from geounet.checkpoint.metadata import is_building_name
+from geounet.errors import ConfigError
+from geounet.evaluate.shapes import corner_angles, direction_difference, vertex_counts
+from geounet.settings import InferenceSettings, RegularizeSettings
+from geounet.vectorize.regularize import SIMPLIFY_PX, dominant_direction, regularize, regularize_in_crs
+from tests.conftest import make_checkpoint, write_tif
+
+# the helpers burn and trace shapes in bare pixel coordinates, without georeferencing
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+
+PIXEL = 0.5  # metres
+SIMPLIFY = SIMPLIFY_PX * PIXEL  # the default simplification, metres
+
+
+def _staircase(shape: shapely.Polygon, size: int = 120, noise: float = 0.0, seed: int = 0) -> shapely.Polygon:
+    """``shape`` (pixel units) burned into a mask, ``noise``: the share of its boundary pixels
+    flipped; the largest 4-connected region's outline, without holes, in metres."""
+    mask = rasterize([shape], out_shape=(size, size)).astype(bool)
+    if noise:
+        from scipy.ndimage import binary_dilation, binary_erosion
+
+        edge = binary_dilation(mask) & ~binary_erosion(mask)
+        flip = edge & (np.random.default_rng(seed).random(mask.shape) < noise)
+        mask ^= flip
+    regions = [shapely.geometry.shape(g) for g, _ in shapes(mask.astype(np.uint8), mask=mask, connectivity=4)]
+    outline = shapely.Polygon(max(regions, key=lambda p: p.area).exterior)
+    return affinity.scale(outline, PIXEL, PIXEL, origin=(0, 0))
+
+
+def _rotated(shape: shapely.Polygon, degrees: float) -> shapely.Polygon:
+    return affinity.rotate(shape, degrees, origin="centroid")
+
+
+def test_noisy_rotated_rectangle_becomes_four_right_angles_along_its_direction() -> None:
+    raw = _staircase(_rotated(shapely.box(30, 45, 90, 75), 20), noise=0.15, seed=1)
+    assert vertex_counts([raw])[0] > 60  # a staircase
+    r = regularize([raw], simplify_m=SIMPLIFY)
+    assert r.regularized.tolist() == [True]
+    out = r.geoms[0]
+    angles, _ = corner_angles([out])
+    assert vertex_counts([out])[0] == 4 and len(angles) == 4
+    assert np.abs(angles - 90).max() <= 2
+    assert direction_difference(dominant_direction([out])[0], 20.0) <= 2
+    assert out.is_valid and shapely.intersection(out, raw).area / shapely.union(out, raw).area > 0.9
+
+
+def test_l_shape_keeps_its_six_corners() -> None:
+    ell = shapely.Polygon([(20, 20), (100, 20), (100, 50), (50, 50), (50, 100), (20, 100)])
+    raw = _staircase(_rotated(ell, 20))
+    r = regularize([raw], simplify_m=SIMPLIFY)
+    angles, _ = corner_angles(r.geoms)
+    assert r.regularized.tolist() == [True]
+    assert vertex_counts(r.geoms)[0] == 6 and np.abs(angles - 90).max() <= 2
+
+
+def test_the_gate_keeps_the_pixel_outline_of_a_thin_sliver() -> None:
+    sliver = _staircase(_rotated(shapely.box(10, 57.5, 110, 62.5), 30))  # 5 px = 2.5 m wide
+    square = _staircase(shapely.box(40, 40, 80, 80))
+    r = regularize([sliver, square, None, shapely.Polygon()], simplify_m=SIMPLIFY)
+    assert r.regularized.tolist() == [False, True, False, False]
+    assert r.geoms[0] is sliver  # untouched, not a copy with rounding
+    # without the gate the library's outline is taken: it lost much of the sliver
+    loose = regularize([sliver], simplify_m=SIMPLIFY, min_iou=1e-9, area_tolerance=1.0)
+    assert loose.regularized.tolist() == [True]
+    got = loose.geoms[0]
+    assert shapely.intersection(got, sliver).area / shapely.union(got, sliver).area < 0.8
+
+
+def test_outlines_narrower_than_two_tolerances_are_left_alone() -> None:
+    """A 1 m sliver or a 1.5 m square would collapse in a 1 m simplification: kept as they are."""
+    narrow = [_staircase(_rotated(shapely.box(10, 59, 110, 61), 30)), _staircase(shapely.box(40, 40, 43, 43))]
+    r = regularize(narrow, simplify_m=SIMPLIFY, min_iou=1e-9, area_tolerance=1.0)
+    assert r.regularized.tolist() == [False, False]
+    assert all(a is b for a, b in zip(r.geoms, narrow))
+
+
+def test_a_polygon_the_library_fails_on_keeps_its_pixel_outline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from geounet.vectorize import regularize as module
+
+    real = module.regularize_geodataframe
+
+    def fussy(frame: gpd.GeoDataFrame, **options: object) -> gpd.GeoDataFrame:
+        if (frame.geometry.area > 500).any():
+            raise ValueError("cannot")
+        return real(frame, **options)
+
+    monkeypatch.setattr(module, "regularize_geodataframe", fussy)
+    small, large = _staircase(shapely.box(20, 20, 50, 50)), _staircase(shapely.box(20, 20, 100, 100))
+    r = regularize([small, large], simplify_m=SIMPLIFY)
+    assert r.regularized.tolist() == [True, False] and r.geoms[1] is large
+
+
+def test_a_direction_between_whole_degrees_is_kept() -> None:
+    """The library rounds its direction to a whole degree; each polygon is turned to WORK_DEG
+    (+ a nudge) first and back after, so a rectangle at 23.96 degrees stays where it is (the
+    library alone put it at 23 degrees, its corners 0.55 m away)."""
+    for degrees in (23.96, 0.0, 45.0, 89.7):
+        rect = affinity.rotate(shapely.box(0, 0, 34, 20), degrees, origin=(0, 0))
+        r = regularize([rect], simplify_m=SIMPLIFY)
+        assert r.regularized.tolist() == [True] and shapely.hausdorff_distance(r.geoms[0], rect) < 1e-3
+
+
+def test_degrees_scenes_are_regularized_on_the_ground() -> None:
+    """At 60 N a degree of longitude is half a degree of latitude on the ground: right angles
+    are made in a local metric plane, not in degrees."""
+    from pyproj import Transformer
+
+    raw = _staircase(_rotated(shapely.box(30, 45, 90, 75), 20))
+    to_ll = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
+    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32633", always_xy=True)
+    placed = affinity.translate(raw, 500000.0, 6650000.0)
+    lonlat = shapely.transform(placed, lambda xy: np.column_stack(to_ll.transform(xy[:, 0], xy[:, 1])))
+    centre = lonlat.centroid.coords[0]
+    r = regularize_in_crs([lonlat], "EPSG:4326", center_xy=centre, settings=RegularizeSettings(), pixel_m=PIXEL)
+    assert r.regularized.tolist() == [True]
+    back = shapely.transform(r.geoms[0], lambda xy: np.column_stack(to_utm.transform(xy[:, 0], xy[:, 1])))
+    angles, _ = corner_angles([back])
+    assert len(angles) == 4 and np.abs(angles - 90).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("name", "building"),
+    [("building", True), ("Buildings", True), ("small_building", True), ("building_roof", False), ("road", False)],
+)
+def test_building_names(name: str, building: bool) -> None:
+    assert is_building_name(name) is building
+
+
+def test_regularized_classes_follow_names_settings_and_formats() -> None:
+    classes = ["building", "road"]
+    assert regularized_classes(classes, InferenceSettings()) == ["building"]
+    assert regularized_classes(classes, InferenceSettings(regularize={"classes": ["road"]})) == ["road"]
+    assert regularized_classes(classes, InferenceSettings(regularize={"enabled": False})) == []
+    assert regularized_classes(classes, InferenceSettings(formats=["probability"])) == []
+    with pytest.raises(ConfigError, match=r"regularize.classes names \['house'\]"):
+        regularized_classes(classes, InferenceSettings(regularize={"classes": ["house"]}))
+
+
+def test_pipeline_writes_regular_outlines_and_keeps_the_pixel_ones(tmp_path: Path, dask_local) -> None:
+    """Three bright rotated rectangles through the probe model (building probability ~1 where
+    band 1 is bright): buildings.geojson holds 4-corner outlines, polygons.gpkg also the
+    staircases (buildings_raw), scene.json counts them; disabled, the staircases are written."""
+    img = np.full((3, 160, 200), 90, np.uint8)
+    rects = [_rotated(shapely.box(15, 20, 75, 55), 20), _rotated(shapely.box(110, 25, 170, 60), -35)]
+    rects.append(_rotated(shapely.box(60, 95, 140, 135), 10))
+    img[0] = np.where(rasterize(rects, out_shape=(160, 200)).astype(bool), 255, 0)
+    t = Affine(PIXEL, 0, 500000.0, 0, -PIXEL, 4650000.0)
+    scene = write_tif(tmp_path / "s.tif", img, transform=t)
+    ckpt = make_checkpoint(tmp_path / "probe.safetensors", arch="probe", width=1, depth=4, classes=("building",))
+    base = dict(tile_size=64, halo=0, tiles_per_block=1, formats=["geojson", "gpkg", "quicklook"])
+
+    def run(out: Path, **extra: object) -> Path:
+        s = InferenceSettings(**base, **extra)  # type: ignore[arg-type]
+        res = run_scenes([str(scene)], ckpt, out, s, client=dask_local, progress=False)
+        assert res[0].status == "success", res[0].error
+        return out / "s"
+
+    folder = run(tmp_path / "on")
+    features = json.loads((folder / "buildings.geojson").read_text())["features"]
+    regular = gpd.GeoDataFrame.from_features(features, crs="EPSG:4326").to_crs("EPSG:32633")
+    assert len(regular) == 3 and (vertex_counts(regular.geometry) == 4).all()
+    assert {"class", "score", "area_m2", "scene", "model"} <= set(regular.columns)
+    np.testing.assert_allclose(regular["area_m2"], regular.geometry.area, rtol=1e-3)
+    assert {n for n, _ in pyogrio.list_layers(folder / "polygons.gpkg")} == {"buildings", "buildings_raw"}
+    raw = gpd.read_file(folder / "polygons.gpkg", layer="buildings_raw")
+    assert len(raw) == 3 and (vertex_counts(raw.geometry) > 30).all()
+    assert not (folder / "buildings_raw.geojson").exists()
+    record = json.loads((folder / "scene.json").read_text())
+    assert record["regularized"] == {"building": {"regularized": 3, "kept_raw": 0}}
+
+    off = run(tmp_path / "off", regularize=RegularizeSettings(enabled=False))
+    plain = json.loads((off / "buildings.geojson").read_text())["features"]
+    assert len(plain) == 3 and all(len(f["geometry"]["coordinates"][0]) > 30 for f in plain)
+    assert {n for n, _ in pyogrio.list_layers(off / "polygons.gpkg")} == {"buildings"}
+    assert json.loads((off / "scene.json").read_text())["regularized"] == {}

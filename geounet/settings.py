@@ -62,7 +62,7 @@ class RegularizeSettings(StrictModel):
     """Classes regularized. None: the classes named like buildings (building, buildings, *_building(s))."""
     simplify_m: float | None = Field(None, gt=0, le=100)
     """Douglas-Peucker tolerance applied before the edges are snapped to the directions, metres
-    (removes the pixel stairs and the mask's noise). None: twice the scene's ground pixel size."""
+    (removes the pixel stairs and the mask's noise). None: three times the scene's ground pixel size."""
     min_step_m: float = Field(1.0, ge=0, le=100)
     """Offsets between two parallel walls narrower than this are removed (the walls become one
     straight wall), metres."""

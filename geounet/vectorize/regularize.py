@@ -74,9 +74,10 @@ _CHUNK = 500  # polygons per task of the process pool
 WORK_DEG = 42.0
 NUDGE_DEG = 1e-6  # turns walls by 0.6 um over 35 m; the rounding noise of their directions is < 1e-9 degrees
 # Default simplification, pixels: one pixel left stairs on walls at 30-60 degrees (up to 66
-# corners on a rectangle) and kept the mask's noise; two gave 4-6 (tests/test_regularize.py,
-# benchmarks/RESULTS.md "Regular building outlines").
-SIMPLIFY_PX = 2.0
+# corners on a rectangle) and kept the mask's noise; two gave 4-6; three kept the most F1 of
+# 0.5, 1 and 1.5 m at 0.5 m pixels (0.892 against 0.887 for two; benchmarks/RESULTS.md
+# "Regular building outlines").
+SIMPLIFY_PX = 3.0
 # A regularized corner within this distance of a pixel-outline corner takes its exact
 # coordinates, metres: below what regularization can place, and it keeps outlines that were
 # already regular (a rectangle on a north-up grid) identical to the pixel ones.
@@ -321,7 +322,7 @@ def regularize(
 
     Args:
         geoms: polygons (array, list or GeoSeries of shapely geometries) in metres.
-        simplify_m: Douglas-Peucker tolerance before the edges are snapped, metres (two pixels
+        simplify_m: Douglas-Peucker tolerance before the edges are snapped, metres (two or three pixels
             remove the stairs of a pixel outline and most of a mask's noise).
         min_step_m: parallel walls closer than this become one wall, metres.
         allow_45: edges may also snap to 45 degrees from the dominant direction.

@@ -193,3 +193,25 @@ def test_pipeline_writes_regular_outlines_and_keeps_the_pixel_ones(tmp_path: Pat
     assert len(plain) == 3 and all(len(f["geometry"]["coordinates"][0]) > 30 for f in plain)
     assert {n for n, _ in pyogrio.list_layers(off / "polygons.gpkg")} == {"buildings"}
     assert json.loads((off / "scene.json").read_text())["regularized"] == {}
+
+
+def test_blobs_with_many_holes_or_corners_stay_raw_and_fast() -> None:
+    """A mask blob (a field of merged roofs: hundreds of holes) is no building: kept as it
+    is, without the minutes a topology-preserving simplification of it would take."""
+    import time
+
+    import shapely
+
+    from geounet.vectorize.regularize import MAX_HOLES, regularize
+
+    holes = [
+        shapely.box(10 * i + 2, 10 * j + 2, 10 * i + 6, 10 * j + 6).exterior.coords
+        for i in range(30)
+        for j in range(30)
+    ]
+    blob = shapely.Polygon(shapely.box(0, 0, 300, 300).exterior.coords, holes)
+    assert len(blob.interiors) > MAX_HOLES
+    t0 = time.perf_counter()
+    out = regularize([blob], simplify_m=1.5)
+    assert time.perf_counter() - t0 < 5
+    assert not out.regularized[0] and out.geoms[0].equals(blob)

@@ -78,6 +78,11 @@ NUDGE_DEG = 1e-6  # turns walls by 0.6 um over 35 m; the rounding noise of their
 # 0.5, 1 and 1.5 m at 0.5 m pixels (0.892 against 0.887 for two; benchmarks/RESULTS.md
 # "Regular building outlines").
 SIMPLIFY_PX = 3.0
+# Outlines beyond these are kept as they are: a 250 m wall-to-wall warehouse at 0.3 m has
+# about 3,300 pixel-outline corners; a mask blob with thousands of corners and holes (a field of
+# roofs merged into one region) took minutes to simplify with topology kept.
+MAX_VERTICES = 5000
+MAX_HOLES = 10
 # A regularized corner within this distance of a pixel-outline corner takes its exact
 # coordinates, metres: below what regularization can place, and it keeps outlines that were
 # already regular (a rectangle on a north-up grid) identical to the pixel ones.
@@ -350,6 +355,12 @@ def regularize(
     n = len(geoms)
     done = np.zeros(n, dtype=bool)
     candidates = np.flatnonzero((shapely.get_type_id(geoms) == 3) & ~shapely.is_empty(geoms) & shapely.is_valid(geoms))
+    # outlines with very many corners or holes are no single building (a mask's large blobs):
+    # kept as they are, also because simplifying them costs minutes (topology-preserving)
+    plain = (shapely.get_num_coordinates(geoms[candidates]) <= MAX_VERTICES) & (
+        shapely.get_num_interior_rings(geoms[candidates]) <= MAX_HOLES
+    )
+    candidates = candidates[plain]
     # outlines narrower than NARROW tolerances would collapse in the simplification: kept as they are
     candidates = candidates[_envelope(geoms[candidates])[1] >= NARROW * simplify_m]
     if len(candidates) == 0:

@@ -136,6 +136,15 @@ class LinearStage:
             self.ds.close()
         except RASTER_ERRORS as exc:
             raise OutputError(f"cannot write {self.path}: {exc}") from exc
+        try:
+            return self._trace(params, size)
+        except RASTER_ERRORS as exc:  # the staged file cannot be read back: a full disk dropped blocks
+            raise OutputError(
+                f"cannot write {self.path}: the staged road mask reads back incomplete ({exc}); "
+                f"check the free space of {self.path.parent}"
+            ) from exc
+
+    def _trace(self, params: GraphParams, size: int) -> list[CenterlineGraph]:
         g = params.halo_px
         pieces: list[list] = [[] for _ in self.classes]
         with rasterio.open(self.path) as src:

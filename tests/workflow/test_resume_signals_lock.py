@@ -60,9 +60,11 @@ def test_uninterrupted_run_shows_progress_summary_and_records_everything(job: Jo
         assert {p.name for p in (out / stem).iterdir()} == {
             "buildings.geojson",
             "roads.geojson",
+            "road_centerlines.geojson",
             "polygons.gpkg",
             "probability.tif",
             "quicklook.png",
+            "item.json",
             "scene.json",
         }
     assert_clean(out)

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future as LocalFuture
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +54,7 @@ from geounet.scene.stac import StacScene
 from geounet.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
+CATALOG_EVERY_S = 2.0  # OUT/catalog.json is rewritten at most this often while scenes finish
 
 CLIENT_GDAL_CACHE_BYTES = 64 * 2**20  # GDAL block cache of the client process (bytes)
 
@@ -256,8 +259,9 @@ def run_scenes(
         ckpt_ref = client.scatter(data, broadcast=True, hash=False)
         warming = warm_workers(client, ckpt_ref, model.output_fingerprint, settings.device)
     checked.result()  # a bad checkpoint raises here: nothing reported, no block submitted
-    if "stac" in settings.formats:
-        on_outcome = _with_catalog(out, stems, model, on_outcome)
+    catalog = RunCatalog(out, stems, model) if "stac" in settings.formats else None
+    if catalog is not None:
+        on_outcome = _reporting(catalog, on_outcome)
     del data  # the workers hold the bytes now; the client keeps only Dask's reference
     for i in sorted(outcomes):
         if on_outcome:
@@ -312,7 +316,12 @@ def run_scenes(
             # behind on long-lived (external) workers
             with contextlib.suppress(Exception):
                 client.run(release_worker)
+            if catalog is not None:  # the scenes finished before an error stay listed
+                with contextlib.suppress(Exception):
+                    catalog.flush()
     del warming  # held until here: Dask cancels a task whose futures are all released
+    if catalog is not None:
+        catalog.flush()
     return [outcomes[i] for i in sorted(outcomes)]
 
 
@@ -324,21 +333,47 @@ def scene_bands(settings: InferenceSettings, model: CheckpointMetadata, item: St
     return settings.bands or (list(model.bands) if model.bands else None)
 
 
-def _with_catalog(
-    out: Path, stems: Sequence[str], model: CheckpointMetadata, on_outcome: Callable[[SceneOutcome], None] | None
-) -> Callable[[SceneOutcome], None]:
-    """``on_outcome`` that first rewrites OUT/catalog.json with every finished scene so far
-    (in the run's scene order), so the catalog is valid whenever the run stops."""
-    order = {s: i for i, s in enumerate(stems)}
-    done: set[str] = set()
-    description = f"geounet results of model {model.short_hash} ({', '.join(model.spec.classes)})"
-    if not (out / CATALOG_NAME).exists():  # a run that finishes no scene still has a (valid, empty) catalog
-        write_catalog(out, [], description=description)
+class RunCatalog:
+    """OUT/catalog.json of the run's finished scenes, in the run's scene order.
 
-    def report(o: SceneOutcome) -> None:
+    Rewritten atomically as scenes finish, at most every :data:`CATALOG_EVERY_S` seconds, and
+    by :meth:`flush` at the end of the run: a batch of thousands of scenes (or of skipped
+    ones, reported all at once) does not rewrite a growing file after every scene. The file
+    is valid at every moment; after a run that stopped on an error it may miss the scenes of
+    its last seconds.
+    """
+
+    def __init__(self, out: Path, stems: Sequence[str], model: CheckpointMetadata) -> None:
+        self.out, self.order = out, {s: i for i, s in enumerate(stems)}
+        self.done: set[str] = set()
+        self.description = f"geounet results of model {model.short_hash} ({', '.join(model.spec.classes)})"
+        self.written_at = -math.inf
+        self.dirty = False
+        if not (out / CATALOG_NAME).exists():  # a run that finishes no scene still has a (valid, empty) catalog
+            self.write()
+
+    def add(self, o: SceneOutcome) -> None:
         if o.status in ("success", "skipped"):
-            done.add(o.stem)
-            write_catalog(out, sorted(done, key=lambda s: order.get(s, len(order))), description=description)
+            self.done.add(o.stem)
+            self.dirty = True
+            if time.monotonic() - self.written_at >= CATALOG_EVERY_S:
+                self.write()
+
+    def flush(self) -> None:
+        if self.dirty:
+            self.write()
+
+    def write(self) -> None:
+        names = sorted(self.done, key=lambda s: self.order.get(s, len(self.order)))
+        write_catalog(self.out, names, description=self.description)
+        self.written_at, self.dirty = time.monotonic(), False
+
+
+def _reporting(
+    catalog: RunCatalog, on_outcome: Callable[[SceneOutcome], None] | None
+) -> Callable[[SceneOutcome], None]:
+    def report(o: SceneOutcome) -> None:
+        catalog.add(o)
         if on_outcome is not None:
             on_outcome(o)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import shapely
 from affine import Affine
 from pyproj import CRS, Geod, Transformer
 from rasterio.windows import Window
@@ -206,8 +207,6 @@ def geodesic_lengths(lines: np.ndarray, crs_wkt: str) -> np.ndarray:
     """Length of each LineString on the ground, metres: its vertices taken to the CRS's
     geographic CRS and the segments measured on its ellipsoid (right for degrees, Web
     Mercator and UTM alike)."""
-    import shapely
-
     if len(lines) == 0:
         return np.zeros(0)
     crs = CRS.from_wkt(crs_wkt)
@@ -223,8 +222,6 @@ def geodesic_lengths(lines: np.ndarray, crs_wkt: str) -> np.ndarray:
 def graph_tables(graph: CenterlineGraph, transform: object, crs_wkt: str, pixel_m: float) -> GraphTables:
     """The graph in the scene's CRS (``transform``: the model grid's affine) with lengths,
     widths in metres and scores."""
-    import shapely
-
     lines = graph.lines(transform)  # type: ignore[arg-type]
     a, b, c, d, e, f = list(transform)[:6]  # type: ignore[call-overload]
     x = graph.nodes[:, 1] + 0.5

@@ -1,28 +1,35 @@
-"""Regular building outlines: pixel outlines against regularized ones on held-out synthetic scenes.
+"""Building outlines as a GIS analyst gets them: regularized, touching buildings apart.
 
   python benchmarks/bench_buildings.py --label synthetic
       three held-out synthetic scenes (seeds 3000-3002, 1024^2 px, 0.5 m; training used
-      1000-1015 and 2000-2001), made with `geounet synth` and predicted once with
-      geounet/weights/synthetic.safetensors by `geounet predict` (regularization on, as
-      shipped). The pixel outlines (GeoPackage layer buildings_raw) are then regularized
-      again for every setting of SETTINGS with the function the pipeline calls
-      (geounet.vectorize.regularize.regularize_in_crs), and each set of outlines is scored
-      against the scene's truth (synth_0000_truth.gpkg, layer buildings). The "default" row
-      must equal the buildings layer the run wrote (checked). Writes
-      benchmarks/results/buildings/<label>.json and prints a Markdown table.
-  python benchmarks/bench_buildings.py --label L --seeds 3000 --size 512
-      fewer or smaller scenes.
+      1000-1015 and 2000-2001), made with `geounet synth`, predicted by `geounet predict` with
+      geounet/weights/synthetic.safetensors twice: as shipped (touching buildings split,
+      outlines regularized) and with --no-separate. Rows: the pixel outlines (GeoPackage layer
+      buildings_raw) and the written ones (layer buildings) of both runs, then the separated
+      run's pixel outlines regularized again for every setting of SETTINGS with the function
+      the pipeline calls (geounet.vectorize.regularize.regularize_in_crs); the "default" row
+      must equal the buildings layer the run wrote (checked). Scored against each scene's
+      truth (synth_0000_truth.gpkg, layer buildings).
+  python benchmarks/bench_buildings.py --label real --areas dsg-brazil massachusetts dubai-tile8 \
+        fair-nairobi new-brunswick --model geounet/weights/default.safetensors
+      held-out real areas as benchmarks/bench_heldout.py prepares them (under --heldout-work,
+      default out/heldout), the same two runs and rows (no settings variants). Truth read with
+      each area's evaluation settings, kept where it meets the image's footprint; in Dubai the
+      predictions lying mostly on unlabeled pixels are dropped (as bench_heldout does).
+  python benchmarks/bench_buildings.py --label cost --cost IMAGE [--repeat 2]
+      end-to-end cost of both steps: `geounet predict IMAGE` with the synthetic model as
+      shipped and with --no-separate --no-regularize, interleaved --repeat times; process wall
+      seconds and scene.json timings.
 
-Rows: "pixel" -- the pixel outlines as postprocess writes them (simplify_m 0); "simplified"
--- the same, Douglas-Peucker at one pixel (what `simplify_m: 0.5` gives); then one row per
-regularization setting. Columns (counts summed over the scenes): building F1 at IoU >= 0.5 and
-the mean IoU of the matches (geounet.evaluate.building_f1); vertices per polygon (exterior
-ring, mean and median); the share of corners (vertices turning by >= 1 degree) within 10
-degrees of a right angle -- pixel outlines are all right angles, so read it with the vertex
-count; the mean difference between the dominant directions of matched predictions and truths
-(geounet.vectorize.regularize.dominant_direction on both, degrees); how many outlines were
-regularized (the rest kept their pixel outline) and the seconds regularization took (one
-thread; the scenes' outlines are below the process-pool threshold).
+Columns (counts summed over the scenes): building F1 at IoU >= 0.5 and the mean IoU of the
+matches (geounet.evaluate.building_f1); the merge rate (true buildings whose best-overlapping
+prediction also covers half of another true building, geounet.evaluate.objects.merge_rate);
+vertices per polygon (exterior ring, mean and median); the share of corners (vertices turning
+by >= 1 degree) within 10 degrees of a right angle -- pixel outlines are all right angles, so
+read it with the vertex count; the mean difference between the dominant directions of matched
+predictions and truths (geounet.vectorize.regularize.dominant_direction on both, degrees); how
+many outlines were regularized and the seconds regularization took. Writes
+benchmarks/results/buildings/<label>.json and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,14 +55,11 @@ SEEDS = (3000, 3001, 3002)
 # name -> RegularizeSettings fields; "default" is what geounet ships
 SETTINGS: dict[str, dict[str, Any]] = {
     "default": {},
-    "step 0.5 m": {"min_step_m": 0.5},
-    "step 1.5 m": {"min_step_m": 1.5},
-    "step 2 m": {"min_step_m": 2.0},
+    "no rectangle fit": {"rectangle_iou": 1.0},
+    "rectangle fit from IoU 0.85": {"rectangle_iou": 0.85},
+    "rectangle fit from IoU 0.95": {"rectangle_iou": 0.95},
     "no 45°": {"allow_45": False},
-    "simplify 0.5 m": {"simplify_m": 0.5},
-    "simplify 1.5 m": {"simplify_m": 1.5},
-    "area tolerance 0.1": {"area_tolerance": 0.1},
-    "min IoU 0.85": {"min_iou": 0.85},
+    "simplify 1 m": {"simplify_m": 1.0},
     "min IoU 0.9": {"min_iou": 0.9},
     "no gate": {"min_iou": 1e-9, "area_tolerance": 1.0},
 }
@@ -76,12 +80,11 @@ def scenes(work: Path, seeds: tuple[int, ...], size: int) -> list[tuple[str, Pat
     return out
 
 
-def predict(images: list[Path], out: Path) -> float:
-    """``geounet predict`` with the synthetic model; returns its wall seconds."""
-    model = ROOT / "geounet" / "weights" / "synthetic.safetensors"
+def predict(images: list[Path], out: Path, model: Path, *extra: str) -> float:
+    """``geounet predict`` (options ``extra``); returns its wall seconds."""
     t0 = time.perf_counter()
     cmd = [str(GEOUNET), "predict", *map(str, images), "-m", str(model), "-o", str(out), "--no-progress", "--force"]
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run([*cmd, *extra], check=True, capture_output=True)
     return time.perf_counter() - t0
 
 
@@ -91,7 +94,7 @@ def shape_stats(pred: Any, truth: Any) -> dict[str, Any]:
     from geounet.evaluate.shapes import corner_angles, direction_difference, vertex_counts
     from geounet.vectorize.regularize import dominant_direction
 
-    match = building_f1(pred, truth)
+    match = building_f1(pred, truth)  # merge counts included
     angles, _ = corner_angles(pred)
     matched = np.array([(p, t) for p, t, _ in match.matches], dtype=np.int64).reshape(-1, 2)
     d_pred = dominant_direction(np.asarray(pred.values, dtype=object)[matched[:, 0]])
@@ -118,6 +121,9 @@ def combine(parts: list[dict[str, Any]], seconds: float | None, regularized: int
         "precision": m.precision,
         "recall": m.recall,
         "mean_iou": m.mean_iou,
+        "merge_rate": m.merge_rate,
+        "merged": m.merged,
+        "overlapped": m.overlapped,
         "vertices_mean": float(vertices.mean()) if len(vertices) else None,
         "vertices_median": float(np.median(vertices)) if len(vertices) else None,
         "right_corner_share": sum(p["right_corners"] for p in parts) / corners if corners else None,
@@ -125,6 +131,107 @@ def combine(parts: list[dict[str, Any]], seconds: float | None, regularized: int
         "regularized": regularized,
         "seconds": seconds,
     }
+
+
+class Case(NamedTuple):
+    """One scene to score: its image, its truth and where predictions lying mostly are dropped."""
+
+    name: str
+    image: Path
+    truth: Any  # GeoSeries of the true buildings (any CRS)
+    exclude: Any = None  # GeoSeries of unlabeled regions, or None
+
+
+def synthetic_cases(work: Path, seeds: tuple[int, ...], size: int) -> list[Case]:
+    import geopandas as gpd
+
+    return [
+        Case(name, image, gpd.read_file(truth, layer="buildings").geometry)
+        for name, image, truth in scenes(work, seeds, size)
+    ]
+
+
+def real_cases(areas: list[str], heldout_work: Path) -> tuple[list[Case], list[int] | None]:
+    """The held-out areas' scenes as bench_heldout prepares them, and their bands (one set)."""
+    import geopandas as gpd
+    import rasterio
+    import shapely
+
+    from benchmarks.bench_heldout import AREAS
+    from geounet.evaluate.score import EvaluationSettings
+    from geounet.evaluate.vectors import read_vectors
+
+    out: list[Case] = []
+    bands: set[tuple[int, ...] | None] = set()
+    for a in areas:
+        area = AREAS[a]
+        bands.add(area.bands)
+        settings = EvaluationSettings(**area.settings)
+        for sc in area.prepare(heldout_work / "data" / a):
+            tv = read_vectors(
+                sc.truth, layer=settings.truth_layer, class_field=settings.class_field, classes=settings.classes
+            )
+            if tv.buildings is None:
+                continue
+            with rasterio.open(sc.image) as ds:
+                footprint = gpd.GeoSeries([shapely.box(*ds.bounds)], crs=ds.crs).to_crs(tv.buildings.crs).iloc[0]
+            truth = tv.buildings[tv.buildings.intersects(footprint)]
+            exclude = gpd.read_file(sc.exclude).geometry if sc.exclude is not None else None
+            out.append(Case(f"{a}/{sc.name}", sc.image, truth, exclude))
+    if len(bands) > 1:
+        raise SystemExit(f"areas with different bands {sorted(map(str, bands))}: measure them apart")
+    b = bands.pop() if bands else None
+    return out, list(b) if b else None
+
+
+def _kept(geoms: Any, exclude: Any) -> Any:
+    """``geoms`` (GeoSeries) without those lying mostly (> 50 %) in ``exclude``."""
+    import shapely
+
+    if exclude is None or len(geoms) == 0:
+        return geoms
+    region = shapely.union_all(exclude.to_crs(geoms.crs).values)
+    inside = shapely.area(shapely.intersection(geoms.values, region)) / np.maximum(shapely.area(geoms.values), 1e-12)
+    return geoms[inside <= 0.5].reset_index(drop=True)
+
+
+def table_lines(table: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        "| outlines | F1@0.5 | mean IoU | merge rate | vertices (mean / median) | corners 90±10° "
+        "| direction error ° | regularized | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(x: Any, fmt: str) -> str:
+        return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
+
+    for label, r in table.items():
+        reg = f"{r['regularized']} / {r['polygons']}" if r["regularized"] is not None else "-"
+        lines.append(
+            f"| {label} | {f(r['f1'], '.3f')} | {f(r['mean_iou'], '.3f')} | {f(r['merge_rate'], '.3f')} "
+            f"({r['merged']} / {r['overlapped']}) | {f(r['vertices_mean'], '.1f')} / {f(r['vertices_median'], '.0f')} "
+            f"| {f(r['right_corner_share'], '.1%')} | {f(r['direction_error_deg'], '.2f')} | {reg} "
+            f"| {f(r['seconds'], '.2f')} |"
+        )
+    return lines
+
+
+def cost(image: Path, out: Path, repeat: int) -> dict[str, Any]:
+    """Process wall seconds of ``geounet predict`` as shipped and without both steps, interleaved."""
+    model = ROOT / "geounet" / "weights" / "synthetic.safetensors"
+    variants = {"shipped": (), "without both": ("--no-separate", "--no-regularize")}
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
+    for i in range(repeat):
+        for name, extra in variants.items():
+            dest = out / name.replace(" ", "-")
+            wall = predict([image], dest, model, *extra)
+            record = json.loads((dest / image.stem / "scene.json").read_text())
+            runs[name].append(
+                {"process_s": round(wall, 2), "timings_s": record["timings_s"], "polygons": record["polygons"]}
+            )
+            print(f"[{i}] {name}: {wall:.1f} s, scene {record['timings_s']['wall']} s", flush=True)
+    best = {k: min(r["process_s"] for r in v) for k, v in runs.items()}
+    return {"runs": runs, "best_process_s": best, "added": best["shipped"] / best["without both"] - 1.0}
 
 
 def main() -> None:
@@ -142,74 +249,98 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "buildings")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--areas", nargs="+", help="held-out real areas (bench_heldout names) instead of synthetic scenes")
+    ap.add_argument("--heldout-work", type=Path, default=ROOT / "out" / "heldout")
+    ap.add_argument("--model", type=Path, default=ROOT / "geounet" / "weights" / "synthetic.safetensors")
+    ap.add_argument("--cost", type=Path, metavar="IMAGE", help="measure the end-to-end cost on IMAGE instead")
+    ap.add_argument("--repeat", type=int, default=2)
     opts = ap.parse_args()
-    found = scenes(opts.work, tuple(opts.seeds), opts.size)
-    out = opts.work / "runs" / opts.label
-    predict_s = predict([image for _, image, _ in found], out)
-
-    rows: dict[str, list[dict[str, Any]]] = {}
-    seconds: dict[str, float] = {}
-    done: dict[str, int] = {}
-    for name, image, truth_path in found:
-        folder = out / image.stem
-        raw = gpd.read_file(folder / "polygons.gpkg", layer="buildings_raw")
-        written = gpd.read_file(folder / "polygons.gpkg", layer="buildings")
-        crs = raw.crs
-        truth = gpd.read_file(truth_path, layer="buildings").to_crs(crs).geometry
-        g = json.loads((folder / "scene.json").read_text())["model_grid"]
-        grid = ModelGrid(g["width"], g["height"], g["scale"])
-        with rasterio.open(image) as ds:
-            affine = grid.transform(ds.transform)  # the model grid's, as finalize_scene's
-        pixel_m = ground_pixel_size_m(crs.to_wkt(), tuple(affine)[:6], grid.width, grid.height) or 1.0
-        centre = affine @ (grid.width / 2, grid.height / 2)
-        raw_geoms = np.asarray(raw.geometry.values, dtype=object)
-        outlines = {
-            "pixel": raw_geoms,
-            "simplified": shapely.simplify(raw_geoms, pixel_m, preserve_topology=True),
-        }
-        for label, fields in SETTINGS.items():
-            t0 = time.perf_counter()
-            r = regularize_in_crs(
-                raw_geoms, crs, center_xy=centre, settings=RegularizeSettings(**fields), pixel_m=pixel_m
-            )
-            seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t0
-            done[label] = done.get(label, 0) + int(r.regularized.sum())
-            outlines[label] = r.geoms
-        same = all(shapely.equals_exact(a, b, 1e-6) for a, b in zip(outlines["default"], written.geometry.values))
-        if not same or len(written) != len(raw):
-            raise SystemExit(f"{name}: the default row differs from the buildings layer the run wrote")
-        for label, geoms in outlines.items():
-            pred = gpd.GeoSeries(list(geoms), crs=crs)
-            rows.setdefault(label, []).append(shape_stats(pred, truth))
-        print(f"[{name}] {len(raw)} outlines, pixel {pixel_m:.3f} m", flush=True)
-
-    table = {label: combine(parts, seconds.get(label), done.get(label)) for label, parts in rows.items()}
-    lines = [
-        "| outlines | F1@0.5 | mean IoU | vertices (mean / median) | corners 90±10° | direction error ° "
-        "| regularized | seconds |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for label, r in table.items():
-        reg = f"{r['regularized']} / {r['polygons']}" if r["regularized"] is not None else "-"
-        sec = f"{r['seconds']:.2f}" if r["seconds"] is not None else "-"
-        lines.append(
-            f"| {label} | {r['f1']:.3f} | {r['mean_iou']:.3f} | {r['vertices_mean']:.1f} / {r['vertices_median']:.0f} "
-            f"| {r['right_corner_share']:.1%} | {r['direction_error_deg']:.2f} | {reg} | {sec} |"
-        )
-    print("\n".join(lines))
-    record = {
+    record: dict[str, Any] = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "machine": machine(),
-        "scenes": [name for name, _, _ in found],
-        "size": opts.size,
-        "predict_seconds": round(predict_s, 1),
-        "settings": SETTINGS,
-        "rows": table,
-        "table": lines,
     }
     dest = RESULTS / "buildings" / f"{opts.label}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if opts.cost is not None:
+        record.update(image=str(opts.cost), **cost(opts.cost, opts.work / "runs" / opts.label, opts.repeat))
+        print(f"shipped vs without both steps: {record['added']:+.1%} ({record['best_process_s']})")
+        dest.write_text(json.dumps(record, indent=2, default=float) + "\n")
+        print(f"wrote {dest}")
+        return
+
+    bands: list[int] | None = None
+    if opts.areas:
+        cases, bands = real_cases(opts.areas, opts.heldout_work)
+    else:
+        cases = synthetic_cases(opts.work, tuple(opts.seeds), opts.size)
+    band_opts = ("--bands", ",".join(map(str, bands))) if bands else ()
+    out = opts.work / "runs" / opts.label
+    images = [c.image for c in cases]
+    predict_s = {
+        "separated": predict(images, out / "separated", opts.model, *band_opts),
+        "not separated": predict(images, out / "not-separated", opts.model, "--no-separate", *band_opts),
+    }
+    variants = {} if opts.areas else SETTINGS
+    rows: dict[str, list[dict[str, Any]]] = {}
+    seconds: dict[str, float] = {}
+    done: dict[str, int] = {}
+    for case in cases:
+        outlines: dict[str, Any] = {}
+        crs = None
+        for run in ("not separated", "separated"):
+            folder = out / run.replace(" ", "-") / case.image.stem
+            raw = gpd.read_file(folder / "polygons.gpkg", layer="buildings_raw")
+            written = gpd.read_file(folder / "polygons.gpkg", layer="buildings")
+            crs = raw.crs
+            scene = json.loads((folder / "scene.json").read_text())
+            outlines[f"pixel, {run}"] = np.asarray(raw.geometry.values, dtype=object)
+            outlines[f"regularized, {run}"] = np.asarray(written.geometry.values, dtype=object)
+            reg = scene["regularized"].get("building", {})
+            done[f"regularized, {run}"] = done.get(f"regularized, {run}", 0) + int(reg.get("regularized", 0))
+            seconds[f"regularized, {run}"] = seconds.get(f"regularized, {run}", 0.0) + scene["timings_s"].get(
+                "regularize", 0.0
+            )
+        if variants:
+            g = scene["model_grid"]
+            grid = ModelGrid(g["width"], g["height"], g["scale"])
+            with rasterio.open(case.image) as ds:
+                affine = grid.transform(ds.transform)  # the model grid's, as finalize_scene's
+            pixel_m = ground_pixel_size_m(crs.to_wkt(), tuple(affine)[:6], grid.width, grid.height) or 1.0
+            centre = affine @ (grid.width / 2, grid.height / 2)
+            raw_geoms = outlines["pixel, separated"]
+            for label, fields in variants.items():
+                t0 = time.perf_counter()
+                r = regularize_in_crs(
+                    raw_geoms, crs, center_xy=centre, settings=RegularizeSettings(**fields), pixel_m=pixel_m
+                )
+                seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t0
+                done[label] = done.get(label, 0) + int(r.regularized.sum())
+                outlines[label] = r.geoms
+            written = outlines["regularized, separated"]
+            same = len(written) == len(outlines["default"]) and all(
+                shapely.equals_exact(a, b, 1e-6) for a, b in zip(outlines["default"], written)
+            )
+            if not same:
+                raise SystemExit(f"{case.name}: the default row differs from the buildings layer the run wrote")
+        truth = case.truth.to_crs(crs)
+        for label, geoms in outlines.items():
+            pred = _kept(gpd.GeoSeries(list(geoms), crs=crs), case.exclude)
+            rows.setdefault(label, []).append(shape_stats(pred, truth))
+        print(f"[{case.name}] {len(outlines['pixel, separated'])} outlines", flush=True)
+
+    table = {label: combine(parts, seconds.get(label), done.get(label)) for label, parts in rows.items()}
+    lines = table_lines(table)
+    print("\n".join(lines))
+    record.update(
+        scenes=[c.name for c in cases],
+        model=str(opts.model),
+        size=None if opts.areas else opts.size,
+        predict_seconds={k: round(v, 1) for k, v in predict_s.items()},
+        settings=variants,
+        rows=table,
+        table=lines,
+    )
     dest.write_text(json.dumps(record, indent=2, default=float) + "\n")
     print(f"wrote {dest}")
 

@@ -67,6 +67,10 @@ class RegularizeSettings(StrictModel):
     min_step_m: float = Field(1.0, ge=0, le=100)
     """Offsets between two parallel walls narrower than this are removed (the walls become one
     straight wall), metres."""
+    rectangle_iou: float = Field(0.9, gt=0, le=1)
+    """An outline within this IoU of its fitted rectangle becomes that rectangle without the
+    library (0-1; most buildings are rectangles, and the fit is ~50x faster); 1: only exact
+    rectangles do."""
     allow_45: bool = True
     """Edges may also run at 45 degrees to the dominant direction, where the outline clearly does."""
     diagonal_reduction_deg: float = Field(15.0, ge=0, le=22.5)
@@ -79,6 +83,27 @@ class RegularizeSettings(StrictModel):
     least this (0-1); else the pixel outline is kept."""
     area_tolerance: float = Field(0.2, ge=0, le=1)
     """... and only if its area differs from the pixel outline's by at most this fraction (0.2: 20 %)."""
+
+
+class SeparateSettings(StrictModel):
+    """Touching buildings apart: a connected region of a building class's mask holding two or
+    more seeds (interior pixels of high probability) is split by a watershed over the
+    probability, so each building is its own polygon (lengths in metres, so results do not
+    depend on the pixel size or the block grid)."""
+
+    enabled: bool = True
+    """Split touching buildings (the separation lines models trained with separate_touching draw)."""
+    classes: list[str] | None = None
+    """Classes split. None: the classes named like buildings (building, buildings, *_building(s))."""
+    seed_threshold: float = Field(0.8, gt=0, le=1)
+    """Probability a pixel needs to seed a building (0-1; never below the class's threshold).
+    Higher: fewer splits, only across clear separation lines."""
+    min_seed_m2: float = Field(2.0, ge=0)
+    """Seeds smaller than this, square metres, are ignored (a noisy bright patch does not cut a
+    building in two)."""
+    max_size_m: float = Field(300.0, gt=0, le=10000)
+    """Regions longer than this on a side, metres, are left whole (bounds the probabilities a
+    region reaching a block seam sends to the client)."""
 
 
 class InferenceSettings(StrictModel):
@@ -137,6 +162,8 @@ class InferenceSettings(StrictModel):
     """Road centerline graphs of the linear classes (see :class:`CenterlineSettings`)."""
     regularize: RegularizeSettings = Field(default_factory=RegularizeSettings)
     """Regular building outlines (see :class:`RegularizeSettings`)."""
+    separate: SeparateSettings = Field(default_factory=SeparateSettings)
+    """Touching buildings apart (see :class:`SeparateSettings`)."""
     # -- outputs -------------------------------------------------------------------------
     formats: list[OutputFormat] = Field(default_factory=lambda: list(ALL_FORMATS))
     """Which outputs to write besides scene.json (``stac``: a STAC Item per scene, item.json,

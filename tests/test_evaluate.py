@@ -106,6 +106,21 @@ def test_identical_sets_give_f1_one() -> None:
     assert r.precision == r.recall == r.f1 == r.mean_iou == 1.0
 
 
+def test_merge_rate_counts_touching_buildings_predicted_as_one() -> None:
+    truth = [box(0, 0, 10, 10), box(10, 0, 20, 10), box(40, 0, 50, 10), box(60, 0, 70, 10)]
+    # the first two come out as one polygon, the third on its own, the fourth missed
+    pred = [box(0, 0, 20, 10), box(41, 0, 50, 10)]
+    r = building_f1(pred, truth)
+    assert (r.merged, r.overlapped) == (2, 3)
+    assert r.merge_rate == pytest.approx(2 / 3)
+    assert r.to_dict()["merge_rate"] == pytest.approx(2 / 3)
+    # split: nothing merged; a prediction grazing a neighbour (< half of it) is no merge
+    r = building_f1([box(0, 0, 10, 10), box(10, 0, 20, 10), box(40, 0, 52, 10)], truth)
+    assert (r.merged, r.overlapped) == (0, 3)
+    assert MatchResult.combine([building_f1(pred, truth), r]).merge_rate == pytest.approx(2 / 6)
+    assert math.isnan(building_f1([], truth).merge_rate)
+
+
 def test_iou_04_is_not_a_match_but_05_is() -> None:
     truth = [box(0, 0, 10, 10)]
     r = building_f1([box(0, 0, 4, 10)], truth)  # IoU 40/100

@@ -22,7 +22,13 @@ from geounet.checkpoint.metadata import is_building_name
 from geounet.errors import ConfigError
 from geounet.evaluate.shapes import corner_angles, direction_difference, vertex_counts
 from geounet.settings import InferenceSettings, RegularizeSettings
-from geounet.vectorize.regularize import SIMPLIFY_PX, dominant_direction, regularize, regularize_in_crs
+from geounet.vectorize.regularize import (
+    SIMPLIFY_PX,
+    dominant_direction,
+    fitted_rectangles,
+    regularize,
+    regularize_in_crs,
+)
 from tests.conftest import make_checkpoint, write_tif
 
 # the helpers burn and trace shapes in bare pixel coordinates, without georeferencing
@@ -76,14 +82,38 @@ def test_l_shape_keeps_its_six_corners() -> None:
 def test_the_gate_keeps_the_pixel_outline_of_a_thin_sliver() -> None:
     sliver = _staircase(_rotated(shapely.box(10, 57.5, 110, 62.5), 30))  # 5 px = 2.5 m wide
     square = _staircase(shapely.box(40, 40, 80, 80))
-    r = regularize([sliver, square, None, shapely.Polygon()], simplify_m=SIMPLIFY)
+    # the library's path (rectangle_iou 1: no fitted rectangle for a rotated staircase)
+    r = regularize([sliver, square, None, shapely.Polygon()], simplify_m=SIMPLIFY, rectangle_iou=1.0)
     assert r.regularized.tolist() == [False, True, False, False]
     assert r.geoms[0] is sliver  # untouched, not a copy with rounding
     # without the gate the library's outline is taken: it lost much of the sliver
-    loose = regularize([sliver], simplify_m=SIMPLIFY, min_iou=1e-9, area_tolerance=1.0)
+    loose = regularize([sliver], simplify_m=SIMPLIFY, min_iou=1e-9, area_tolerance=1.0, rectangle_iou=1.0)
     assert loose.regularized.tolist() == [True]
     got = loose.geoms[0]
     assert shapely.intersection(got, sliver).area / shapely.union(got, sliver).area < 0.8
+
+
+def test_rectangles_take_their_fitted_rectangle() -> None:
+    """The fast path: a staircase rectangle becomes the rectangle through the middle of its stairs."""
+    true = _rotated(shapely.box(10, 57.5, 110, 62.5), 30)
+    sliver = _staircase(true)
+    r = regularize([sliver], simplify_m=SIMPLIFY)
+    got = r.geoms[0]
+    assert r.regularized.tolist() == [True]
+    assert vertex_counts([got])[0] == 4
+    angles, _ = corner_angles([got])
+    assert np.abs(angles - 90).max() < 1e-6
+    assert got.area == pytest.approx(sliver.area, rel=1e-9)  # the fit keeps the area
+    true = affinity.scale(true, PIXEL, PIXEL, origin=(0, 0))  # metres, as the staircase
+    assert shapely.intersection(got, true).area / shapely.union(got, true).area > 0.9
+    rects, iou = fitted_rectangles([sliver, _staircase(shapely.box(40, 40, 80, 80)), shapely.Polygon()])
+    assert iou[0] >= 0.9 and iou[1] == pytest.approx(1.0) and rects[2] is None and iou[2] == 0
+    assert shapely.equals(rects[1], affinity.scale(shapely.box(40, 40, 80, 80), PIXEL, PIXEL, origin=(0, 0)))
+    # an L shape is no rectangle: it goes to the library, which keeps the L
+    ell = _staircase(_rotated(shapely.Polygon([(0, 0), (60, 0), (60, 20), (20, 20), (20, 60), (0, 60)]), 20))
+    assert fitted_rectangles([ell])[1][0] < 0.9
+    r = regularize([ell], simplify_m=SIMPLIFY)
+    assert r.regularized.tolist() == [True] and vertex_counts(r.geoms)[0] >= 6
 
 
 def test_outlines_narrower_than_two_tolerances_are_left_alone() -> None:
@@ -105,7 +135,9 @@ def test_a_polygon_the_library_fails_on_keeps_its_pixel_outline(monkeypatch: pyt
         return real(frame, **options)
 
     monkeypatch.setattr(module, "regularize_geodataframe", fussy)
-    small, large = _staircase(shapely.box(20, 20, 50, 50)), _staircase(shapely.box(20, 20, 100, 100))
+    # an L (no rectangle: the library's) larger than 500 m2, a square (the fitted rectangle)
+    ell = shapely.Polygon([(10, 10), (110, 10), (110, 40), (40, 40), (40, 110), (10, 110)])
+    small, large = _staircase(shapely.box(20, 20, 50, 50)), _staircase(_rotated(ell, 20))
     r = regularize([small, large], simplify_m=SIMPLIFY)
     assert r.regularized.tolist() == [True, False] and r.geoms[1] is large
 

@@ -50,6 +50,7 @@ from geounet.vectorize.network import GraphParams, LinearStage, graph_tables
 from geounet.vectorize.postprocess import areas_m2, postprocess, single_parts, to_pixels
 from geounet.vectorize.regularize import regularize_in_crs
 from geounet.vectorize.seams import merge_seams
+from geounet.vectorize.separate import EdgeCrop, SeparationParams, seam_lines, separate_merged
 
 
 def library_versions() -> dict[str, str]:
@@ -71,6 +72,23 @@ def library_versions() -> dict[str, str]:
     }
 
 
+def _building_classes(
+    key: str, enabled: bool, named: list[str] | None, class_names: Sequence[str], settings: InferenceSettings
+) -> list[str]:
+    """The classes a building step (``key``: regularize, separate) applies to: those it names,
+    else those named like buildings; none when it is off or no vector format is written."""
+    if not enabled or not {"geojson", "gpkg"} & set(settings.formats):
+        return []
+    if named is None:
+        return [c for c in class_names if is_building_name(c)]
+    unknown = sorted(set(named) - set(class_names))
+    if unknown:
+        raise ConfigError(
+            f"{key}.classes names {unknown}, which the model does not predict; its classes are {list(class_names)}"
+        )
+    return [c for c in class_names if c in named]
+
+
 def regularized_classes(class_names: Sequence[str], settings: InferenceSettings) -> list[str]:
     """Classes whose outlines are regularized: ``regularize.classes``, else those named like
     buildings; none when ``regularize.enabled`` is off or no vector format (geojson, gpkg) is
@@ -80,16 +98,18 @@ def regularized_classes(class_names: Sequence[str], settings: InferenceSettings)
         ConfigError: ``regularize.classes`` names a class the model does not predict.
     """
     r = settings.regularize
-    if not r.enabled or not {"geojson", "gpkg"} & set(settings.formats):
-        return []
-    if r.classes is None:
-        return [c for c in class_names if is_building_name(c)]
-    unknown = sorted(set(r.classes) - set(class_names))
-    if unknown:
-        raise ConfigError(
-            f"regularize.classes names {unknown}, which the model does not predict; its classes are {list(class_names)}"
-        )
-    return [c for c in class_names if c in r.classes]
+    return _building_classes("regularize", r.enabled, r.classes, class_names, settings)
+
+
+def separated_classes(class_names: Sequence[str], settings: InferenceSettings) -> list[str]:
+    """Classes whose touching buildings are split (``separate``), chosen like
+    :func:`regularized_classes`.
+
+    Raises:
+        ConfigError: ``separate.classes`` names a class the model does not predict.
+    """
+    r = settings.separate
+    return _building_classes("separate", r.enabled, r.classes, class_names, settings)
 
 
 class SceneJob:
@@ -112,8 +132,19 @@ class SceneJob:
         self.grid = plan.model_grid
         self.affine = self.grid.transform(info.affine)
         # this scene's block task spec: the run's, with the scene's grid
-        self.spec = dataclasses.replace(spec, grid=self.grid)
         self.class_names = list(model.spec.classes)
+        self.pixel_m = (
+            ground_pixel_size_m(info.crs_wkt, tuple(self.affine)[:6], self.grid.width, self.grid.height) or 1.0
+        )
+        separate = {
+            self.class_names.index(c): SeparationParams.from_settings(
+                settings.separate, self.pixel_m, spec.thresholds[self.class_names.index(c)]
+            )
+            for c in separated_classes(self.class_names, settings)
+        }
+        self.spec = dataclasses.replace(spec, grid=self.grid, separate=separate)
+        self.edge_crops: dict[int, list[EdgeCrop]] = {k: [] for k in separate}
+        self.split_blocks: dict[int, int] = dict.fromkeys(separate, 0)  # regions split on the workers
         self.pending: set[int] = {b.index for b in plan.blocks}
         self.next_block = 0
         self.polygons: list[list[Any]] = [[] for _ in self.class_names]
@@ -155,6 +186,10 @@ class SceneJob:
         """Take one block's result: polygons kept, probabilities streamed to disk."""
         for k, p in enumerate(result.polygons):
             self.polygons[k].append(p)
+        for k, crops in result.edge_crops.items():
+            self.edge_crops[k].extend(crops)
+        for k, n in result.split.items():
+            self.split_blocks[k] += n
         if self.prob_writer is not None and result.probability is not None:
             self.prob_writer.write(result.core, result.probability)
         if self.linear_stage is not None and result.linear is not None:
@@ -175,6 +210,13 @@ class SceneJob:
         if self.linear_stage is not None:
             self.linear_stage.remove()
         clear_scene_folder(self.folder, self.class_names)
+
+    def seams(self) -> np.ndarray:
+        """The internal sides of the plan's block cores, as lines in model-grid pixels."""
+        cores = [
+            (int(b.core.col_off), int(b.core.row_off), int(b.core.width), int(b.core.height)) for b in self.plan.blocks
+        ]
+        return seam_lines(cores, self.grid.width, self.grid.height)
 
     def outcome(self, status: str, error: str | None = None) -> SceneOutcome:
         """A failed (or other) outcome for this scene, without polygons."""
@@ -200,10 +242,18 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
     regular = regularized_classes(job.class_names, s)
     regularized: dict[str, dict[str, int]] = {}
     regularize_s = 0.0
+    separated: dict[str, dict[str, int]] = {}
+    separate_s = 0.0
     for k, name in enumerate(job.class_names):
         # blocks arrive in any order; merging them in grid order makes the output files
         # byte-for-byte reproducible (ring and hole order of merged polygons)
         merged = merge_seams(sorted(job.polygons[k], key=lambda b: (b.row_off, b.col_off)))
+        if k in job.spec.separate:  # touching buildings across seams: split from their pieces' crops
+            ts = time.perf_counter()
+            merged, n_seam = separate_merged(merged, job.edge_crops[k], job.seams(), job.spec.separate[k])
+            separated[name] = {"regions_split": job.split_blocks[k] + n_seam, "at_seams": n_seam}
+            job.edge_crops[k] = []
+            separate_s += time.perf_counter() - ts
         kept = postprocess(
             merged.geoms,
             merged.pixel_count,
@@ -292,6 +342,7 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         **{k: round(v, 3) for k, v in job.timings.items()},
         "merge_postprocess": round(t1 - t0, 3),
         **({"regularize": round(regularize_s, 3)} if regular else {}),
+        **({"separate_seams": round(separate_s, 3)} if job.spec.separate else {}),
         "write": round(t2 - t1, 3),
         **{k: round(v, 3) for k, v in stage.items()},
         "wall": round(t2 - job.started, 3),
@@ -333,6 +384,7 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         "polygons": counts,
         "centerlines": graphs,  # per linear class: edges, nodes, length_km (time: timings_s.centerlines)
         "regularized": regularized,  # per regularized class: outlines regularized, outlines kept raw
+        "separated": separated,  # per split class: regions split into buildings, of them across seams
         "outputs": output_sizes(job.folder, written),  # {file name: bytes}: resume checks them
         "versions": library_versions(),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -108,6 +108,17 @@ INFERENCE_OPTIONS: list[Callable[..., Any]] = [
         "road_centerlines and road_nodes). Default: on.",
     ),
     click.option(
+        "--regularize/--no-regularize",
+        default=None,
+        help="Regular building outlines (walls along each building's directions, right angles); the pixel "
+        "outlines stay in polygons.gpkg as <class>_raw. Default: on.",
+    ),
+    click.option(
+        "--separate/--no-separate",
+        default=None,
+        help="Split touching buildings into one polygon each along the model's separation lines. Default: on.",
+    ),
+    click.option(
         "--tta/--no-tta",
         default=None,
         help="Test-time augmentation: average each tile over its 8 flips and quarter turns (8x compute). Default: off.",
@@ -141,6 +152,8 @@ def inference_overrides(kw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         "gsd_m": kw.pop("gsd_m", None),
         "tta": kw.pop("tta", None),
         "centerlines.enabled": kw.pop("centerlines", None),
+        "regularize.enabled": kw.pop("regularize", None),
+        "separate.enabled": kw.pop("separate", None),
         "stac_asset": kw.pop("stac_asset", None),
         "stac_bands": _parse_names(kw.pop("stac_bands", None)),
     }

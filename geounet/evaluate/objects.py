@@ -19,7 +19,7 @@ from geounet.errors import ConfigError
 from geounet.evaluate.geometry import GeometryInput, check_same_crs, geometry_array, polygonal
 from geounet.evaluate.ratios import Confusion
 
-__all__ = ["MatchResult", "building_f1"]
+__all__ = ["MatchResult", "MergeRate", "building_f1", "merge_rate"]
 
 _EPS_IOU = 1e-9  # tolerance on the IoU threshold: reprojection rounding must not flip a match
 
@@ -37,6 +37,9 @@ class MatchResult(Confusion):
         iou_threshold: the threshold used.
         matches: ``(prediction index, truth index, IoU)`` per match, indices being positions
             in the inputs as given. Empty for combined results.
+        merged: true polygons whose best prediction also covers another true polygon
+            (:func:`merge_rate`); ``merge_rate = merged / overlapped``.
+        overlapped: true polygons overlapped by any prediction.
     """
 
     tp: int
@@ -45,6 +48,13 @@ class MatchResult(Confusion):
     iou_sum: float = 0.0
     iou_threshold: float = 0.5
     matches: tuple[tuple[int, int, float], ...] = ()
+    merged: int = 0
+    overlapped: int = 0
+
+    @property
+    def merge_rate(self) -> float:
+        """Share of the overlapped true polygons merged with a neighbour; NaN when none is overlapped."""
+        return self.merged / self.overlapped if self.overlapped else math.nan
 
     @property
     def mean_iou(self) -> float:
@@ -66,6 +76,8 @@ class MatchResult(Confusion):
             fn=sum(r.fn for r in rs),
             iou_sum=float(sum(r.iou_sum for r in rs)),
             iou_threshold=thresholds.pop() if thresholds else 0.5,
+            merged=sum(r.merged for r in rs),
+            overlapped=sum(r.overlapped for r in rs),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,6 +94,9 @@ class MatchResult(Confusion):
             "mean_iou": self.mean_iou,
             "iou_sum": self.iou_sum,
             "iou_threshold": self.iou_threshold,
+            "merged": self.merged,
+            "overlapped": self.overlapped,
+            "merge_rate": self.merge_rate,
         }
 
 
@@ -111,6 +126,9 @@ def building_f1(
     Empty inputs follow :mod:`geounet.evaluate.ratios`: both empty gives NaN precision/recall/F1
     (nothing to score); only truth empty gives precision 0, recall 0, F1 0 when there are
     predictions, and vice versa.
+
+    The result also counts merges (:func:`merge_rate`): true polygons whose best-overlapping
+    prediction covers another true polygon too (touching buildings predicted as one).
 
     Geometries must be in one CRS — a projected one for ``min_area`` to be in m². Cost: one
     intersection per candidate pair (pairs whose envelopes intersect), O(n log n) otherwise.
@@ -144,6 +162,7 @@ def building_f1(
     if n_pred == 0 or n_truth == 0:
         return MatchResult(tp=0, fp=n_pred, fn=n_truth, iou_threshold=iou_threshold)
 
+    merges = merge_rate(p[p_idx], t[t_idx])
     tree = shapely.STRtree(t[t_idx])
     qi, qt = tree.query(p[p_idx], predicate="intersects")
     pi, ti = p_idx[qi], t_idx[qt]
@@ -172,4 +191,64 @@ def building_f1(
         iou_sum=float(sum(m[2] for m in matches)),
         iou_threshold=iou_threshold,
         matches=tuple(matches),
+        merged=merges.merged,
+        overlapped=merges.matched,
     )
+
+
+@dataclass(frozen=True)
+class MergeRate:
+    """True buildings whose best prediction also covers another true building.
+
+    Counts add up over scenes (:meth:`combine`); ``rate`` is ``merged / matched`` (NaN when no
+    true building has a prediction overlapping it).
+    """
+
+    merged: int  # true buildings whose best prediction covers another true building too
+    matched: int  # true buildings with any overlapping prediction
+
+    @property
+    def rate(self) -> float:
+        return self.merged / self.matched if self.matched else math.nan
+
+    @staticmethod
+    def combine(results: Iterable[MergeRate]) -> MergeRate:
+        rs = list(results)
+        return MergeRate(sum(r.merged for r in rs), sum(r.matched for r in rs))
+
+
+def merge_rate(pred: GeometryInput, truth: GeometryInput, *, cover: float = 0.5) -> MergeRate:
+    """How often touching buildings come out as one polygon.
+
+    Each true building's best prediction is the one overlapping it most (by area); the building
+    counts as merged when that prediction also covers at least ``cover`` of another true
+    building's area. Geometries in one CRS; repaired and filtered as in :func:`building_f1`.
+    """
+    if not (0.0 < cover <= 1.0):
+        raise ConfigError(f"cover must be in (0, 1], got {cover}")
+    check_same_crs(pred, truth, "merge_rate")
+    p = polygonal(geometry_array(pred, "predictions"))
+    t = polygonal(geometry_array(truth, "truth"))
+    p = p[~shapely.is_missing(p)]
+    t = t[~shapely.is_missing(t)]
+    t = t[shapely.area(t) > 0]
+    if len(p) == 0 or len(t) == 0:
+        return MergeRate(0, 0)
+    qi, qt = shapely.STRtree(p).query(t, predicate="intersects")
+    inter = shapely.area(shapely.intersection(p[qt], t[qi]))
+    ok = inter > 0
+    qi, qt, inter = qi[ok], qt[ok], inter[ok]
+    if len(qi) == 0:
+        return MergeRate(0, 0)
+    # best prediction per truth: the largest overlap (ties: lower prediction index)
+    order = np.lexsort((qt, -inter, qi))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = qi[order][1:] != qi[order][:-1]
+    best_t, best_p = qi[order][first], qt[order][first]
+    # predictions covering >= cover of some truth, and which truths
+    covers = inter >= cover * shapely.area(t[qi]) - 1e-12
+    covered_by: dict[int, set[int]] = {}
+    for a, b in zip(qt[covers], qi[covers]):
+        covered_by.setdefault(int(a), set()).add(int(b))
+    merged = sum(1 for ti, pi in zip(best_t, best_p) if covered_by.get(int(pi), set()) - {int(ti)})
+    return MergeRate(merged=merged, matched=len(best_t))

@@ -25,6 +25,7 @@ from geounet.scene.read import prepare_input, read_window
 from geounet.scene.source import SceneInfo
 from geounet.vectorize.network import encode_linear
 from geounet.vectorize.polygonize import polygonize_block
+from geounet.vectorize.separate import EdgeCrop, SeparationParams, separate_block
 
 
 def run_model(
@@ -116,6 +117,12 @@ def class_masks(
     return [(probs[k] >= thresholds[k]) & valid for k in range(probs.shape[0])]
 
 
+def block_sides(core: Any, width: int, height: int) -> dict[str, bool]:
+    """Which sides of a block's core are internal (not on the scene border)."""
+    c, r, w, h = int(core.col_off), int(core.row_off), int(core.width), int(core.height)
+    return {"top": r > 0, "bottom": r + h < height, "left": c > 0, "right": c + w < width}
+
+
 # --------------------------------------------------------------------------- the task
 @dataclass
 class BlockTaskSpec:
@@ -132,6 +139,7 @@ class BlockTaskSpec:
     tta: bool = False  # average each tile over its 8 flips and quarter turns
     grid: ModelGrid | None = None  # the scene's model grid (blocks are on it); None: the scene's own pixels
     linear: tuple[int, ...] = ()  # indexes of the classes traced as road graphs (their cores travel back)
+    separate: dict[int, SeparationParams] = field(default_factory=dict)  # class index -> touching buildings split
 
 
 @dataclass
@@ -146,6 +154,8 @@ class BlockResult:
     timings: dict[str, float] = field(default_factory=dict)
     thumbnail: ThumbnailPart | None = None  # the core's share of the quicklook picture
     linear: np.ndarray | None = None  # (L, h, w) uint8 of the linear classes: 0 off, else p x 255 (>= 1)
+    edge_crops: dict[int, list[EdgeCrop]] = field(default_factory=dict)  # per split class: regions left to the client
+    split: dict[int, int] = field(default_factory=dict)  # per split class: regions split on the worker
 
 
 def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec: BlockTaskSpec) -> BlockResult:
@@ -209,6 +219,18 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
         t2 = time.perf_counter()
     cls_probs, labels = class_probabilities(probs, model.spec.mode)
     masks = class_masks(cls_probs, labels, core_valid, spec.thresholds)
+    edge_crops: dict[int, list[EdgeCrop]] = {}
+    split: dict[int, int] = {}
+    if not skipped:
+        for k, params in spec.separate.items():
+            masks[k], edge_crops[k], split[k] = separate_block(
+                masks[k],
+                cls_probs[k],
+                params,
+                internal=block_sides(block.core, grid.width, grid.height),
+                row_off=int(block.core.row_off),
+                col_off=int(block.core.col_off),
+            )
     polys = [
         polygonize_block(
             m,
@@ -237,4 +259,6 @@ def process_block(scene: SceneInfo, block: Block, checkpoint: str | bytes, spec:
         timings={"read": t1 - t0, "infer": t2 - t1, "vectorize": t3 - t2, "skipped_blocks": float(skipped)},
         thumbnail=thumb,
         linear=linear,
+        edge_crops=edge_crops,
+        split=split,
     )

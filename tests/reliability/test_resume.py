@@ -21,7 +21,13 @@ from shapely.geometry import shape
 
 from geounet.batch.run import run_scenes
 from geounet.checkpoint import CheckpointMetadata, read_metadata
-from geounet.settings import NOT_HASHED, CenterlineSettings, InferenceSettings, RegularizeSettings
+from geounet.settings import (
+    NOT_HASHED,
+    CenterlineSettings,
+    InferenceSettings,
+    RegularizeSettings,
+    SeparateSettings,
+)
 from tests.conftest import make_checkpoint
 from tests.reliability._faults import SCENE_OUTPUTS, assert_complete, bright_rect_scene
 
@@ -146,6 +152,7 @@ OTHER_OUTPUTS = {
     "stac_asset": {"stac_asset": "visual"},
     "centerlines": {"centerlines": CenterlineSettings(min_spur_m=3.0)},
     "regularize": {"regularize": RegularizeSettings(min_iou=0.9)},
+    "separate": {"separate": SeparateSettings(seed_threshold=0.9)},
     "stac_bands": {"stac_bands": ["red", "green", "blue"]},
 }
 

@@ -71,6 +71,10 @@ class RegularizeSettings(StrictModel):
     """An outline within this IoU of its fitted rectangle becomes that rectangle without the
     library (0-1; most buildings are rectangles, and the fit is ~50x faster); 1: only exact
     rectangles do."""
+    orthogonal: bool = True
+    """Outlines whose walls all run along the building's two directions (L, T, U shapes) get
+    right-angled outlines without the library where the acceptance gate takes them (about 50x
+    faster); off: the library regularizes every outline that is no rectangle."""
     allow_45: bool = True
     """Edges may also run at 45 degrees to the dominant direction, where the outline clearly does."""
     diagonal_reduction_deg: float = Field(15.0, ge=0, le=22.5)
@@ -95,12 +99,13 @@ class SeparateSettings(StrictModel):
     """Split touching buildings (the separation lines models trained with separate_touching draw)."""
     classes: list[str] | None = None
     """Classes split. None: the classes named like buildings (building, buildings, *_building(s))."""
-    seed_threshold: float = Field(0.8, gt=0, le=1)
+    seed_threshold: float = Field(0.7, gt=0, le=1)
     """Probability a pixel needs to seed a building (0-1; never below the class's threshold).
-    Higher: fewer splits, only across clear separation lines."""
-    min_seed_m2: float = Field(2.0, ge=0)
-    """Seeds smaller than this, square metres, are ignored (a noisy bright patch does not cut a
-    building in two)."""
+    0.7 with 25 m2 seeds kept the most F1 in a sweep on synthetic scenes (benchmarks/RESULTS.md,
+    "Touching buildings")."""
+    min_seed_m2: float = Field(25.0, ge=0)
+    """Seeds smaller than this, square metres, are ignored: a bright patch inside one roof does
+    not cut it in two (smaller seeds split more attached houses and more single roofs)."""
     max_size_m: float = Field(300.0, gt=0, le=10000)
     """Regions longer than this on a side, metres, are left whole (bounds the probabilities a
     region reaching a block seam sends to the client)."""

@@ -26,6 +26,7 @@ from geounet.vectorize.regularize import (
     SIMPLIFY_PX,
     dominant_direction,
     fitted_rectangles,
+    orthogonal_outlines,
     regularize,
     regularize_in_crs,
 )
@@ -112,8 +113,32 @@ def test_rectangles_take_their_fitted_rectangle() -> None:
     # an L shape is no rectangle: it goes to the library, which keeps the L
     ell = _staircase(_rotated(shapely.Polygon([(0, 0), (60, 0), (60, 20), (20, 20), (20, 60), (0, 60)]), 20))
     assert fitted_rectangles([ell])[1][0] < 0.9
-    r = regularize([ell], simplify_m=SIMPLIFY)
+    r = regularize([ell], simplify_m=SIMPLIFY, orthogonal=False)
     assert r.regularized.tolist() == [True] and vertex_counts(r.geoms)[0] >= 6
+
+
+def test_rectilinear_outlines_get_right_angles_without_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    from geounet.vectorize import regularize as module
+
+    true_l = _rotated(shapely.Polygon([(10, 10), (90, 10), (90, 40), (40, 40), (40, 90), (10, 90)]), 20)
+    true_u = shapely.Polygon([(10, 10), (100, 10), (100, 70), (75, 70), (75, 35), (35, 35), (35, 70), (10, 70)])
+    ell, you = _staircase(true_l), _staircase(true_u)
+    triangle = _staircase(shapely.Polygon([(10, 10), (100, 10), (10, 100)]))
+    holed = shapely.Polygon(shapely.box(0, 0, 40, 40).exterior, [shapely.box(10, 10, 30, 30).exterior.coords])
+    geoms = np.array([ell, you, triangle, holed], dtype=object)
+    got = orthogonal_outlines(geoms, dominant_direction(geoms, simplify=SIMPLIFY), simplify=SIMPLIFY)
+    assert got[2] is None and got[3] is None  # diagonal walls, a hole: not for this path
+    for g, truth, corners in ((got[0], true_l, 6), (got[1], true_u, 8)):
+        truth = affinity.scale(truth, PIXEL, PIXEL, origin=(0, 0))
+        assert g.is_valid and vertex_counts([g])[0] == corners
+        angles, _ = corner_angles([g])
+        assert np.abs(angles - 90).max() < 1e-6
+        assert shapely.intersection(g, truth).area / shapely.union(g, truth).area > 0.9
+    # regularize takes them without calling the library
+    monkeypatch.setattr(module, "regularize_geodataframe", lambda *a, **k: pytest.fail("library called"))
+    r = regularize([ell, you], simplify_m=SIMPLIFY)
+    assert r.regularized.tolist() == [True, True]
+    assert vertex_counts(r.geoms).tolist() == [6, 8]
 
 
 def test_outlines_narrower_than_two_tolerances_are_left_alone() -> None:
@@ -138,7 +163,7 @@ def test_a_polygon_the_library_fails_on_keeps_its_pixel_outline(monkeypatch: pyt
     # an L (no rectangle: the library's) larger than 500 m2, a square (the fitted rectangle)
     ell = shapely.Polygon([(10, 10), (110, 10), (110, 40), (40, 40), (40, 110), (10, 110)])
     small, large = _staircase(shapely.box(20, 20, 50, 50)), _staircase(_rotated(ell, 20))
-    r = regularize([small, large], simplify_m=SIMPLIFY)
+    r = regularize([small, large], simplify_m=SIMPLIFY, orthogonal=False)
     assert r.regularized.tolist() == [True, False] and r.geoms[1] is large
 
 
@@ -247,3 +272,25 @@ def test_blobs_with_many_holes_or_corners_stay_raw_and_fast() -> None:
     out = regularize([blob], simplify_m=1.5)
     assert time.perf_counter() - t0 < 5
     assert not out.regularized[0] and out.geoms[0].equals(blob)
+
+
+def test_convex_clip_area_equals_the_overlay() -> None:
+    from geounet.vectorize.regularize import _convex_clip_area
+
+    rng = np.random.default_rng(5)
+    polys, quads = [], []
+    for _ in range(40):
+        p = _staircase(
+            _rotated(shapely.box(20, 30, 20 + rng.uniform(10, 70), 30 + rng.uniform(10, 60)), rng.uniform(0, 90))
+        )
+        if rng.random() < 0.3:  # with a hole
+            c = p.centroid
+            p = shapely.Polygon(p.exterior, [shapely.box(c.x - 1, c.y - 1, c.x + 1, c.y + 1).exterior.coords[::-1]])
+        q = _rotated(shapely.box(15, 20, 15 + rng.uniform(5, 40), 20 + rng.uniform(5, 40)), rng.uniform(0, 90))
+        q = shapely.orient_polygons(affinity.scale(q, PIXEL, PIXEL, origin=(0, 0)))
+        polys.append(p)
+        quads.append(np.asarray(q.exterior.coords)[:4])
+    got = _convex_clip_area(np.array(polys, dtype=object), np.array(quads))
+    want = shapely.area(shapely.intersection(polys, [shapely.Polygon(q) for q in quads]))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert (want > 0).sum() > 10

@@ -22,7 +22,8 @@ and this module does:
   0.55 m away). Each polygon is turned about its centroid so that its own direction
   (:func:`dominant_direction`) lies on a whole degree (:data:`WORK_DEG`), regularized there,
   and turned back;
-* a second pass of the library over its own result (it removes the jogs that noise leaves),
+* a second pass of the library over those of its results that kept many corners (it removes
+  the jogs that noise leaves),
   and no pass at all over outlines too narrow for the simplification;
 * corners within 1 mm of a pixel-outline corner take its exact coordinates;
 * parallelism that is safe in a threaded client: the library's own ``multiprocessing.Pool``
@@ -104,6 +105,12 @@ SNAP_M = 1e-3
 # rectangles, and the library's 3-12 ms a polygon doubled the time of a scene dense with them
 # (benchmarks/RESULTS.md, "Regular building outlines"); the vectorized fit takes about 0.1 ms.
 RECT_IOU = 0.9
+RECT_FILL = 0.7  # outlines filling less of their minimum rotated rectangle get no fitted rectangle
+# Edges of a simplified outline more than this off the building's axes make it no rectilinear
+# outline (orthogonal_outlines): a diagonal wall, left to the library and its 45 degrees.
+ORTHO_DEG = 30.0
+# Outlines the library returns with more corners than this get a second pass (an L has 6, a T 8).
+SECOND_PASS_FROM = 8
 NARROW = 2.0  # outlines whose minimum rotated rectangle is narrower than this many tolerances stay as they are
 SUPPORT_DEG = 15.0  # edges within this many degrees of a direction support it (dominant_direction)
 
@@ -216,10 +223,15 @@ def fitted_rectangles(geoms: Any) -> tuple[np.ndarray, np.ndarray]:
     u, v = xy[:, 1] - xy[:, 0], xy[:, 3] - xy[:, 0]
     len_u, len_v = np.hypot(u[:, 0], u[:, 1]), np.hypot(v[:, 0], v[:, 1])
     area = shapely.area(arr[ok])
+    # an outline filling less than RECT_FILL of its minimum rectangle (an L, a T) is far from
+    # any rectangle of its area: no fit, which spares the intersection below
+    full = area >= RECT_FILL * len_u * len_v
+    ok, xy, u, v, len_u, len_v, area = ok[full], xy[full], u[full], v[full], len_u[full], len_v[full], area[full]
     # (len_u - 2d)(len_v - 2d) = area, the smaller root
     d = ((len_u + len_v) - np.sqrt((len_u - len_v) ** 2 + 4.0 * area)) / 4.0
     good = (len_u > 0) & (len_v > 0) & (area > 0) & (2 * d < np.minimum(len_u, len_v))
     ok, xy, u, v, len_u, len_v, d = ok[good], xy[good], u[good], v[good], len_u[good], len_v[good], d[good]
+    area = area[good]
     centre = xy.mean(axis=1)
     hu = u * ((len_u - 2 * d) / len_u / 2)[:, None]
     hv = v * ((len_v - 2 * d) / len_v / 2)[:, None]
@@ -228,12 +240,69 @@ def fitted_rectangles(geoms: Any) -> tuple[np.ndarray, np.ndarray]:
     )
     fitted = shapely.orient_polygons(shapely.polygons(corners))
     rects[ok] = fitted
-    inputs = arr[ok]
+    quads = corners[:, :4].copy()
+    e1, e2 = quads[:, 1] - quads[:, 0], quads[:, 2] - quads[:, 1]
+    ccw = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0] > 0
+    quads[~ccw] = quads[~ccw, ::-1]
+    inter = _convex_clip_area(arr[ok], quads)  # area: the rectangle's too
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou[ok] = np.nan_to_num(
-            shapely.area(shapely.intersection(fitted, inputs)) / shapely.area(shapely.union(fitted, inputs))
-        )
+        iou[ok] = np.nan_to_num(inter / (2.0 * area - inter))
     return rects, iou
+
+
+def _convex_clip_area(polys: np.ndarray, quads: np.ndarray) -> np.ndarray:
+    """Area of ``polys[i]`` inside the convex quadrilateral ``quads[i]`` ((n, 4, 2), counter-
+    clockwise), vectorized: every ring of every polygon is clipped by the quad's four half-planes
+    (Sutherland-Hodgman; a non-convex ring may keep zero-width bridges, which add no area) and
+    the signed shoelace areas of the clipped rings (exteriors counter-clockwise, holes
+    clockwise) are summed per polygon. About 10x faster than GEOS overlays on pixel outlines."""
+    n = len(polys)
+    rings, ring_owner = shapely.get_rings(shapely.orient_polygons(polys), return_index=True)
+    xy, ring = shapely.get_coordinates(rings, return_index=True)
+    # open rings: drop each ring's closing vertex
+    last = np.ones(len(ring), dtype=bool)
+    last[:-1] = ring[1:] != ring[:-1]
+    xy, ring = xy[~last], ring[~last]
+    for k in range(4):
+        a = quads[ring_owner[ring], k]
+        b = quads[ring_owner[ring], (k + 1) % 4]
+        if len(xy) == 0:
+            break
+        # next vertex of each vertex's ring (cyclic)
+        start = np.ones(len(ring), dtype=bool)
+        start[1:] = ring[1:] != ring[:-1]
+        first = np.maximum.accumulate(np.where(start, np.arange(len(ring)), 0))
+        end = np.ones(len(ring), dtype=bool)
+        end[:-1] = ring[1:] != ring[:-1]
+        nxt = np.where(end, first, np.arange(len(ring)) + 1)
+        side = (b[:, 0] - a[:, 0]) * (xy[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (xy[:, 0] - a[:, 0])
+        inside = side >= 0
+        cross = inside != inside[nxt]
+        with np.errstate(divide="ignore", invalid="ignore"):  # used only where the edge crosses
+            t = side / (side - side[nxt])
+            hit = xy + t[:, None] * (xy[nxt] - xy)
+        count = inside.astype(np.int64) + cross
+        pos = np.cumsum(count) - count
+        out = np.empty((int(count.sum()), 2))
+        out_ring = np.empty(len(out), dtype=np.int64)
+        keep = np.flatnonzero(inside)
+        out[pos[keep]] = xy[keep]
+        out_ring[pos[keep]] = ring[keep]
+        at = np.flatnonzero(cross)
+        out[pos[at] + inside[at]] = hit[at]
+        out_ring[pos[at] + inside[at]] = ring[at]
+        xy, ring = out, out_ring
+    area = np.zeros(n)
+    if len(xy):
+        start = np.ones(len(ring), dtype=bool)
+        start[1:] = ring[1:] != ring[:-1]
+        first = np.maximum.accumulate(np.where(start, np.arange(len(ring)), 0))
+        end = np.ones(len(ring), dtype=bool)
+        end[:-1] = ring[1:] != ring[:-1]
+        nxt = np.where(end, first, np.arange(len(ring)) + 1)
+        cross2 = xy[:, 0] * xy[nxt, 1] - xy[nxt, 0] * xy[:, 1]
+        np.add.at(area, ring_owner[ring], cross2 / 2.0)
+    return area
 
 
 def dominant_direction(geoms: Any, *, simplify: float = 0.0) -> np.ndarray:
@@ -297,6 +366,143 @@ def _turn(geoms: np.ndarray, degrees: np.ndarray, centres: np.ndarray) -> np.nda
     return shapely.set_coordinates(geoms.copy(), turned)
 
 
+def orthogonal_outlines(
+    geoms: Any, directions: np.ndarray, *, simplify: float, max_off_deg: float = ORTHO_DEG
+) -> np.ndarray:
+    """Rectilinear outlines (every corner a right angle) along each polygon's direction,
+    vectorized over all polygons; None where the outline is not rectilinear.
+
+    Per polygon: turned so its direction is the x axis, simplified (Douglas-Peucker,
+    ``simplify``), each edge of the exterior ring classed as running along x or y; an edge
+    more than ``max_off_deg`` off its axis makes the outline not rectilinear (a diagonal wall:
+    left to the library, which knows 45 degrees). Consecutive edges of one class form a wall,
+    placed at the length-weighted mean of their midpoints across it; neighbouring walls meet
+    at right angles; turned back. Polygons with holes, fewer than four walls or an invalid
+    result get None. The caller's gate decides whether a result is close enough.
+    """
+    arr = np.asarray(geoms, dtype=object).reshape(-1)
+    n = len(arr)
+    out = np.full(n, None, dtype=object)
+    ok = np.flatnonzero(
+        (shapely.get_type_id(arr) == 3) & (shapely.get_num_interior_rings(arr) == 0) & np.isfinite(directions)
+    )
+    if len(ok) == 0:
+        return out
+    centres = shapely.get_coordinates(shapely.centroid(arr[ok]))
+    flat = _turn(arr[ok], -directions[ok], centres)
+    rings = shapely.get_exterior_ring(shapely.simplify(flat, simplify, preserve_topology=True))
+    xy, owner = shapely.get_coordinates(rings, return_index=True)
+    counts = np.bincount(owner, minlength=len(ok))
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    last = start + counts - 1
+    keep = np.ones(len(xy), dtype=bool)
+    keep[last[counts > 0]] = False  # the closing vertex
+    xy, owner = xy[keep], owner[keep]
+    m = np.bincount(owner, minlength=len(ok))  # open ring lengths
+    first = np.concatenate([[0], np.cumsum(m)[:-1]])
+    local = np.arange(len(xy)) - first[owner]
+    nxt = np.where(local + 1 < m[owner], np.arange(len(xy)) + 1, first[owner])
+    edge = xy[nxt] - xy
+    length = np.hypot(edge[:, 0], edge[:, 1])
+    along_x = np.abs(edge[:, 0]) >= np.abs(edge[:, 1])
+    off = np.degrees(
+        np.arctan2(
+            np.minimum(np.abs(edge[:, 0]), np.abs(edge[:, 1])), np.maximum(np.abs(edge[:, 0]), np.abs(edge[:, 1]))
+        )
+    )
+    bad = np.zeros(len(ok), dtype=bool)
+    np.logical_or.at(bad, owner, off > max_off_deg)
+    bad |= m < 4
+    # walls: cyclic runs of one class; each ring rolled to start where its class changes
+    prev = np.where(local > 0, np.arange(len(xy)) - 1, first[owner] + m[owner] - 1)
+    change = along_x != along_x[prev]
+    has_change = np.zeros(len(ok), dtype=bool)
+    np.logical_or.at(has_change, owner, change)
+    bad |= ~has_change
+    big = np.iinfo(np.int64).max
+    first_change = np.full(len(ok), big)
+    np.minimum.at(first_change, owner[change], local[change])
+    first_change[first_change == big] = 0
+    rolled = (local - first_change[owner]) % np.maximum(m[owner], 1)
+    order = np.lexsort((rolled, owner))
+    o_owner, o_x = owner[order], along_x[order]
+    o_len, o_mid = length[order], (xy[order] + xy[nxt][order]) / 2.0
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = (o_owner[1:] != o_owner[:-1]) | (o_x[1:] != o_x[:-1])
+    wall = np.cumsum(starts) - 1
+    n_walls = int(wall[-1]) + 1 if len(wall) else 0
+    wall_owner = o_owner[starts]
+    wall_x = o_x[starts]
+    across = np.where(o_x, o_mid[:, 1], o_mid[:, 0])  # walls along x sit at a y, and vice versa
+    weight = np.bincount(wall, weights=o_len, minlength=n_walls)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        position = np.bincount(wall, weights=o_len * across, minlength=n_walls) / weight
+    walls_per = np.bincount(wall_owner, minlength=len(ok))
+    bad |= (walls_per < 4) | (walls_per % 2 == 1)
+    bad[wall_owner[~np.isfinite(position)]] = True
+    # corner between each wall and the next one of its ring
+    w_first = np.concatenate([[0], np.cumsum(walls_per)[:-1]])
+    w_local = np.arange(n_walls) - w_first[wall_owner]
+    w_next = np.where(w_local + 1 < walls_per[wall_owner], np.arange(n_walls) + 1, w_first[wall_owner])
+    cx = np.where(wall_x, position[w_next], position)
+    cy = np.where(wall_x, position, position[w_next])
+    good = np.flatnonzero(~bad)
+    if len(good) == 0:
+        return out
+    sel = ~bad[wall_owner]
+    corners = np.column_stack([cx[sel], cy[sel]])
+    c_owner = wall_owner[sel]
+    # closed rings: each ring's first corner repeated at its end
+    per = np.bincount(c_owner, minlength=len(ok))[good]
+    c_first = np.concatenate([[0], np.cumsum(per)[:-1]])
+    closed = np.insert(corners, np.repeat(c_first + per, 1), corners[c_first], axis=0)
+    ring_offsets = np.concatenate([[0], np.cumsum(per + 1)])
+    polys = shapely.from_ragged_array(shapely.GeometryType.POLYGON, closed, (ring_offsets, np.arange(len(good) + 1)))
+    polys = _turn(polys, directions[ok][good], centres[good])
+    valid = shapely.is_valid(polys) & (shapely.area(polys) > 0)
+    out[ok[good[valid]]] = shapely.orient_polygons(polys[valid])
+    return out
+
+
+def _gate(got: np.ndarray, inputs: np.ndarray, min_iou: float, area_tolerance: float) -> np.ndarray:
+    """Which results are one valid, non-empty Polygon with IoU >= ``min_iou`` with their input and
+    an area within ``area_tolerance`` of its."""
+    valid = (shapely.get_type_id(got) == 3) & ~shapely.is_empty(got)
+    valid[valid] = shapely.is_valid(got[valid])  # overlays of invalid results would raise
+    ok, mine = got[valid], inputs[valid]
+    inter = shapely.area(shapely.intersection(ok, mine))
+    area_ok, area_mine = shapely.area(ok), shapely.area(mine)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / (area_ok + area_mine - inter)
+        ratio = area_ok / area_mine
+    accept = np.zeros(len(got), dtype=bool)
+    accept[valid] = (iou >= min_iou) & (np.abs(ratio - 1.0) <= area_tolerance)
+    return accept
+
+
+def _without_pinholes(geoms: np.ndarray, max_area: float) -> np.ndarray:
+    """``geoms`` with the holes smaller than ``max_area`` filled (a mask's one-pixel noise)."""
+    out = geoms.copy()
+    for i in np.flatnonzero(shapely.get_num_interior_rings(geoms) > 0):
+        p = geoms[i]
+        holes = [r for r in p.interiors if shapely.Polygon(r).area >= max_area]
+        if len(holes) < len(p.interiors):
+            out[i] = shapely.Polygon(p.exterior, holes)
+    return out
+
+
+def _shortest_edge(geoms: np.ndarray) -> np.ndarray:
+    """Length of each polygon's shortest exterior edge (inf for none)."""
+    xy, owner = shapely.get_coordinates(shapely.get_exterior_ring(geoms), return_index=True)
+    out = np.full(len(geoms), np.inf)
+    if len(xy) < 2:
+        return out
+    same = owner[1:] == owner[:-1]
+    length = np.hypot(*(xy[1:] - xy[:-1]).T)[same]
+    np.minimum.at(out, owner[1:][same], length)
+    return out
+
+
 def _check(name: str, value: float, low: float, high: float, *, open_low: bool = False) -> float:
     value = float(value)
     inside = (low < value if open_low else low <= value) and value <= high
@@ -333,13 +539,18 @@ def _library(frame: gpd.GeoDataFrame, options: dict[str, Any]) -> gpd.GeoDataFra
 
 
 def _twice(frame: gpd.GeoDataFrame, **options: Any) -> gpd.GeoDataFrame:
-    """The library's regularization, then again on its result: noise that outlasted the first
-    simplification leaves short jogs between walls, which the second pass, seeing straight
-    walls, merges (noisy staircase rectangles: 4-12 corners after one pass, 4-5 after two).
-    Input at WORK_DEG + NUDGE_DEG; the result's walls at WORK_DEG."""
+    """The library's regularization, then again on those of its results that kept more than
+    :data:`SECOND_PASS_FROM` corners: noise that outlasted the first simplification leaves short
+    jogs between walls, which the second pass, seeing straight walls, merges (noisy staircase
+    rectangles: 4-12 corners after one pass, 4-5 after two; most rectangles no longer get here,
+    see :func:`fitted_rectangles`). Input at WORK_DEG + NUDGE_DEG; the result's walls at WORK_DEG."""
     first = _library(frame, options)
-    first["geometry"] = first.geometry.rotate(NUDGE_DEG, origin="centroid")  # walls at WORK_DEG + NUDGE_DEG
-    return _library(first, options)
+    again = shapely.get_num_coordinates(np.asarray(first.geometry.values, dtype=object)) > SECOND_PASS_FROM + 1
+    if not again.any():
+        return first
+    redo = first[again].copy()
+    redo["geometry"] = redo.geometry.rotate(NUDGE_DEG, origin="centroid")  # walls at WORK_DEG + NUDGE_DEG
+    return pd.concat([first[~again], _library(redo, options)], ignore_index=True)
 
 
 def _run_library(frame: gpd.GeoDataFrame, options: dict[str, Any], processes: int | None) -> gpd.GeoDataFrame:
@@ -373,6 +584,7 @@ def regularize(
     min_iou: float = 0.8,
     area_tolerance: float = 0.2,
     rectangle_iou: float = RECT_IOU,
+    orthogonal: bool = True,
     processes: int | None = None,
 ) -> Regularized:
     """Regularize polygons given in a plane in metres (a metric projected CRS, or
@@ -398,6 +610,8 @@ def regularize(
         area_tolerance: the gate's largest ``|area(result) / area(input) - 1|``, >= 0.
         rectangle_iou: outlines within this IoU of their fitted rectangle
             (:func:`fitted_rectangles`) become it without the library, in (0, 1].
+        orthogonal: other outlines become rectilinear (:func:`orthogonal_outlines`) where the
+            gate accepts it and no wall is shorter than ``min_step_m``, without the library.
         processes: worker processes; None: 1 below :data:`PARALLEL_FROM` polygons, else up to
             one per CPU.
 
@@ -431,18 +645,35 @@ def regularize(
     final = geoms.copy()
 
     # 0. rectangles: the fitted rectangle where it is close enough (the gate's area test holds
-    # by construction: the fit keeps the area)
-    rects, rect_iou = fitted_rectangles(geoms[candidates])
-    square = (rect_iou >= max(rectangle_iou, min_iou) - 1e-9) & (shapely.get_num_interior_rings(geoms[candidates]) == 0)
+    # by construction: the fit keeps the area); pinholes (a mask's noise) do not count
+    plain = _without_pinholes(geoms[candidates], simplify_m * simplify_m)
+    rects, rect_iou = fitted_rectangles(plain)
+    square = (rect_iou >= max(rectangle_iou, min_iou) - 1e-9) & (shapely.get_num_interior_rings(plain) == 0)
     final[candidates[square]] = rects[square]
     done[candidates[square]] = True
-    candidates = candidates[~square]
+    candidates, plain = candidates[~square], plain[~square]
     if len(candidates) == 0:
         return Regularized(final, done)
 
+    # 0b. rectilinear outlines (L, T, U shapes...) along the building's direction, where the
+    # gate takes them and no wall is shorter than min_step_m
+    own_direction = dominant_direction(geoms[candidates], simplify=simplify_m)
+    if orthogonal:
+        ortho = orthogonal_outlines(plain, own_direction, simplify=simplify_m)
+        has = np.flatnonzero(ortho != None)  # noqa: E711 - elementwise on an object array
+        take = np.zeros(len(candidates), dtype=bool)
+        take[has] = _gate(ortho[has], geoms[candidates[has]], min_iou, area_tolerance) & (
+            _shortest_edge(ortho[has]) >= min_step_m
+        )
+        final[candidates[take]] = ortho[take]
+        done[candidates[take]] = True
+        candidates, own_direction = candidates[~take], own_direction[~take]
+        if len(candidates) == 0:
+            return Regularized(final, done)
+
     # 1. each polygon turned so that its dominant direction is WORK_DEG (+ NUDGE_DEG)
     inputs = geoms[candidates]
-    direction = np.nan_to_num(dominant_direction(inputs, simplify=simplify_m), nan=WORK_DEG)
+    direction = np.nan_to_num(own_direction, nan=WORK_DEG)
     turn = WORK_DEG + NUDGE_DEG - direction
     centres = shapely.get_coordinates(shapely.centroid(inputs))
 
@@ -470,15 +701,7 @@ def regularize(
     result[rows] = _turn(np.asarray(out.geometry.values, dtype=object)[single], back[rows], mid[rows])
 
     # 4. the gate: one valid Polygon, close to the input in shape and area
-    got = result[candidates]
-    valid = (shapely.get_type_id(got) == 3) & ~shapely.is_empty(got)
-    valid[valid] = shapely.is_valid(got[valid])  # overlays of invalid results would raise
-    ok, mine = got[valid], inputs[valid]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = shapely.area(shapely.intersection(ok, mine)) / shapely.area(shapely.union(ok, mine))
-        ratio = shapely.area(ok) / shapely.area(mine)
-    accept = np.zeros(len(candidates), dtype=bool)
-    accept[valid] = (iou >= min_iou) & (np.abs(ratio - 1.0) <= area_tolerance)
+    accept = _gate(result[candidates], inputs, min_iou, area_tolerance)
     done[candidates[accept]] = True
     final[candidates[accept]] = result[candidates[accept]]
     return Regularized(final, done)
@@ -518,6 +741,7 @@ def regularize_in_crs(
         min_iou=settings.min_iou,
         area_tolerance=settings.area_tolerance,
         rectangle_iou=settings.rectangle_iou,
+        orthogonal=settings.orthogonal,
         processes=processes,
     )
     out = world.copy()

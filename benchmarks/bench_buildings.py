@@ -25,6 +25,10 @@
       end-to-end cost of both steps: `geounet predict IMAGE` with the synthetic model as
       shipped and with --no-separate --no-regularize, interleaved --repeat times; process wall
       seconds and scene.json timings.
+  python benchmarks/bench_buildings.py --label cost-4096 --picture
+      after a --cost run of that label: a before/after picture of the 120 m window where
+      separation split the most buildings (pixel outlines without either step beside the
+      shipped outlines, each polygon in its own colour) -> results/buildings/before_after.png.
 
 Columns (counts summed over the scenes): building F1 at IoU >= 0.5 and the mean IoU of the
 matches (geounet.evaluate.building_f1); the merge rate (true buildings whose best-overlapping
@@ -60,7 +64,9 @@ SEEDS = (3000, 3001, 3002)
 # name -> RegularizeSettings fields; "default" is what geounet ships
 SETTINGS: dict[str, dict[str, Any]] = {
     "default": {},
+    "library only (no fast paths)": {"rectangle_iou": 1.0, "orthogonal": False},
     "no rectangle fit": {"rectangle_iou": 1.0},
+    "no rectilinear path": {"orthogonal": False},
     "rectangle fit from IoU 0.85": {"rectangle_iou": 0.85},
     "rectangle fit from IoU 0.95": {"rectangle_iou": 0.95},
     "no 45°": {"allow_45": False},
@@ -283,6 +289,53 @@ def separation_sweep(cases: list[Case], out: Path, model: Path) -> dict[str, Any
     return {"rows": rows, "table": lines}
 
 
+def picture(image: Path, runs: Path, dest: Path, window_m: float = 120.0) -> None:
+    """Two panels over the window where the shipped run has the most polygons more."""
+    import geopandas as gpd
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import rasterio
+    from rasterio.windows import from_bounds
+
+    layers = {
+        "before: pixel outlines, touching buildings one polygon": runs / "without-both" / image.stem,
+        "geounet: touching buildings apart, regular outlines": runs / "shipped" / image.stem,
+    }
+    frames = {k: gpd.read_file(v / "polygons.gpkg", layer="buildings") for k, v in layers.items()}
+    before, after = frames.values()
+    with rasterio.open(image) as ds:
+        x0, y0, x1, y1 = ds.bounds
+        best, where = -1, (x0, y0)
+        for x in np.arange(x0, x1 - window_m, window_m / 4):
+            for y in np.arange(y0, y1 - window_m, window_m / 4):
+                n = len(after.cx[x : x + window_m, y : y + window_m]) - len(
+                    before.cx[x : x + window_m, y : y + window_m]
+                )
+                if n > best:
+                    best, where = n, (x, y)
+        bx, by = where
+        win = from_bounds(bx, by, bx + window_m, by + window_m, ds.transform)
+        rgb = np.moveaxis(ds.read([1, 2, 3], window=win), 0, -1)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.4))
+    colours = plt.get_cmap("tab10").colors
+    for ax, (title, frame) in zip(axes, frames.items()):
+        ax.imshow(rgb, extent=(bx, bx + window_m, by, by + window_m))
+        sub = frame.cx[bx : bx + window_m, by : by + window_m]
+        for i, geom in enumerate(sub.geometry):
+            xs, ys = geom.exterior.xy
+            ax.plot(xs, ys, color=colours[i % len(colours)], linewidth=1.6)
+        ax.set_xlim(bx, bx + window_m)
+        ax.set_ylim(by, by + window_m)
+        ax.set_title(f"{title} ({len(sub)})", fontsize=10)
+        ax.set_axis_off()
+    fig.suptitle(f"{image.name}, synthetic model, {window_m:g} m window", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=80)
+    print(f"wrote {dest}")
+
+
 def main() -> None:
     import geopandas as gpd
     import rasterio
@@ -304,6 +357,7 @@ def main() -> None:
     ap.add_argument("--cost", type=Path, metavar="IMAGE", help="measure the end-to-end cost on IMAGE instead")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--sweep-separation", action="store_true", help="sweep the separation settings instead")
+    ap.add_argument("--picture", action="store_true", help="draw the before/after picture of a --cost run")
     opts = ap.parse_args()
     record: dict[str, Any] = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -312,6 +366,10 @@ def main() -> None:
     }
     dest = RESULTS / "buildings" / f"{opts.label}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if opts.picture:
+        previous = json.loads(dest.read_text())
+        picture(Path(previous["image"]), opts.work / "runs" / opts.label, dest.parent / "before_after.png")
+        return
     if opts.cost is not None:
         record.update(image=str(opts.cost), **cost(opts.cost, opts.work / "runs" / opts.label, opts.repeat))
         print(f"shipped vs without both steps: {record['added']:+.1%} ({record['best_process_s']})")

@@ -7,6 +7,7 @@ polygons touching seams from the crops, and compares with splitting the whole sc
 
 from __future__ import annotations
 
+import json
 import pickle
 from collections.abc import Sequence
 
@@ -205,3 +206,59 @@ def test_crops_must_cover_the_merged_polygon() -> None:
     lonely = [EdgeCrop(2, 2, np.where(mask[2:12, 2:12], prob[2:12, 2:12], -1).astype(np.float32))]
     with pytest.raises(RuntimeError, match="not covered"):
         separate_merged(merged, lonely, seam_lines([(0, 0, 12, h), (12, 0, w - 12, h)], w, h), PARAMS)
+
+
+# --------------------------------------------------------------------------- through the pipeline
+def _terraces_scene(path):  # type: ignore[no-untyped-def]
+    """Rows of attached 20 x 12 m houses on 0.5 m pixels; band 1 is what the probe model reads:
+    255 inside a house (p ~ 1), 130 on the party walls (p ~ 0.6: above the 0.5 threshold, below
+    the 0.7 seeds), 0 elsewhere."""
+    from affine import Affine
+
+    from tests.conftest import write_tif
+
+    band = np.zeros((200, 300), np.uint8)
+    for r0 in (10, 70, 130):
+        for k in range(6):
+            c0 = 7 + k * 41  # houses 40 px wide, a 1 px wall between neighbours
+            band[r0 : r0 + 24, c0 : c0 + 40] = 255
+            if k:
+                band[r0 : r0 + 24, c0 - 1] = 130
+    img = np.stack([band, np.full_like(band, 90), np.full_like(band, 90)])
+    return write_tif(path, img, crs="EPSG:32633", transform=Affine(0.5, 0, 500000.0, 0, -0.5, 4650000.0))
+
+
+def test_pipeline_splits_terraces_the_same_on_any_block_grid(tmp_path, dask_local) -> None:  # type: ignore[no-untyped-def]
+    import geopandas as gpd
+
+    from geounet.batch.run import run_scenes
+    from geounet.settings import InferenceSettings
+    from tests.conftest import make_checkpoint
+
+    scene = _terraces_scene(tmp_path / "terraces.tif")
+    ckpt = make_checkpoint(tmp_path / "probe.safetensors", arch="probe", width=1, depth=4)
+    layers = {}
+    for name, tile, on in (("blocks", 64, True), ("whole", 320, True), ("off", 64, False)):
+        settings = InferenceSettings(
+            tile_size=tile,
+            halo=0,
+            formats=["gpkg"],
+            separate=SeparateSettings(enabled=on),
+            centerlines={"enabled": False},
+        )
+        [res] = run_scenes([str(scene)], ckpt, tmp_path / name, settings, client=dask_local, progress=False)
+        assert res.status == "success", res.error
+        record = json.loads((tmp_path / name / "terraces" / "scene.json").read_text())
+        layers[name] = (gpd.read_file(tmp_path / name / "terraces" / "polygons.gpkg", layer="buildings_raw"), record)
+    blocks, rec_blocks = layers["blocks"]
+    whole, rec_whole = layers["whole"]
+    off, rec_off = layers["off"]
+    assert len(off) == 3 and rec_off["separated"] == {}  # a terrace is one polygon without separation
+    assert len(blocks) == len(whole) == 18  # one per house
+    assert rec_blocks["separated"]["building"]["regions_split"] == 3
+    assert rec_blocks["separated"]["building"]["at_seams"] == 3  # every terrace crosses a 64 px seam
+    assert rec_whole["separated"]["building"]["at_seams"] == 0
+    key = lambda g: (round(g.bounds[1], 3), round(g.bounds[0], 3))  # noqa: E731
+    for a, b in zip(sorted(blocks.geometry, key=key), sorted(whole.geometry, key=key)):
+        assert a.equals(b)
+    assert sorted(round(a, 6) for a in blocks.geometry.area) == [20.0 * 12.0] * 18  # each house whole

@@ -4,12 +4,15 @@ Everything a worker needs to read a scene is captured in a small, picklable
 :class:`SceneInfo`. Validation refuses, with the scene and the cause in the message:
 files that are not GeoTIFFs (a VRT named ``.tif`` can make GDAL read arbitrary files, so
 only an allowlist of drivers may open a scene), scenes beyond the pixel budget, scenes
-without a CRS or a geotransform, and band layouts the model cannot take.
+without a CRS or a geotransform (or georeferenced by ground control points only), with a
+non-finite geotransform, a local CRS with no link to the Earth, or corners that do not map
+to longitude/latitude, and band layouts the model cannot take.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -30,6 +33,9 @@ from geounet.errors import SceneError
 # VRT (it can make GDAL read any file), not the long tail of formats with rarer parsers.
 SCENE_DRIVER = "GTiff"
 NUMERIC_KINDS = ("u", "i", "f")
+# How far past +-180 a corner's longitude may lie: scenes across the antimeridian (and grids
+# in 0..360 degrees) go beyond 180; anything further is impossible georeferencing.
+MAX_ABS_LON = 540.0
 
 
 @dataclass(frozen=True)
@@ -203,24 +209,69 @@ def _check_local_file(path: str) -> None:
 def _choose_bands(
     path: str, ds: rasterio.io.DatasetReader, in_channels: int, bands: Sequence[int] | None
 ) -> tuple[int, ...]:
+    # A single colour-map band holds palette indices, not colours: expanding it gives RGB bands.
+    paletted = ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette and in_channels > ds.count
+    expand = (
+        "; it is a paletted (colour-map) image: expand it to RGB first, e.g. gdal_translate -expand rgb in.tif out.tif"
+        if paletted
+        else ""
+    )
     if bands is not None:
         bad = [b for b in bands if b > ds.count]
         if bad:
-            raise SceneError(path, f"band(s) {bad} requested but the scene has only {ds.count} band(s)")
+            raise SceneError(path, f"band(s) {bad} requested but the scene has only {ds.count} band(s){expand}")
         if len(bands) != in_channels:
-            raise SceneError(path, f"{len(bands)} band(s) {list(bands)} selected but the model takes {in_channels}")
+            raise SceneError(
+                path, f"{len(bands)} band(s) {list(bands)} selected but the model takes {in_channels}{expand}"
+            )
         return tuple(int(b) for b in bands)
     if ds.count == in_channels:
         return tuple(range(1, ds.count + 1))
     non_alpha = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci != ColorInterp.alpha]
     if len(non_alpha) == in_channels:
         return tuple(non_alpha)
+    if paletted:
+        raise SceneError(path, f"has {ds.count} band(s) but the model takes {in_channels}{expand}")
     hint = ", ".join(str(i) for i in range(1, min(in_channels, ds.count) + 1))
     raise SceneError(
         path,
         f"has {ds.count} band(s) but the model takes {in_channels}; select bands explicitly "
         f"(inference setting `bands: [{hint}]` or --bands {hint.replace(' ', '')})",
     )
+
+
+def _georef_error(crs_wkt: str, t: Affine, width: int, height: int) -> str | None:
+    """Why a scene with this CRS and finite geotransform cannot be placed on the Earth, or None.
+
+    Refuses a CRS with no geodetic datum (LOCAL_CS / engineering) and corners that do not map
+    to finite longitude/latitude (e.g. a UTM origin millions of kilometres away): such a scene
+    would be computed and then fail when its outputs are written as lon/lat GeoJSON.
+    """
+    try:
+        crs = CRS.from_wkt(crs_wkt)
+    except CRSError as exc:
+        return f"has a CRS that PROJ cannot read ({exc}); assign a standard one (e.g. gdal_edit.py -a_srs EPSG:XXXX)"
+    if crs.geodetic_crs is None:
+        return (
+            f"has a local CRS ({crs.name}) with no link to the Earth, so its outputs cannot be placed on a map "
+            "or written as lon/lat GeoJSON; assign the real CRS (e.g. gdal_edit.py -a_srs EPSG:XXXX)"
+        )
+    corners = [t @ (c, r) for c, r in ((0, 0), (width, 0), (0, height), (width, height))]
+    xs, ys = [p[0] for p in corners], [p[1] for p in corners]
+    detail = f"x {min(xs):.10g}..{max(xs):.10g}, y {min(ys):.10g}..{max(ys):.10g} in {crs.to_string()}"
+    try:
+        lon, lat = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True).transform(xs, ys)
+    except (CRSError, ProjError) as exc:
+        return f"has corners ({detail}) that do not map to longitude/latitude ({exc}); check the geotransform and CRS"
+    lon, lat = np.asarray(lon, float), np.asarray(lat, float)
+    if not (np.isfinite(lon).all() and np.isfinite(lat).all()) or (
+        np.abs(lat).max() > 90.0 + 1e-9 or np.abs(lon).max() > MAX_ABS_LON
+    ):
+        got = ", ".join(f"({x:.6g}, {y:.6g})" for x, y in zip(lon, lat))
+        return (
+            f"has corners ({detail}) that do not map to longitude/latitude (got {got}); check the geotransform and CRS"
+        )
+    return None
 
 
 def open_scene(
@@ -260,12 +311,29 @@ def open_scene(
                 f"is {w} x {h} = {w * h:,} pixels, above the pixel budget of {max_pixels:,}; "
                 "raise `max_pixels` if this is intended",
             )
+        no_transform = ds.transform == Affine.identity()
+        if no_transform and ds.gcps[0]:
+            raise SceneError(
+                path,
+                f"is georeferenced by ground control points only ({len(ds.gcps[0])} GCPs, no geotransform); "
+                "warp it first, e.g. gdalwarp -t_srs EPSG:XXXX in.tif out.tif (assigning a CRS does not place it)",
+            )
         if ds.crs is None:
             raise SceneError(path, "has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:XXXX)")
-        if ds.transform == Affine.identity() and not ds.gcps[0]:
+        if no_transform:
             raise SceneError(path, "has no geotransform; the scene cannot be placed on the map")
+        coefficients = tuple(ds.transform)[:6]
+        if not all(math.isfinite(v) for v in coefficients):
+            raise SceneError(
+                path,
+                f"has a geotransform with non-finite coefficients {coefficients}; fix its georeferencing "
+                "(e.g. gdal_edit.py -a_ullr ulx uly lrx lry)",
+            )
         if ds.transform.determinant == 0:
-            raise SceneError(path, f"has a degenerate geotransform {tuple(ds.transform)[:6]}")
+            raise SceneError(path, f"has a degenerate geotransform {coefficients}")
+        georef = _georef_error(ds.crs.to_wkt(), ds.transform, w, h)
+        if georef:
+            raise SceneError(path, georef)
         dtypes = set(ds.dtypes)
         if len(dtypes) != 1:
             raise SceneError(path, f"mixes band data types {sorted(dtypes)}; convert to one type")

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
+from rasterio.control import GroundControlPoint
+from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from geounet.batch.run import run_scenes
@@ -24,6 +27,7 @@ from geounet.scene.source import open_scene
 from geounet.settings import InferenceSettings
 from tests.conftest import make_checkpoint, write_tif
 from tests.reliability._faults import (
+    UTM33,
     assert_complete,
     assert_no_finished_output,
     bright_rect_scene,
@@ -67,6 +71,37 @@ def _directory(d: Path, good: Path) -> Path:
     return d / "folder.tif"
 
 
+def _gcp_only(path: Path, crs: str | None) -> Path:
+    """A scene placed by four ground control points (UTM 33N corners), with no geotransform."""
+    p = write_tif(path, _img(), crs=None, transform=None)
+    t = UTM33[1]
+    gcps = [GroundControlPoint(r, c, *(t @ (c, r))) for r, c in ((0, 0), (0, 30), (20, 0), (20, 30))]
+    with rasterio.open(p, "r+") as ds:
+        ds.gcps = (gcps, CRS.from_user_input(crs) if crs else CRS())
+    with rasterio.open(p) as ds:  # precondition: GCPs only; a CRS, if any, only on the GCPs
+        assert ds.transform == Affine.identity() and len(ds.gcps[0]) == 4 and bool(ds.gcps[1]) == bool(crs)
+    return p
+
+
+def _nan_transform(d: Path, good: Path) -> Path:
+    p = write_tif(d / "nan-transform.tif", _img(), transform=Affine(float("nan"), 0, 500000.0, 0, -0.5, 4650000.0))
+    with rasterio.open(p) as ds:
+        if all(np.isfinite(tuple(ds.transform))):
+            pytest.skip(f"GDAL {rasterio.__gdal_version__} does not store a NaN geotransform coefficient")
+    return p
+
+
+def _paletted(d: Path, good: Path) -> Path:
+    """A single uint8 band of colour-map indices (the model takes 3 bands)."""
+    p = write_tif(d / "paletted.tif", _img(bands=1))
+    with rasterio.open(p, "r+") as ds:
+        ds.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 0, 0, 255), 199: (0, 0, 255, 255)})
+    return p
+
+
+LOCAL_CS = 'LOCAL_CS["arbitrary",UNIT["metre",1]]'
+
+
 # name -> (builder(folder, good scene) -> bad path, words the error must contain)
 REFUSED: dict[str, tuple[Callable[[Path, Path], Path], tuple[str, ...]]] = {
     "zero-bytes": (lambda d, g: empty_file(d / "zero.tif"), ("empty (0 bytes)",)),
@@ -90,6 +125,27 @@ REFUSED: dict[str, tuple[Callable[[Path, Path], Path], tuple[str, ...]]] = {
     "dangling-symlink": (lambda d, g: dangling_link(d / "link.tif"), ("dangling symbolic link",)),
     "directory": (_directory, ("is not a regular file",)),
     "mode-000": (_unreadable, ("not readable", "permission denied")),
+    "gcp-only-with-crs": (
+        lambda d, g: _gcp_only(d / "gcp-crs.tif", UTM33[0]),
+        ("ground control points only", "gdalwarp -t_srs EPSG:XXXX in.tif out.tif", "assigning a CRS does not place it"),
+    ),
+    "gcp-only-without-crs": (
+        lambda d, g: _gcp_only(d / "gcp.tif", None),
+        ("ground control points only", "gdalwarp -t_srs EPSG:XXXX in.tif out.tif", "assigning a CRS does not place it"),
+    ),
+    "nan-geotransform": (_nan_transform, ("geotransform with non-finite coefficients (nan", "fix its georeferencing")),
+    "local-cs": (
+        lambda d, g: write_tif(d / "local.tif", _img(), crs=LOCAL_CS, transform=Affine(0.5, 0, 0, 0, -0.5, 100)),
+        ("has a local CRS (arbitrary) with no link to the Earth", "lon/lat GeoJSON", "assign the real CRS"),
+    ),
+    "utm-origin-5e7": (
+        lambda d, g: write_tif(d / "far.tif", _img(), transform=Affine(0.5, 0, 5e7, 0, -0.5, 4650000.0)),
+        ("x 50000000..50000015", "EPSG:32633", "do not map to longitude/latitude", "check the geotransform and CRS"),
+    ),
+    "paletted-single-band": (
+        _paletted,
+        ("only 1 band(s)", "paletted (colour-map)", "gdal_translate -expand rgb in.tif out.tif"),
+    ),
 }
 
 
@@ -125,6 +181,26 @@ def test_huge_declared_size_is_refused_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="above the pixel budget"):
         open_scene(p, in_channels=3)
     assert time.perf_counter() - t0 < 2.0
+
+
+def test_paletted_scene_without_band_metadata_gets_the_expand_advice(tmp_path: Path) -> None:
+    p = _paletted(tmp_path, tmp_path)
+    with pytest.raises(Exception, match=r"has 1 band\(s\) but the model takes 3; it is a paletted .* -expand rgb"):
+        open_scene(p, in_channels=3)
+    assert open_scene(p, in_channels=1).bands == (1,)  # a one-band model takes the indices as they are
+
+
+@pytest.mark.parametrize(
+    ("crs", "transform"),
+    [
+        ("EPSG:32660", Affine(0.5, 0, 833900.0, 0, -0.5, 1000000.0)),  # UTM 60N across the antimeridian
+        ("EPSG:4326", Affine(0.001, 0, 359.99, 0, -0.001, 10.0)),  # a 0..360 degree grid
+        ("EPSG:4326", Affine(0.001, 0, -180.0, 0, -0.001, 90.0)),  # touching the pole
+    ],
+)
+def test_scenes_near_the_limits_of_lon_lat_still_open(tmp_path: Path, crs: str, transform: Affine) -> None:
+    p = write_tif(tmp_path / "edge.tif", _img(), crs=crs, transform=transform)
+    assert open_scene(p, in_channels=3).width == 30
 
 
 # --------------------------------------------------------------------------- mid-read failures

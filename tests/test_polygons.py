@@ -80,8 +80,8 @@ def test_sheared_and_north_up_transforms() -> None:
 
 def test_pixel_size_projected_in_metres_and_feet() -> None:
     assert pixel_size_m(NORTH_UP_HALF_METRE, UTM, (500000, 4650000)) == pytest.approx(0.5)
-    rotated = Affine.rotation(45) @ Affine.scale(2, -2)
-    assert pixel_size_m(rotated, UTM, (0, 0)) == pytest.approx(2.0)
+    rotated = Affine.translation(500000, 4650000) @ Affine.rotation(45) @ Affine.scale(2, -2)
+    assert pixel_size_m(rotated, UTM, (500000, 4650000)) == pytest.approx(2.0)
     feet = Affine(3, 0, 700000, 0, -3, 3000000)
     assert pixel_size_m(feet, "EPSG:2249", (700000, 3000000)) == pytest.approx(3 * US_FOOT)
 
@@ -148,7 +148,7 @@ def test_fill_holes_by_area_in_metres() -> None:
     mask[2, 2] = False  # 1 px hole = 4 m^2 at 2 m pixels
     mask[5:9, 5:9] = False  # 16 px hole = 64 m^2
     m = merged_polygons(mask, None, [6], [6])
-    affine = Affine(2, 0, 0, 0, -2, 0)
+    affine = Affine(2, 0, 500000, 0, -2, 4650000)  # inside the UTM zone: the plane is true to the ground
     out = postprocess(m.geoms, m.pixel_count, m.prob_sum, affine=affine, crs=UTM, fill_holes_m2=10)
     (g,) = out.geoms
     assert len(g.interiors) == 1
@@ -250,3 +250,44 @@ def test_bad_options_and_inputs() -> None:
         postprocess(g, [1], [0.5], affine=NORTH_UP_HALF_METRE, crs=None)
     empty = postprocess([], [], [], affine=NORTH_UP_HALF_METRE, crs=UTM, simplify_m=1)
     assert len(empty.geoms) == 0 and empty.area_m2.dtype == np.float64
+
+
+# --------------------------------------------------------------------------- Web Mercator
+def _mercator_square(lat: float, side_m: float) -> tuple[Polygon, float]:
+    """A square of about ``side_m`` ground metres at ``lat`` in EPSG:3857, and its geodesic area."""
+    from pyproj import Geod, Transformer
+
+    dlat = side_m / 111_320.0
+    dlon = dlat / math.cos(math.radians(lat))
+    lonlat = box(10.0, lat, 10.0 + dlon, lat + dlat)
+    true = abs(Geod(ellps="WGS84").geometry_area_perimeter(shapely.orient_polygons(lonlat))[0])
+    to_3857 = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
+    return shapely.transform(lonlat, lambda xy: np.column_stack(to_3857.transform(xy[:, 0], xy[:, 1]))), true
+
+
+@pytest.mark.parametrize("lat", [0.0, 30.0, 45.0, 60.0, 70.0, -75.0])
+def test_web_mercator_areas_are_ground_areas(lat: float) -> None:
+    square, true = _mercator_square(lat, 100.0)
+    assert areas_m2([square], "EPSG:3857")[0] == pytest.approx(true, rel=0.005)
+    if abs(lat) >= 45:  # the plane's own area is far off there (8.5x at 70 degrees)
+        assert square.area > 1.9 * true
+
+
+def test_web_mercator_thresholds_are_ground_metres() -> None:
+    """A 0.3 m map-pixel scene at 70 degrees N: its pixels are 0.103 m on the ground, so a
+    200 x 200 px building is about 20.5 x 20.5 m = 420 m2, not the plane's 3600 m2."""
+    lat = 70.0
+    from pyproj import Transformer
+
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True).transform(10.0, lat)
+    affine = Affine(0.3, 0, x, 0, -0.3, y)
+    assert pixel_size_m(affine, "EPSG:3857", (x, y)) == pytest.approx(0.3 * math.cos(math.radians(lat)), rel=0.01)
+    mask = np.zeros((240, 240), dtype=bool)
+    mask[20:220, 20:220] = True
+    merged = merge_seams([polygonize_block(mask, None, row_off=0, col_off=0, scene_height=240, scene_width=240)])
+    out = postprocess(merged.geoms, merged.pixel_count, merged.prob_sum, affine=affine, crs="EPSG:3857")
+    assert out.area_m2[0] == pytest.approx((200 * 0.3 * math.cos(math.radians(lat))) ** 2, rel=0.01)
+    # min_area_m2 in ground square metres: a 500 m2 threshold drops it, 400 m2 keeps it
+    kw = dict(affine=affine, crs="EPSG:3857")
+    assert len(postprocess(merged.geoms, merged.pixel_count, merged.prob_sum, min_area_m2=500, **kw).geoms) == 0
+    assert len(postprocess(merged.geoms, merged.pixel_count, merged.prob_sum, min_area_m2=400, **kw).geoms) == 1

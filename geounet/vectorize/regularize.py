@@ -59,7 +59,7 @@ from scipy.spatial import cKDTree
 
 from geounet.errors import ConfigError
 from geounet.settings import RegularizeSettings
-from geounet.vectorize.postprocess import _as_crs, _degrees_per_unit, _unit_factor
+from geounet.vectorize.postprocess import _as_crs, _degrees_per_unit, _unit_factor, ground_factor
 
 __all__ = [
     "MetricPlane",
@@ -138,7 +138,9 @@ def metric_plane(crs: Any, center_xy: tuple[float, float]) -> MetricPlane:
     """A plane in metres, centred on ``center_xy`` (scene CRS), where angles are the scene's.
 
     Projected CRS: the CRS's own plane, shifted to the centre (so the library's line
-    intersections see small numbers) and scaled to metres: a similarity, so the angles and
+    intersections see small numbers) and scaled to ground metres there (the unit's length, and
+    :func:`~geounet.vectorize.postprocess.ground_factor` where the plane is not true to the
+    ground, e.g. Web Mercator): a similarity, so the angles and
     shapes regularized are those of the CRS's plane (true ground angles for the conformal
     projections imagery comes in: UTM, transverse Mercator, Lambert conformal, Web Mercator).
     Geographic CRS: a transverse Mercator projection centred on the scene, on the CRS's own
@@ -148,7 +150,8 @@ def metric_plane(crs: Any, center_xy: tuple[float, float]) -> MetricPlane:
     crs = _as_crs(crs)
     cx, cy = float(center_xy[0]), float(center_xy[1])
     if not crs.is_geographic:
-        k = _unit_factor(crs)
+        # CRS units -> ground metres at the centre (Web Mercator: times cos(latitude))
+        k = _unit_factor(crs) * ground_factor(crs, (cx, cy))
         shift = np.array([cx, cy])
         return MetricPlane(lambda xy: (xy - shift) * k, lambda xy: xy / k + shift)
     deg = _degrees_per_unit(crs)

@@ -9,6 +9,7 @@ polygons, the streaming probability writer and the quicklook canvas.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,7 @@ from geounet.export.stac import scene_item, write_item
 from geounet.export.vectors import VECTOR_WRITERS, VectorWriter
 from geounet.heap import trim_heap
 from geounet.infer.block import BlockResult, BlockTaskSpec
+from geounet.scene.normalize import InputMoments, input_warning
 from geounet.scene.plan import TilingPlan
 from geounet.scene.source import SceneInfo, ground_pixel_size_m
 from geounet.scene.stac import StacScene
@@ -51,6 +53,8 @@ from geounet.vectorize.postprocess import areas_m2, postprocess, single_parts, t
 from geounet.vectorize.regularize import regularize_in_crs
 from geounet.vectorize.seams import merge_seams
 from geounet.vectorize.separate import EdgeCrop, SeparationParams, seam_lines, separate_merged
+
+log = logging.getLogger(__name__)
 
 
 def library_versions() -> dict[str, str]:
@@ -153,6 +157,7 @@ class SceneJob:
         self.futures: set[Any] = set()
         self.timings: dict[str, float] = {"read": 0.0, "infer": 0.0, "vectorize": 0.0}
         self.skipped_blocks = 0  # blocks without any valid pixel: no model run
+        self.moments: InputMoments | None = None  # the blocks' valid normalized pixels, summed (input range check)
         self.started = time.perf_counter()
         self.failed: str | None = None
         self.prob_writer: ProbabilityWriter | None = None
@@ -196,6 +201,8 @@ class SceneJob:
             self.linear_stage.write(result.core, result.linear)
         if self.thumbnail is not None and result.thumbnail is not None:
             self.thumbnail.add(result.thumbnail)
+        if result.moments is not None:
+            self.moments = result.moments if self.moments is None else self.moments + result.moments
         for stage, seconds in result.timings.items():
             if stage == "skipped_blocks":
                 self.skipped_blocks += int(seconds)
@@ -338,6 +345,13 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         written.append(write_item(job.folder, item).name)
         stage["write_stac"] = time.perf_counter() - ts
     t2 = time.perf_counter()
+    input_warn = None
+    if job.moments is not None:
+        input_warn = input_warning(
+            job.moments, model.normalization, dtype=info.dtype, bands=info.bands, scene=info.path
+        )
+    if input_warn is not None:
+        log.warning("%s", input_warn)
     timings = {
         **{k: round(v, 3) for k, v in job.timings.items()},
         "merge_postprocess": round(t1 - t0, 3),
@@ -380,6 +394,7 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         "scene_gsd_m": _rounded(job.grid.scene_gsd_m),
         "model_gsd_m": job.grid.model_gsd_m,
         "gsd_warning": job.grid.warning,
+        "input_warning": input_warn,  # pixels far from the model's training data (dtype, scaling), else None
         "timings_s": timings,
         "polygons": counts,
         "centerlines": graphs,  # per linear class: edges, nodes, length_km (time: timings_s.centerlines)

@@ -15,11 +15,16 @@ validates directly. A model saved without statistics gets :func:`default_normali
 
 Where nodata pixels must not take part, remove them before :func:`compute_normalization`;
 :func:`apply_normalization` passes NaN through unchanged.
+
+:func:`input_moments` (per block) and :func:`input_warning` (per scene) flag a scene whose
+normalized pixels are far from the training data's: wrong scaling or a wrapped signed dtype.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -228,3 +233,187 @@ def compute_normalization(
         except ValidationError as err:
             raise ConfigError(describe_validation_error(err, "computed normalization")) from None
     raise ConfigError(f"normalization kind {kind!r} is not one of 'meanstd', 'percentile'")
+
+
+# --------------------------------------------------------------------------- input range check
+# A scene whose pixels are scaled unlike the training data (reflectance 0-1 or uint16 DN on a
+# model trained on 0-255, a uint8 image stored as int8) runs without error but gives meaningless
+# polygons. The per-band moments of the normalized pixels, summed over the scene's blocks, tell.
+MEAN_LIMIT = 3.0  # |normalized mean| above this: far brighter/darker than the training data
+FLAT_LIMIT = 0.01  # normalized std below this (and below 1 raw unit): the model sees a nearly constant band
+SPREAD_LIMIT = 20.0  # normalized std above this: values spread far beyond the training data's
+NEGATIVE_SHARE = 0.001  # share of valid pixels < 0 that flags a signed scene on non-negative training data
+_ROWS = 256  # rows per float64 stripe in input_moments: bounds its temporaries
+
+
+@dataclass(frozen=True)
+class InputMoments:
+    """Per-band sums over valid pixels of a normalized block (or scene), exact to add up.
+
+    ``count`` valid pixels; ``total`` and ``squares``: per band, the sum and the sum of squares of
+    the normalized values (float64, the model's input units); ``negative``: per band, the valid
+    pixels whose raw value is < 0 (0 where the raw dtype cannot hold negatives).
+    """
+
+    count: int
+    total: tuple[float, ...]
+    squares: tuple[float, ...]
+    negative: tuple[int, ...]
+
+    @classmethod
+    def empty(cls, bands: int) -> InputMoments:
+        """Moments of no pixel, for ``bands`` bands."""
+        return cls(0, (0.0,) * bands, (0.0,) * bands, (0,) * bands)
+
+    def combine(self, other: InputMoments) -> InputMoments:
+        """The moments of both pixel sets together (blocks of one scene: disjoint cores)."""
+        if len(self.total) != len(other.total):
+            raise ValueError(f"cannot add moments of {len(self.total)} and {len(other.total)} bands")
+        return InputMoments(
+            self.count + other.count,
+            tuple(a + b for a, b in zip(self.total, other.total)),
+            tuple(a + b for a, b in zip(self.squares, other.squares)),
+            tuple(a + b for a, b in zip(self.negative, other.negative)),
+        )
+
+    __add__ = combine
+
+    @property
+    def mean(self) -> list[float]:
+        """Per-band mean of the normalized values (NaN without valid pixels)."""
+        return [t / self.count if self.count else math.nan for t in self.total]
+
+    @property
+    def std(self) -> list[float]:
+        """Per-band (population) standard deviation of the normalized values (NaN without valid pixels)."""
+        return [
+            math.sqrt(max(s / self.count - m * m, 0.0)) if self.count else math.nan
+            for s, m in zip(self.squares, self.mean)
+        ]
+
+
+def input_moments(x: np.ndarray, valid: np.ndarray, raw: np.ndarray | None = None) -> InputMoments:
+    """Moments of the normalized block ``x`` over its ``valid`` pixels.
+
+    Args:
+        x: ``(bands, h, w)`` normalized pixels (the output of :func:`apply_normalization`), finite
+            where valid.
+        valid: ``(h, w)`` boolean; False pixels take no part.
+        raw: the same pixels before normalization, ``(bands, h, w)``; when its dtype is a signed
+            integer, the valid pixels < 0 are counted per band. None: no count (zeros).
+
+    Costs one pass over ``x`` and one float64 buffer of ``256 * w`` pixels (about 0.15 s for a
+    3 x 2048 x 2048 block on one core).
+    """
+    bands, h, w = x.shape
+    if valid.shape != (h, w) or (raw is not None and raw.shape != x.shape):
+        raise ValueError(
+            f"x has shape {x.shape}, valid {valid.shape} and raw {None if raw is None else raw.shape}; "
+            "give valid as (h, w) and raw shaped like x"
+        )
+    total = np.zeros(bands, np.float64)
+    squares = np.zeros(bands, np.float64)
+    buf = np.empty((min(h, _ROWS), w), np.float64)  # one stripe of one band, invalid pixels 0
+    for r in range(0, h, _ROWS):
+        v = valid[r : r + _ROWS]
+        stripe = buf[: v.shape[0]]
+        for b in range(bands):
+            stripe.fill(0.0)
+            np.copyto(stripe, x[b, r : r + _ROWS], where=v)  # NaN at invalid pixels stays out
+            flat = stripe.ravel()
+            total[b] += flat.sum()
+            squares[b] += flat @ flat
+    negative = (0,) * bands
+    if raw is not None and raw.dtype.kind == "i":
+        negative = tuple(int(np.count_nonzero((raw[b] < 0) & valid)) for b in range(bands))
+    return InputMoments(int(np.count_nonzero(valid)), tuple(total.tolist()), tuple(squares.tolist()), negative)
+
+
+def non_negative_training(norm: MeanStd | Percentile) -> bool:
+    """Whether the statistics describe training data without negative values.
+
+    Percentile: every ``low`` >= 0. MeanStd: every ``mean`` >= 0; this holds for the uint8
+    default (mean 0, std 255) and for 8/16-bit imagery, whose mean is positive even though
+    ``mean - 3 std`` is not (0-255 pixels: mean ~105, std ~71).
+    """
+    return all(v >= 0 for v in (norm.low if isinstance(norm, Percentile) else norm.mean))
+
+
+def input_warning(
+    moments: InputMoments,
+    norm: MeanStd | Percentile,
+    *,
+    dtype: str,
+    bands: Sequence[int] | None = None,
+    scene: str = "scene",
+) -> str | None:
+    """A warning text when a scene's pixels are far from the data the model was trained on, else None.
+
+    Per band, in normalized units (MeanStd: training standard deviations from the training mean;
+    Percentile: 0-1 across the training range, clipped):
+
+    * mean beyond ``±MEAN_LIMIT`` (3): far brighter or darker (uint16 0-10000 on a 0-255 model: ~+30);
+    * std below ``FLAT_LIMIT`` (0.01): for MeanStd, in a float scene and below 1 raw unit, nearly
+      constant to the model (reflectance 0-1 on a 0-255 model: ~0.001; an integer scene this flat is
+      merely uniform, not mis-scaled); for Percentile, with the mean within 0.01 of 0 or 1, nearly
+      every pixel clipped to one end of the training range;
+    * std above ``SPREAD_LIMIT`` (20): spread far wider than the training data;
+    * a signed integer ``dtype`` holding at least ``NEGATIVE_SHARE`` (0.1%) negative valid pixels while
+      the training data had none (:func:`non_negative_training`): e.g. a uint8 image stored as int8,
+      whose values above 127 wrap to negative.
+
+    Args:
+        moments: the scene's summed :func:`input_moments`.
+        norm: the checkpoint's normalization.
+        dtype: the scene's raw data type (e.g. ``"int8"``).
+        bands: the scene's 1-based band numbers fed to the model, for the message (default 1..n).
+        scene: the scene's path, for the message.
+    """
+    if moments.count == 0:
+        return None
+    n = len(moments.total)
+    numbers = list(bands) if bands is not None else list(range(1, n + 1))
+    kind = np.dtype(dtype)
+    signed = kind.kind == "i" and non_negative_training(norm)
+    reasons: list[str] = []
+    wrapped = False  # a signed band holds negative pixels the training data never had
+    for i, (m, sd, neg) in enumerate(zip(moments.mean, moments.std, moments.negative)):
+        found: list[str] = []
+        if isinstance(norm, MeanStd):
+            mu, sigma = norm.mean[i], norm.std[i]
+            head = f"band {numbers[i]}: mean {m * sigma + mu:.4g}, std {sd * sigma:.3g}"
+            if abs(m) > MEAN_LIMIT:
+                side = "above" if m > 0 else "below"
+                found.append(
+                    f"the mean is {abs(m):.3g} training standard deviations ({sigma:.4g}) {side} "
+                    f"the training mean {mu:.4g}"
+                )
+            if kind.kind == "f" and sd < FLAT_LIMIT and sd * sigma < 1.0:
+                found.append(
+                    f"the std is {sd:.2g} of the training standard deviation {sigma:.4g}: nearly constant to the model"
+                )
+        else:
+            lo, hi = norm.low[i], norm.high[i]
+            head = f"band {numbers[i]}: normalized mean {m:.3g}, std {sd:.3g}"
+            if sd < FLAT_LIMIT and not FLAT_LIMIT <= m <= 1.0 - FLAT_LIMIT:
+                found.append(f"nearly every pixel is clipped to one end of the training range {lo:.4g} to {hi:.4g}")
+        if sd > SPREAD_LIMIT:
+            found.append(f"the std is {sd:.3g} times the training data's: spread far wider")
+        if signed and neg >= NEGATIVE_SHARE * moments.count:
+            wrapped = True
+            found.append(f"{neg / moments.count:.1%} of its pixels are negative but the training data had none")
+        if found:
+            reasons.append(f"{head}: {' and '.join(found)}")
+    if not reasons:
+        return None
+    text = f"scene {scene}: its pixels are far from the data the model was trained on ({'; '.join(reasons)})"
+    if wrapped:
+        text += (
+            f"; a uint{kind.itemsize * 8} image stored as {kind.name} has its values above "
+            f"{np.iinfo(kind).max} wrapped to negative"
+        )
+    return text + (
+        "; check --bands and the scene's scaling (reflectance 0-1 or uint16 0-10000 against a model trained on "
+        "0-255: rescale to the training range; a uint8 image stored as int8: rewrite it as uint8 without clipping, "
+        "e.g. numpy's .view('uint8')): the outputs may be meaningless"
+    )

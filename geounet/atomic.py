@@ -9,7 +9,10 @@ name keeps the final extension, so GDAL picks the right driver for it.
 
 Errors of the file system (disk full, read-only folder, permissions, a file-size limit)
 become :class:`~geounet.errors.OutputError`, whose message names the file, the cause and
-the fix; the previous file of that name, if any, is left as it was.
+the fix; the previous file of that name, if any, is left as it was. A full disk reads the
+same whichever library found it (:func:`no_room`): Python's ``[Errno 28]``, SQLite's
+``database or disk is full`` and GDAL's bare ``Failed to commit transaction`` all become
+``no space left on device``.
 """
 
 from __future__ import annotations
@@ -55,22 +58,81 @@ def remove_partials(folder: str | os.PathLike[str], *, recursive: bool = False) 
     return n
 
 
+# errno of a file system that takes no more data: full, over the user's quota, past the file-size limit
+NO_ROOM_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# How a full disk reads in the messages GDAL, SQLite and libtiff raise with (they carry no errno).
+FULL_DISK_WORDS = {
+    "no space left on device": errno.ENOSPC,
+    "database or disk is full": errno.ENOSPC,  # SQLite (GeoPackage)
+    "disk quota exceeded": errno.EDQUOT,
+}
+# GDAL often reports a write that found the disk full only as failed ("Failed to commit transaction",
+# "Write failed"): such a failure is a full disk when less than this is free where the file was written.
+LOW_SPACE_BYTES = 64 * 2**20
+
+
+def os_error_cause(exc: OSError, elsewhere: str = "another output folder") -> tuple[str, str]:
+    """``(cause, fix)`` of a file-system error; ``elsewhere`` is where the fix sends the outputs
+    instead (``another --out`` where the command has that option)."""
+    code = exc.errno
+    if code == errno.ENOSPC:
+        return "no space left on device", f"free disk space or choose {elsewhere}"
+    if code == errno.EDQUOT:
+        return "disk quota exceeded", f"free space within your quota or choose {elsewhere}"
+    if code == errno.EFBIG:
+        return "file size limit exceeded", "raise the file-size limit (ulimit -f) or free disk space"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return exc.strerror or "permission denied", "choose a folder you can write to"
+    if code == errno.EISDIR:
+        return "it is a directory", "give a file name"
+    return exc.strerror or str(exc), "check the output folder"
+
+
 def describe_os_error(path: str | os.PathLike[str], exc: OSError) -> str:
     """``cannot write PATH: CAUSE; FIX`` for a file-system error."""
-    code = exc.errno
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        cause, fix = "no space left on the device", "free disk space or choose another output folder"
-    elif code == errno.EFBIG:
-        cause, fix = "file size limit exceeded", "raise the file-size limit (ulimit -f) or free disk space"
-    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        cause, fix = exc.strerror or "permission denied", "choose a folder you can write to"
-    elif code == errno.ENOENT:
+    if exc.errno == errno.ENOENT:
         cause, fix = exc.strerror or "no such folder", f"create the folder {Path(path).parent} first"
-    elif code == errno.EISDIR:
-        cause, fix = "it is a directory", "give a file name"
     else:
-        cause, fix = exc.strerror or str(exc), "check the output folder"
+        cause, fix = os_error_cause(exc)
     return f"cannot write {path}: {cause}; {fix} (the previous file, if any, is unchanged)"
+
+
+def free_bytes(folder: str | os.PathLike[str]) -> int | None:
+    """Bytes this process may still write on the file system of ``folder`` (root may use the
+    blocks reserved for it); None where that cannot be known."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # gone, or no statvfs on this platform
+        return None
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+
+
+def no_room(exc: BaseException, folder: str | os.PathLike[str]) -> OSError | None:
+    """The file system's ``OSError`` when ``exc``, a failed write into ``folder``, failed for lack of
+    room (full disk, quota, file-size limit), else None.
+
+    Found in ``exc`` or the exceptions it came from: an errno of :data:`NO_ROOM_ERRNOS`, the words
+    of :data:`FULL_DISK_WORDS`; or, for an ``OSError`` that says nothing of the cause (GDAL's
+    ``Failed to commit transaction``), less than :data:`LOW_SPACE_BYTES` free in ``folder`` now.
+    Call it before removing what the write left: that is part of what filled the disk.
+    """
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in NO_ROOM_ERRNOS:
+            return e
+    text = " ".join(str(e) for e in chain).lower()
+    for words, code in FULL_DISK_WORDS.items():
+        if words in text:
+            return OSError(code, os.strerror(code))
+    if isinstance(exc, OSError) and not any(isinstance(e, OSError) and e.errno is not None for e in chain):
+        free = free_bytes(folder)
+        if free is not None and free < LOW_SPACE_BYTES:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return None
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -100,11 +162,17 @@ def atomic_output(final: str | os.PathLike[str], *, durable: bool = False) -> It
         yield tmp
         os.replace(tmp, final)
     except BaseException as exc:
+        full = no_room(exc, final.parent) if isinstance(exc, Exception) else None  # before the leftovers go
         for leftover in (tmp, tmp.with_name(tmp.name + "-journal"), tmp.with_name(tmp.name + "-wal")):
             with contextlib.suppress(OSError):
                 leftover.unlink()
-        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
-            raise OutputError(describe_os_error(final, exc)) from exc
+        cause = full
+        if cause is None and isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            cause = exc
+        if cause is not None:
+            err = OutputError(describe_os_error(final, cause))
+            err.path = str(final)
+            raise err from exc
         raise
     if durable:
         _fsync_folder(final.parent)

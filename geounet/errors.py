@@ -53,7 +53,10 @@ class SceneReadError(SceneError, OSError):
 
 
 class OutputError(GeounetError, OSError):
-    """Outputs cannot be written (disk full, read-only folder, permissions)."""
+    """Outputs cannot be written (disk full, read-only folder, permissions). ``path``: the file
+    that could not be written, where the raiser names it apart from the message."""
+
+    path: str | None = None
 
 
 class LockHeldError(GeounetError):

@@ -68,7 +68,7 @@ def test_plan_covers_odd_small_and_exact_sizes(width: int, height: int, k: int) 
     _check(width, height, tile=256, halo=64, multiple=16, k=k)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     width=st.integers(1, 900),
     height=st.integers(1, 900),

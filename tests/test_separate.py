@@ -174,7 +174,7 @@ def cases(draw: st.DrawFn):
     return mask, prob, cuts(h), cuts(w)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_blocks_equal_splitting_the_whole_scene(case) -> None:
     mask, prob, row_cuts, col_cuts = case

@@ -28,12 +28,13 @@ from typing import Any
 import rasterio
 from distributed import Client
 
+from geounet.atomic import no_room, os_error_cause
 from geounet.batch.finalize import regularized_classes
 from geounet.batch.outcomes import SceneOutcome
 from geounet.batch.scheduler import BlockScheduler
 from geounet.checkpoint import CheckpointMetadata, load_checkpoint, read_metadata
 from geounet.compute import resolve_halo, resolve_tile_size, resolve_tiles_per_block
-from geounet.errors import CheckpointError, ConfigError, SceneError
+from geounet.errors import CheckpointError, ConfigError, OutputError, SceneError
 from geounet.export.layout import (
     CATALOG_NAME,
     NO_RECORD,
@@ -310,6 +311,11 @@ def run_scenes(
         try:
             with rasterio.Env(**cache):
                 scheduler.run(todo)
+        except OutputError as exc:
+            full = no_room_error(exc, out)
+            if full is None:
+                raise
+            raise full from exc
         finally:
             # no task runs now: close every worker thread's dataset handles and give the
             # workers' freed heap back, so a run leaves no open files and no held memory
@@ -323,6 +329,20 @@ def run_scenes(
     if catalog is not None:
         catalog.flush()
     return [outcomes[i] for i in sorted(outcomes)]
+
+
+def no_room_error(exc: OutputError, out: Path) -> OutputError | None:
+    """``exc``, which stopped the run, in the same words whichever writer met the full disk (or
+    quota, or file-size limit) and with the fix for ``run`` and ``predict``; None when the disk is
+    not what failed (see :func:`~geounet.atomic.no_room`)."""
+    cause = no_room(exc, out)
+    if cause is None:
+        return None
+    what, fix = os_error_cause(cause, elsewhere="another --out")
+    where = exc.path or str(out)
+    err = OutputError(f"cannot write {where}: {what}; {fix} (finished scenes are kept: run again to continue)")
+    err.path = where
+    return err
 
 
 def scene_bands(settings: InferenceSettings, model: CheckpointMetadata, item: StacScene | None) -> list[int] | None:

@@ -33,6 +33,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pyogrio
+import rasterio
+from distributed import WorkerPlugin
+
+from geounet import errors
 from geounet.atomic import open_no_follow, remove_partials, write_json
 from geounet.batch.engine import dashboard_link, dask_client
 from geounet.batch.finalize import library_versions
@@ -41,7 +46,15 @@ from geounet.batch.run import run_scenes, scene_bands, scene_grid, why_recompute
 from geounet.checkpoint import read_metadata
 from geounet.config import describe_decode_error, load_config
 from geounet.errors import ConfigError, GeounetError, LockHeldError, OutputError, SceneError, brief
-from geounet.export.layout import LOCK_NAME, LOG_NAME, RUN_FILES, RUN_JSON, check_writable, holds_scene_record
+from geounet.export.layout import (
+    LOCK_NAME,
+    LOG_NAME,
+    RUN_FILES,
+    RUN_JSON,
+    check_writable,
+    holds_scene_record,
+    unwritable_folder,
+)
 from geounet.scene.source import is_remote, open_scene, unique_stems
 from geounet.scene.stac import StacScene, is_stac_document, read_stac
 from geounet.settings import InferenceSettings, WorkflowSettings
@@ -50,6 +63,7 @@ from geounet.weights import resolve_model_name
 log = logging.getLogger(__name__)
 
 SCENE_SUFFIXES = (".tif", ".tiff")
+GDAL_LOGGERS = ("rasterio", "pyogrio")  # where rasterio and pyogrio log what GDAL says
 
 
 # --------------------------------------------------------------------------- paths
@@ -246,7 +260,7 @@ def output_lock(out: Path) -> Iterator[None]:
     except OutputError:
         raise
     except OSError as exc:
-        raise OutputError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
+        raise unwritable_folder(out, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -299,6 +313,8 @@ class _Forward(logging.Handler):
 def run_log(out: Path, level: int = logging.INFO) -> Iterator[None]:
     """Append this run's log records (and Dask's warnings) to OUT/geounet.log.
 
+    GDAL's messages, as rasterio and pyogrio log them (:data:`GDAL_LOGGERS`), go to the file
+    only: next to geounet's own message on the same failure they are noise on the console.
     The console keeps the verbosity the user chose: handlers already attached to the
     root logger are pinned to the previous level while the file takes ``level``. Dask's
     records reach the file through a forwarding handler that is not a StreamHandler,
@@ -321,9 +337,19 @@ def run_log(out: Path, level: int = logging.INFO) -> Iterator[None]:
     root.addHandler(handler)
     dask_log.addHandler(forward)
     root.setLevel(file_level)
+    gdal = [logging.getLogger(name) for name in GDAL_LOGGERS]
+    gdal_before = [(g.level, g.propagate) for g in gdal]
+    for g in gdal:  # what GDAL says through rasterio and pyogrio: the file only, not the console
+        g.addHandler(handler)
+        g.setLevel(file_level)
+        g.propagate = False
     try:
         yield
     finally:
+        for g, (lvl, propagate) in zip(gdal, gdal_before):
+            g.removeHandler(handler)
+            g.setLevel(lvl)
+            g.propagate = propagate
         root.removeHandler(handler)
         dask_log.removeHandler(forward)
         root.setLevel(old)
@@ -331,6 +357,59 @@ def run_log(out: Path, level: int = logging.INFO) -> Iterator[None]:
             h.setLevel(logging.NOTSET)
         handler.close()
         stream.close()
+
+
+@contextlib.contextmanager
+def gdal_messages(path: Path | None) -> Iterator[None]:
+    """Send what GDAL prints itself to ``path`` (the run's log) instead of the console; without a
+    path, drop it unless the console shows INFO (``-v``).
+
+    GDAL prints a message (``ERROR 1: sqlite3_exec(COMMIT) failed: database or disk is full``)
+    where neither rasterio nor pyogrio installed their handler to Python logging: in the thread
+    that finalizes scenes, when a GeoTIFF is flushed at close or a GeoPackage committed. geounet's
+    own error says the same in words the user can act on. Set for both GDAL libraries (rasterio's
+    and pyogrio's own copy) through GDAL's ``CPL_LOG``; GDAL opens the file at its first such
+    message and keeps it for the rest of the process (the command line runs one command per
+    process). libtiff's ``_tiffWriteProc: No space left on device.`` bypasses GDAL and still
+    reaches the console.
+    """
+    if path is None and logging.getLogger("geounet").getEffectiveLevel() <= logging.INFO:
+        yield
+        return
+    options = {"CPL_LOG": str(path) if path is not None else os.devnull, "CPL_LOG_APPEND": "YES"}
+    before = {k: pyogrio.get_gdal_config_option(k) for k in options}
+    pyogrio.set_gdal_config_options(options)
+    try:
+        with rasterio.Env(**options):
+            yield
+    finally:
+        pyogrio.set_gdal_config_options(before)
+
+
+class _TaskNoise(logging.Filter):
+    """Drops a worker's ``Compute Failed`` report of an error geounet raised on purpose (the scene
+    is reported failed with that message; any other error keeps Dask's report and traceback) and
+    its ``... ended with CancelledError`` (a task cancelled as the cluster closes: a stopped run)."""
+
+    OWN_ERRORS = tuple(f"{n}(" for n, c in vars(errors).items() if isinstance(c, type) and issubclass(c, GeounetError))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Compute Failed") and len(record.args or ()) >= 4:
+            return not str(record.args[3]).startswith(self.OWN_ERRORS)  # type: ignore[index]
+        return "CancelledError" not in record.getMessage()
+
+
+class QuietTaskNoise(WorkerPlugin):
+    """Keeps Dask's per-task noise (:class:`_TaskNoise`) off the console of an embedded cluster's
+    workers, whose output is the user's terminal. An external cluster's workers are left alone."""
+
+    name = "geounet-quiet-task-noise"
+
+    def setup(self, worker: Any) -> None:
+        for name in ("distributed.worker", "distributed.worker.state_machine"):
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _TaskNoise) for f in logger.filters):
+                logger.addFilter(_TaskNoise())
 
 
 @contextlib.contextmanager
@@ -362,7 +441,8 @@ def claimed_output(out: Path, *, keep_log: bool = False) -> Iterator[threading.E
 
     In order: the output lock (:func:`output_lock`: a second command on the same folder exits
     at once with code 3, before it creates anything); a check that the folder takes files;
-    with ``keep_log``, OUT/geounet.log (:func:`run_log`); the signal handlers
+    with ``keep_log``, OUT/geounet.log (:func:`run_log`), where GDAL's own messages go too
+    (:func:`gdal_messages`; without a log they are dropped); the signal handlers
     (:func:`stop_on_signals`); the removal of ``.partial-*`` leftovers of interrupted writes,
     before the command and again after it, however it ends.
 
@@ -372,7 +452,11 @@ def claimed_output(out: Path, *, keep_log: bool = False) -> Iterator[threading.E
     """
     with output_lock(out):
         check_writable(out)  # a full disk fails here, before any cluster starts
-        with run_log(out) if keep_log else contextlib.nullcontext(), stop_on_signals() as stop:
+        with (
+            run_log(out) if keep_log else contextlib.nullcontext(),
+            gdal_messages(out / LOG_NAME if keep_log else None),
+            stop_on_signals() as stop,
+        ):
             removed = clean_partials(out)
             if removed:
                 log.info("removed %d temporary file(s) left by an interrupted run", removed)
@@ -483,6 +567,8 @@ def _run_locked(
         write_record("running")
 
     def on_connect(c: Any) -> None:
+        if not wf.cluster.scheduler:
+            c.register_plugin(QuietTaskNoise())
         link = dashboard_link(c)
         msg = f"Dask dashboard: {link}" if link else "Dask dashboard: not served by this scheduler"
         log.info("%s", msg)
@@ -575,7 +661,13 @@ def predict_scenes(
         try:
             # lazy: the cluster starts on first use, after run_scenes has checked the model in
             # full, so a bad or unsafe checkpoint exits 2 without starting any worker
-            with dask_client(scheduler, device=settings.device, workers=workers, lazy=True) as client:
+            with dask_client(
+                scheduler,
+                device=settings.device,
+                workers=workers,
+                lazy=True,
+                on_connect=None if scheduler else lambda c: c.register_plugin(QuietTaskNoise()),
+            ) as client:
                 final = run_scenes(
                     scenes,
                     model,

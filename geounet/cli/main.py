@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from geounet.batch.workflow import GDAL_LOGGERS
 from geounet.errors import EXIT_INTERRUPTED, GeounetError, exit_code_for
 
 # Subcommand modules, each exposing ``command`` (a click.Command). A subcommand is listed
@@ -20,9 +21,14 @@ SUBCOMMANDS: tuple[str, ...] = ("info", "synth", "train", "predict", "run", "eva
 
 
 def setup_logging(verbosity: int) -> None:
+    """Console logging at the chosen verbosity. What GDAL says (logged by rasterio and pyogrio)
+    reaches the console from ``-v`` on only, and never during ``geounet run``, which writes it to
+    OUT/geounet.log: geounet's own message on the same failure says it in words one can act on."""
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("geounet").setLevel(level)
+    for name in GDAL_LOGGERS:
+        logging.getLogger(name).setLevel(level if verbosity > 0 else logging.ERROR)
 
 
 class GeounetGroup(click.Group):

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from geounet.errors import ConfigError
+
+
+def output_folder(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--out`` callback: an existing file is refused before anything starts (a usage error,
+    exit 2), naming it and the fix; a folder, new or existing, is taken."""
+    if value is not None and os.path.exists(value) and not os.path.isdir(value):
+        raise click.BadParameter(
+            f"{value} is a file, not a folder; choose a folder for --out (new or existing)", ctx=ctx, param=param
+        )
+    return value
 
 
 def _parse_thresholds(values: tuple[str, ...]) -> dict[str, float] | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from geounet.batch.workflow import predict_scenes
-from geounet.cli.options import inference_options, inference_overrides
+from geounet.cli.options import inference_options, inference_overrides, output_folder
 from geounet.cli.summary import exit_code_for_outcomes, print_summary
 from geounet.config import load_config
 from geounet.errors import EXIT_INTERRUPTED
@@ -29,7 +29,7 @@ from geounet.weights import resolve_model_name
     "-o",
     "--out",
     required=True,
-    type=click.Path(file_okay=False),
+    callback=output_folder,
     help="Output folder; each scene gets OUT/<scene-stem>/.",
 )
 @click.option(

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from geounet.atomic import partial_name, remove_partials
+from geounet.atomic import NO_ROOM_ERRNOS, os_error_cause, partial_name, remove_partials
 from geounet.errors import OutputError
 from geounet.settings import ALL_FORMATS
 
@@ -158,12 +159,36 @@ def clear_scene_folder(folder: Path, class_names: Sequence[str]) -> None:
     remove_partials(folder)
 
 
+def unwritable_folder(out: Path, exc: OSError) -> OutputError:
+    """The error for an output folder (``run`` and ``predict``'s ``--out``) that cannot take
+    files: names the folder, the cause and the fix."""
+    blocker = next((p for p in (out, *out.parents) if os.path.exists(p) and not os.path.isdir(p)), None)
+    if blocker == out:
+        return OutputError(f"output folder {out} is a file, not a folder; choose a folder for --out (new or existing)")
+    if blocker is not None:
+        return OutputError(
+            f"output folder {out} is not writable: {blocker} is a file, not a folder; choose another --out"
+        )
+    cause, fix = os_error_cause(exc, elsewhere="another --out")
+    if exc.errno not in NO_ROOM_ERRNOS:
+        cause = exc.strerror or str(exc)  # the system's words: "Read-only file system", "Permission denied"
+    return OutputError(f"output folder {out} is not writable: {cause}; {fix}")
+
+
 def check_writable(out: Path) -> None:
-    """Fail before computing when the output folder cannot take files."""
+    """Fail before computing when the output folder cannot take files. The probe file is removed
+    however the check ends (a full disk takes the file's name but not its bytes)."""
+    probe = partial_name(out / "write-probe")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = partial_name(out / "write-probe")
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            try:
+                os.write(fd, b"ok")
+            finally:
+                os.close(fd)
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
     except OSError as exc:
-        raise OutputError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
+        raise unwritable_folder(out, exc) from None

@@ -37,6 +37,7 @@ class ProbabilityWriter:
         self.final = Path(final)
         self.stage = partial_name(self.final.with_name(f"stage-{self.final.name}"))
         self.class_names = list(class_names)
+        self.width, self.height = int(width), int(height)
         try:
             self.ds = rasterio.open(
                 self.stage,
@@ -91,6 +92,7 @@ class ProbabilityWriter:
                         RESAMPLING="AVERAGE",
                         BIGTIFF="IF_SAFER",
                     )
+                    _check_readable(tmp, self.width, self.height, len(self.class_names))
                 except RASTER_WRITE_ERRORS as exc:
                     raise OutputError(f"cannot write {self.final}: {exc}") from exc
         finally:
@@ -103,3 +105,26 @@ class ProbabilityWriter:
             self.ds.close()
         with contextlib.suppress(OSError):
             self.stage.unlink()
+
+
+def _check_readable(path: Path, width: int, height: int, count: int) -> None:
+    """Open the written COG and read its last pixel of every band (so its last tiles): GDAL
+    reports a short write while closing or copying only as a log line, so a full disk could
+    otherwise publish a file whose directory or last tiles are missing.
+
+    Raises:
+        OutputError: the file does not open, has another shape or its last tiles do not read.
+    """
+    try:
+        with rasterio.open(path) as ds:
+            if (ds.width, ds.height, ds.count) != (width, height, count):
+                raise OutputError(
+                    f"the written probability raster is {ds.width} x {ds.height} x {ds.count}, "
+                    f"expected {width} x {height} x {count}; the disk may be full"
+                )
+            ds.read(window=Window(width - 1, height - 1, 1, 1))
+            overviews = ds.overviews(1)
+            if overviews:  # the smallest overview is written last
+                ds.read(1, out_shape=(max(1, height // overviews[-1]), max(1, width // overviews[-1])))
+    except RASTER_WRITE_ERRORS as exc:
+        raise OutputError(f"the written probability raster does not read back ({exc}); the disk may be full") from exc

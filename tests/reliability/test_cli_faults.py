@@ -34,6 +34,7 @@ from tests.reliability._faults import (
     vrt_named_tif,
     wrong_shape_checkpoint,
 )
+from tests.reliability.test_messages import console_noise
 
 FAST = ["--tile-size", "64", "--halo", "8", "--tiles-per-block", "1", "--workers", "1", "--no-progress"]
 
@@ -83,6 +84,10 @@ def test_batch_with_bad_scenes_exits_1(tmp_path: Path, unet: Path) -> None:
         assert_no_finished_output(out / path.stem)
     assert_complete(out / "good")
     assert no_partials(out) == []
+    # the truncated scene failed in a worker: only geounet's FAILED line, no GDAL ERROR 1 lines
+    # nor Dask's "Compute Failed" report
+    assert console_noise(proc.stderr) == [], proc.stderr
+    assert "Traceback" not in proc.stderr
     if prefix is None:
         warnings.warn(
             "mode-000 scene left out: running as root and setpriv is missing, so file modes cannot be enforced",

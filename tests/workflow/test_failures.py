@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import resource
 import shutil
@@ -117,24 +118,67 @@ def test_disk_full_stops_with_exit_4_and_earlier_outputs_stay_intact(
     assert_clean(out)
 
 
-# --------------------------------------------------------------------------- read-only
-@pytest.fixture
-def read_only_mount(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs holding a copy of earlier outputs, remounted read-only (root can write
-    through chmod 555, not through a read-only mount). Skipped where mounting is not allowed."""
-    mnt = tmp_path / "ro"
+@contextlib.contextmanager
+def _tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``mnt`` for the block's duration. Skips the test where mounting is not allowed."""
     mnt.mkdir()
     r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], capture_output=True, text=True, timeout=30
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True, timeout=30
     )
     if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); see the ENOTDIR test")
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); see the file-size-limit and ENOTDIR tests")
     try:
         yield mnt
     finally:
         for args in (["umount", str(mnt)], ["umount", "-l", str(mnt)]):
             if subprocess.run(args, capture_output=True, timeout=30).returncode == 0:
                 break
+
+
+# A real full disk (ENOSPC) on a small tmpfs. 300 kB: the staged probability raster fails at its
+# flush (GDAL prints ERROR 1: lines) and the GeoJSON writer with [Errno 28]; 1 MB with only the
+# GeoPackage: SQLite finds the disk full and GDAL raises "Failed to commit transaction"; 600 kB
+# with the probability raster: GDAL logs the COG's short write, which published an unreadable
+# probability.tif with exit 0 until the COG was read back before publishing.
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("size", "formats"),
+    [("300k", []), ("1m", ["--formats", "gpkg"]), ("600k", ["--formats", "probability,quicklook"])],
+    ids=["all", "gpkg", "cog"],
+)
+def test_full_disk_says_no_space_left_in_geounets_words_only(
+    job: Job, tmp_path: Path, size: str, formats: list[str]
+) -> None:
+    with _tmpfs(tmp_path / "disk", size) as disk:
+        out = disk / "out"
+        rc, stdout, stderr = run(
+            job, "--out", str(out), "--scenes", str(job.more / "m1.tif"), "--no-progress", *formats, timeout=180
+        )
+        assert rc == 4, stderr[-3000:]
+        errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and errors[0].startswith(f"error: cannot write {out}"), stderr[-3000:]
+        assert errors[0].endswith(
+            ": no space left on device; free disk space or choose another --out "
+            "(finished scenes are kept: run again to continue)"
+        )
+        noise = [line for line in stderr.splitlines() if line.startswith(("ERROR 1:", "Warning 1:"))]
+        assert noise == [], stderr[-3000:]  # GDAL's own lines go to the log (here: the full disk)
+        assert "Failed to commit transaction" not in stderr and "[Errno" not in stderr
+        assert "Traceback" not in stderr and "CancelledError" not in stderr
+        assert not partials(out)
+        assert not (out / "m1").exists() or not any((out / "m1").iterdir())
+        rec = read_json(out / "run.json")
+        assert rec["status"] == "stopped" and "no space left on device" in rec["error"]
+
+
+# --------------------------------------------------------------------------- read-only
+@pytest.fixture
+def read_only_mount(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs holding a copy of earlier outputs, remounted read-only (root can write
+    through chmod 555, not through a read-only mount). Skipped where mounting is not allowed."""
+    with _tmpfs(tmp_path / "ro", "32m") as mnt:
+        yield mnt
 
 
 @pytest.mark.timeout(120)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.reliability.test_messages import console_noise
 from tests.workflow._helpers import (
     STEMS,
     Job,
@@ -179,6 +180,7 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_exit_130(job: Job, tmp_path: Path,
     assert time.monotonic() - t < 60
     assert f"received {'SIGTERM' if how == 'SIGTERM' else 'SIGINT'}" in stderr
     assert "KeyboardInterrupt" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert console_noise(stderr) == [], stderr[-3000:]  # no Dask CancelledError, no GDAL ERROR 1 lines
     rec = read_json(out / "run.json")
     assert rec["interrupted"] is True and rec["status"] == "interrupted"
     status = {s["stem"]: s for s in rec["scenes"]}

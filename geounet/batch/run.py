@@ -29,7 +29,7 @@ import rasterio
 from distributed import Client
 
 from geounet.atomic import no_room, os_error_cause
-from geounet.batch.finalize import regularized_classes
+from geounet.batch.finalize import regularized_classes, separated_classes
 from geounet.batch.outcomes import SceneOutcome
 from geounet.batch.scheduler import BlockScheduler
 from geounet.checkpoint import CheckpointMetadata, load_checkpoint, read_metadata
@@ -197,6 +197,7 @@ def run_scenes(
     thresholds = resolve_thresholds(model, settings)
     linear_classes(model, settings)  # unknown class names: a ConfigError before any scene
     regularized_classes(model.spec.classes, settings)  # the same for regularize.classes
+    separated_classes(model.spec.classes, settings)  # ... and separate.classes
     config_hash = settings.fingerprint()
     options = settings.model_dump(mode="json")
     stac = stac or {}
@@ -208,6 +209,8 @@ def run_scenes(
     # 1. validate every scene before any work is scheduled
     todo: list[tuple[int, SceneInfo, TilingPlan]] = []
     for i, (path, stem) in enumerate(zip(scenes, stems)):
+        if stop is not None and stop.is_set():  # SIGTERM while checking thousands of scenes
+            break
         path = os.fspath(path)
         folder = out / stem
         item = stac.get(path)

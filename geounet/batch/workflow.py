@@ -11,8 +11,8 @@ A run, in order:
 4. removes ``.partial-*`` leftovers of interrupted writes, then drives
    :func:`geounet.batch.run.run_scenes` on a Dask cluster that starts only if some scene
    needs work;
-5. records everything in ``OUT/run.json`` (rewritten after each scene) and
-   ``OUT/geounet.log``.
+5. records everything in ``OUT/run.json`` (rewritten as scenes finish, at most every
+   :data:`RUN_JSON_EVERY_S` seconds, and at the end) and ``OUT/geounet.log``.
 
 SIGTERM and Ctrl-C stop the submission of work, leave nothing half-written and still
 write ``run.json`` (``"interrupted": true``).
@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import glob as globlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -60,6 +61,9 @@ from geounet.scene.stac import StacScene, is_stac_document, read_stac
 from geounet.settings import InferenceSettings, WorkflowSettings
 from geounet.weights import resolve_model_name
 
+# run.json is rewritten while scenes finish at most this often, seconds (and always at the end):
+# rewriting it after each of 4,000 scenes took 373 of a 412 s run, and delayed SIGTERM by 88 s.
+RUN_JSON_EVERY_S = 2.0
 log = logging.getLogger(__name__)
 
 SCENE_SUFFIXES = (".tif", ".tiff")
@@ -537,9 +541,12 @@ def _run_locked(
     log.info("run started: %d scene(s), model %s, output %s", len(scenes), model, out)
     outcomes: list[SceneOutcome] = []
     record: dict[str, Any] = {}
+    last_write = [-math.inf]  # perf_counter of the last run.json written while running
 
     def write_record(status: str, error: str | None = None) -> None:
         final = status != "running"
+        if not final and time.perf_counter() - last_write[0] < RUN_JSON_EVERY_S:
+            return  # thousands of scenes finishing (or refused) at once: not one rewrite each
         record.clear()
         record.update(
             {
@@ -561,6 +568,7 @@ def _run_locked(
             }
         )
         write_json(record, out / RUN_JSON)
+        last_write[0] = time.perf_counter()
 
     def on_outcome(o: SceneOutcome) -> None:
         outcomes.append(o)

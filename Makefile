@@ -26,8 +26,9 @@ format: venv
 	$(VENV)/bin/ruff check --fix geounet tests benchmarks
 	$(VENV)/bin/ruff format geounet tests benchmarks
 
-# The 40000^2 px soak test runs apart (`make test-soak`): 5-6 min on 2 AVX2 cores, which
-# would take `make test` past 15 minutes; the 12288^2 px memory test stays in.
+# Tests marked soak run apart (`make test-soak`, about 9 min on 2 cores: the 40000^2 px memory
+# test, 200+2 scenes, SIGKILL-and-resume, heap, tmpfs full disks), which would take `make test`
+# past 15 minutes; the 12288^2 px memory test stays in.
 test: lint
 	$(PY) -m pytest -q -m "not soak"
 

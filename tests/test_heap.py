@@ -85,6 +85,7 @@ def _trim_and_measure() -> float:
     return _worker_rss_mb()
 
 
+@pytest.mark.soak
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
 @pytest.mark.timeout(240)
 def test_a_run_gives_the_workers_freed_heap_back(tmp_path) -> None:

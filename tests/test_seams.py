@@ -102,7 +102,7 @@ def scenes(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, list[int], list[int
     return mask, prob, cuts(h), cuts(w)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenes())
 def test_merged_blocks_equal_whole_mask(case: tuple[np.ndarray, np.ndarray, list[int], list[int]]) -> None:
     mask, prob, row_cuts, col_cuts = case

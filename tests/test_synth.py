@@ -249,6 +249,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.soak
 def test_memory_stays_far_below_the_full_raster(tmp_path: Path) -> None:
     """A 6000 x 6000 x 4 uint16 scene (275 MiB as one array) is written with a fraction of that."""
     n = 6000

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pytest
 
 from geounet.batch.run import run_scenes
 from geounet.settings import InferenceSettings
@@ -22,6 +23,7 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.soak
 def test_200_small_and_2_large_scenes_flat_memory_and_no_leaked_fds(tmp_path: Path, dask_local, monkeypatch) -> None:
     """GDAL's block cache is bounded (64 MiB by default) but fills over the first ~50 small
     scenes (each scene's 512^2 staging blocks); it is pinned to 8 MB here so the phases below

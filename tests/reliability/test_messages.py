@@ -226,6 +226,7 @@ def test_out_that_is_a_file_says_so(tmp_path: Path, unet: Path) -> None:
 # A scene failing in a worker (truncated GeoTIFF) is checked in test_cli_faults.py
 # (test_batch_with_bad_scenes_exits_1) and `run`'s Ctrl-C / SIGTERM in
 # tests/workflow/test_resume_signals_lock.py, with console_noise below.
+@pytest.mark.soak
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ctrl_c_leaves_no_dask_cancelled_error_on_the_console(tmp_path: Path, unet: Path) -> None:

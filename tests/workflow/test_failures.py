@@ -144,7 +144,11 @@ def _tmpfs(mnt: Path, size: str) -> Iterator[Path]:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     ("size", "formats"),
-    [("300k", []), ("1m", ["--formats", "gpkg"]), ("600k", ["--formats", "probability,quicklook"])],
+    [
+        pytest.param("300k", [], marks=pytest.mark.soak),  # `make test-soak`: the messages are also
+        pytest.param("1m", ["--formats", "gpkg"], marks=pytest.mark.soak),  # tested with EFBIG above
+        ("600k", ["--formats", "probability,quicklook"]),
+    ],
     ids=["all", "gpkg", "cog"],
 )
 def test_full_disk_says_no_space_left_in_geounets_words_only(

@@ -99,6 +99,7 @@ def _scene_jsons_newer_than(out: Path, t: float) -> list[Path]:
     return [p for p in out.glob("*/scene.json") if p.stat().st_mtime > t]
 
 
+@pytest.mark.soak
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(

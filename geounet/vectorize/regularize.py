@@ -253,6 +253,17 @@ def fitted_rectangles(geoms: Any) -> tuple[np.ndarray, np.ndarray]:
     return rects, iou
 
 
+def _ring_next(ring: np.ndarray) -> np.ndarray:
+    """Index of the next vertex of each vertex's ring (cyclic), for vertices grouped by ``ring``."""
+    idx = np.arange(len(ring))
+    start = np.ones(len(ring), dtype=bool)
+    start[1:] = ring[1:] != ring[:-1]
+    first = np.maximum.accumulate(np.where(start, idx, 0))
+    end = np.ones(len(ring), dtype=bool)
+    end[:-1] = ring[1:] != ring[:-1]
+    return np.where(end, first, idx + 1)
+
+
 def _convex_clip_area(polys: np.ndarray, quads: np.ndarray) -> np.ndarray:
     """Area of ``polys[i]`` inside the convex quadrilateral ``quads[i]`` ((n, 4, 2), counter-
     clockwise), vectorized: every ring of every polygon is clipped by the quad's four half-planes
@@ -271,13 +282,7 @@ def _convex_clip_area(polys: np.ndarray, quads: np.ndarray) -> np.ndarray:
         b = quads[ring_owner[ring], (k + 1) % 4]
         if len(xy) == 0:
             break
-        # next vertex of each vertex's ring (cyclic)
-        start = np.ones(len(ring), dtype=bool)
-        start[1:] = ring[1:] != ring[:-1]
-        first = np.maximum.accumulate(np.where(start, np.arange(len(ring)), 0))
-        end = np.ones(len(ring), dtype=bool)
-        end[:-1] = ring[1:] != ring[:-1]
-        nxt = np.where(end, first, np.arange(len(ring)) + 1)
+        nxt = _ring_next(ring)
         side = (b[:, 0] - a[:, 0]) * (xy[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (xy[:, 0] - a[:, 0])
         inside = side >= 0
         cross = inside != inside[nxt]
@@ -297,12 +302,7 @@ def _convex_clip_area(polys: np.ndarray, quads: np.ndarray) -> np.ndarray:
         xy, ring = out, out_ring
     area = np.zeros(n)
     if len(xy):
-        start = np.ones(len(ring), dtype=bool)
-        start[1:] = ring[1:] != ring[:-1]
-        first = np.maximum.accumulate(np.where(start, np.arange(len(ring)), 0))
-        end = np.ones(len(ring), dtype=bool)
-        end[:-1] = ring[1:] != ring[:-1]
-        nxt = np.where(end, first, np.arange(len(ring)) + 1)
+        nxt = _ring_next(ring)
         cross2 = xy[:, 0] * xy[nxt, 1] - xy[nxt, 0] * xy[:, 1]
         np.add.at(area, ring_owner[ring], cross2 / 2.0)
     return area

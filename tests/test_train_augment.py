@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from geounet.train.augment import augment, brightness_contrast, elastic, flip_rotate, gamma, grayscale
+from geounet.train.augment import (
+    augment,
+    band_jitter,
+    blur,
+    brightness_contrast,
+    elastic,
+    flip_rotate,
+    gamma,
+    grayscale,
+)
 from geounet.train.config import AugmentSettings
 
 H, W = 48, 40  # not square: a rotation that forgot the labels would change their shape
@@ -81,6 +90,10 @@ def test_photometric_and_grayscale_keep_alignment():
     assert_aligned(out, labels, valid, photometric=True)
     out = gamma(image, valid, rng, amount=0.3)
     assert_aligned(out, labels, valid, photometric=True)
+    out = band_jitter(image, valid, rng, amount=0.3)
+    assert_aligned(out, labels, valid, photometric=True)
+    out = blur(image, rng, sigma=1.0)
+    assert_aligned(out, labels, valid, photometric=True)
     one = np.repeat(labels[:1].astype(np.float32), 3, axis=0)  # grayscale mixes bands: encode one mask in all
     g = grayscale(one)
     np.testing.assert_array_equal(g[0] > 0.5, labels[0].astype(bool))
@@ -109,3 +122,30 @@ def test_full_pipeline_alignment(seed):
     again = augment(image, labels, valid, np.random.default_rng(seed), cfg)
     for a, b in zip(out, again):
         np.testing.assert_array_equal(a, b)
+
+
+def test_band_jitter_moves_each_band_on_its_own_within_its_bounds():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(3, 64, 64)).astype(np.float32)
+    valid = np.ones((64, 64), bool)
+    out = band_jitter(image, valid, np.random.default_rng(1), amount=0.2)
+    gains, shifts = [], []
+    for b in range(3):
+        g, s = np.polyfit(image[b].ravel(), out[b].ravel(), 1)  # exact line: out = g * x + (1 - g) * mean + s
+        gains.append(g)
+        shifts.append(s - (1 - g) * image[b].mean())
+    assert all(0.8 <= g <= 1.2 for g in gains) and all(abs(s) <= 0.2 + 1e-5 for s in shifts)
+    assert len({round(float(g), 4) for g in gains}) == 3  # the bands move apart, not together
+    np.testing.assert_allclose(band_jitter(image, valid, np.random.default_rng(1), amount=0.0), image, atol=1e-6)
+
+
+def test_blur_smooths_within_the_sigma_range_and_keeps_the_mean():
+    image = np.zeros((2, 65, 65), np.float32)
+    image[:, 32, 32] = 1.0
+    out = blur(image, np.random.default_rng(0), sigma=2.0)
+    assert out.shape == image.shape and out.dtype == np.float32
+    assert abs(float(out[0].sum()) - 1.0) < 1e-4  # mass kept
+    rows = np.arange(65) - 32
+    var = float((out[0].sum(axis=1) * rows**2).sum())  # variance of the spread peak = sigma**2
+    assert 0.3**2 - 1e-3 <= var <= 2.0**2 + 1e-3
+    np.testing.assert_array_equal(out[0], out[1])  # one sigma for all bands

@@ -4,7 +4,7 @@ Geometric augmentations (flips, 90-degree rotations, elastic deformation) are ap
 the *same* parameters to the image ``(bands, h, w)``, the label stack ``(classes, h, w)``
 and the valid mask ``(h, w)``; the image is resampled bilinearly, labels and mask by
 nearest neighbour so they stay exact 0/1. Photometric augmentations (brightness,
-contrast, gamma, grayscale) touch only the image, which is already normalized, so their
+contrast, per-band jitter, gamma, blur, grayscale) touch only the image, which is already normalized, so their
 amounts are in normalized units and do not depend on the sensor's dtype.
 
 Each function takes a ``numpy.random.Generator`` and draws all its parameters from it:
@@ -18,7 +18,7 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 
 from geounet.train.config import AugmentSettings
 
-__all__ = ["flip_rotate", "elastic", "brightness_contrast", "gamma", "grayscale", "augment"]
+__all__ = ["flip_rotate", "elastic", "brightness_contrast", "band_jitter", "gamma", "blur", "grayscale", "augment"]
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -98,6 +98,25 @@ def brightness_contrast(
     return ((image - mean) * c + mean + b).astype(np.float32, copy=False)
 
 
+def band_jitter(image: np.ndarray, valid: np.ndarray, rng: np.random.Generator, *, amount: float) -> np.ndarray:
+    """Each band ``(x - mean) * g + mean + s``, its own ``g ~ U(1 - amount, 1 + amount)``, ``s ~ U(-amount, amount)``.
+
+    Unlike ``brightness_contrast`` the bands move apart: the colour balance of another sensor,
+    another season or another processing chain.
+    """
+    n = image.shape[0]
+    g = rng.uniform(1.0 - amount, 1.0 + amount, n)[:, None, None]
+    s = rng.uniform(-amount, amount, n)[:, None, None]
+    mean = _stats(image, valid)[0][:, None, None]
+    return ((image - mean) * g + mean + s).astype(np.float32, copy=False)
+
+
+def blur(image: np.ndarray, rng: np.random.Generator, *, sigma: float) -> np.ndarray:
+    """Gaussian blur of every band with one ``sigma ~ U(0.3, sigma)`` pixels (edges mirrored)."""
+    s = float(rng.uniform(min(0.3, sigma), sigma))
+    return np.stack([gaussian_filter(b, s, mode="mirror") for b in image]).astype(np.float32, copy=False)
+
+
 def gamma(image: np.ndarray, valid: np.ndarray, rng: np.random.Generator, *, amount: float) -> np.ndarray:
     """Gamma ``exp(U(-amount, amount))`` applied to each band rescaled to its own [min, max]."""
     g = float(np.exp(rng.uniform(-amount, amount)))
@@ -115,7 +134,7 @@ def grayscale(image: np.ndarray) -> np.ndarray:
 def augment(
     image: np.ndarray, labels: np.ndarray, valid: np.ndarray, rng: np.random.Generator, cfg: AugmentSettings
 ) -> Arrays:
-    """All enabled augmentations in a fixed order: flip/rotate, elastic, photometric, grayscale.
+    """All enabled augmentations in a fixed order: flip/rotate, elastic, photometric, blur, grayscale.
 
     Args:
         image: normalized float32 ``(bands, h, w)``.
@@ -134,8 +153,12 @@ def augment(
         image, labels, valid = elastic(image, labels, valid, rng, alpha=cfg.elastic_alpha, sigma=cfg.elastic_sigma)
     if cfg.brightness > 0 or cfg.contrast > 0:
         image = brightness_contrast(image, valid, rng, brightness=cfg.brightness, contrast=cfg.contrast)
+    if cfg.band_jitter > 0:
+        image = band_jitter(image, valid, rng, amount=cfg.band_jitter)
     if cfg.gamma > 0:
         image = gamma(image, valid, rng, amount=cfg.gamma)
+    if cfg.blur_p > 0 and rng.random() < cfg.blur_p:
+        image = blur(image, rng, sigma=cfg.blur_sigma)
     if cfg.grayscale_p > 0 and rng.random() < cfg.grayscale_p:
         image = grayscale(image)
     return image, labels, valid

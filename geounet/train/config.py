@@ -378,6 +378,13 @@ class AugmentSettings(StrictModel):
     """Largest gamma change in log units (0.1: gamma 0.905 to 1.105), applied to the window's own range."""
     grayscale_p: float = Field(0.0, ge=0.0, le=1.0)
     """Probability of replacing every band by the mean of the bands."""
+    band_jitter: float = Field(0.0, ge=0.0, lt=1.0)
+    """Largest independent change of each band, normalized units: gain in [1 - j, 1 + j] and
+    shift in [-j, j] drawn per band (another sensor's colour balance); 0 turns it off."""
+    blur_p: float = Field(0.0, ge=0.0, le=1.0)
+    """Probability of a Gaussian blur per window (softer optics, resampled imagery)."""
+    blur_sigma: float = Field(1.0, gt=0.0, le=8.0)
+    """Largest blur (Gaussian sigma, drawn uniformly from [0.3, blur_sigma]), pixels."""
     zoom: float = Field(1.0, ge=1.0, le=4.0)
     """Largest random zoom around ``data.gsd_m`` (log-uniform in [1/zoom, zoom]; 1.25: pixel
     sizes 0.8x to 1.25x the target), so a model tolerates the spread of real pixel sizes.

@@ -160,7 +160,11 @@ class InferenceSettings(StrictModel):
     simplify_m: float = Field(0.0, ge=0)
     """Simplification tolerance in metres (topology-preserving); 0 keeps the pixel outline."""
     min_area_m2: float = Field(0.0, ge=0)
-    """Drop polygons smaller than this area, square metres."""
+    """Drop polygons of every class smaller than this area, square metres."""
+    min_building_m2: float = Field(5.0, ge=0)
+    """Drop outlines of the classes named like buildings (building, buildings, *_building(s))
+    smaller than this, square metres: a garden shed is about 5 m2, smaller pieces are the mask's
+    speckle. 0 keeps them (``min_area_m2`` still applies)."""
     fill_holes_m2: float = Field(0.0, ge=0)
     """Fill holes smaller than this area, square metres."""
     centerlines: CenterlineSettings = Field(default_factory=CenterlineSettings)

@@ -158,7 +158,12 @@ def test_tiled_polygons_equal_whole_mask_polygons(tmp_path: Path, dask_local) ->
     assert len(expected) > 10
 
     s = InferenceSettings(
-        tile_size=160, tiles_per_block=1, precision="fp32", thresholds={"building": thr}, formats=["gpkg"]
+        tile_size=160,
+        tiles_per_block=1,
+        precision="fp32",
+        thresholds={"building": thr},
+        min_building_m2=0.0,  # every piece of the mask, as polygonizing it whole gives
+        formats=["gpkg"],
     )
     res = run_scenes([str(scene)], ckpt, tmp_path / "out", s, client=dask_local, progress=False)
     assert res[0].status == "success", res[0].error
@@ -340,3 +345,29 @@ def test_client_reads_the_checkpoint_once_per_run(tmp_path: Path, dask_local) ->
         counting[0] = False
     assert [r.status for r in res] == ["success", "success"], [r.error for r in res]
     assert len(opened) == 1
+
+
+@pytest.mark.parametrize("min_building_m2", [5.0, 0.0])
+def test_building_speckle_below_min_building_m2_is_dropped_other_classes_kept(
+    tmp_path: Path, dask_local, min_building_m2: float
+) -> None:
+    """Squares of 1, 4, 9 and 16 m2 (0.5 m pixels): buildings keep those >= min_building_m2,
+    the road class (not named like buildings) keeps every one."""
+    img = np.zeros((3, 120, 160), np.uint8)
+    img[1:] = 90
+    sides = [2, 4, 6, 8]  # pixels: 1, 4, 9, 16 m2
+    for i, side in enumerate(sides):
+        img[0, 20 : 20 + side, 10 + 35 * i : 10 + 35 * i + side] = 255
+    scene = write_tif(tmp_path / "s.tif", img, crs=CASES["utm-north"][0], transform=CASES["utm-north"][1])
+    ckpt = make_checkpoint(tmp_path / "probe.safetensors", arch="probe", width=1, depth=4)
+    s = InferenceSettings(
+        tile_size=64, halo=0, min_building_m2=min_building_m2, regularize={"enabled": False}, formats=["gpkg"]
+    )
+    res = run_scenes([str(scene)], ckpt, tmp_path / "out", s, client=dask_local, progress=False)
+    assert res[0].status == "success", res[0].error
+    gpkg = tmp_path / "out" / "s" / "polygons.gpkg"
+    buildings = sorted(round(a, 3) for a in gpd.read_file(gpkg, layer="buildings")["area_m2"])
+    roads = sorted(round(a, 3) for a in gpd.read_file(gpkg, layer="roads")["area_m2"])
+    every = [side * side * 0.25 for side in sides]
+    assert roads == every
+    assert buildings == [a for a in every if a >= min_building_m2]

@@ -268,7 +268,7 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
             affine=job.affine,
             crs=info.crs_wkt,
             simplify_m=s.simplify_m,
-            min_area_m2=s.min_area_m2,
+            min_area_m2=max(s.min_area_m2, s.min_building_m2) if is_building_name(name) else s.min_area_m2,
             fill_holes_m2=s.fill_holes_m2,
             scene_shape=(job.grid.height, job.grid.width),
         )

@@ -22,7 +22,7 @@ from geounet.settings import InferenceSettings
 from tests.conftest import make_checkpoint, write_tif
 from tests.reliability._faults import SCENE_OUTPUTS, assert_complete, bright_rect_scene, no_partials
 
-SETTINGS = InferenceSettings(tile_size=64, halo=0, tiles_per_block=1)
+SETTINGS = InferenceSettings(tile_size=64, halo=0, tiles_per_block=1, min_building_m2=0.0)  # every pixel counts here
 
 
 @pytest.fixture(scope="module")

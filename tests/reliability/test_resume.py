@@ -139,6 +139,7 @@ OTHER_OUTPUTS = {
     "precision": {"precision": "fp32"},
     "device": {"device": "cpu"},
     "min_area": {"min_area_m2": 1.0},
+    "min_building": {"min_building_m2": 1.0},
     "simplify": {"simplify_m": 0.5},
     "tile_size": {"tile_size": 96},
     "halo": {"halo": 16},

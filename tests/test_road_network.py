@@ -44,7 +44,10 @@ def _run(scene: Path, out: Path, client, window: int, monkeypatch: pytest.Monkey
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt = make_checkpoint(out.parent / "probe.safetensors", arch="probe", width=1, depth=4)
     settings = InferenceSettings(
-        tile_size=64, halo=0, formats=["geojson", "gpkg"], centerlines=CenterlineSettings(**centerlines)
+        tile_size=64,
+        halo=0,
+        formats=["geojson", "gpkg", "quicklook"],
+        centerlines=CenterlineSettings(**centerlines),
     )
     [res] = run_scenes([str(scene)], ckpt, out, settings, client=client, progress=False)
     assert res.status == "success", res.error
@@ -88,6 +91,16 @@ def test_plus_shaped_road_is_one_junction_and_four_ends(tmp_path: Path, dask_loc
         g.add_edge(row.u, row.v, length=row.length_m, geometry=row.geometry)
     assert dict(g.degree()) == dict(zip(nodes["id"], nodes["degree"]))
     assert nx.is_connected(g)
+    # the quicklook draws the graph (magenta) along the roads' middle rows and columns
+    from PIL import Image
+
+    from geounet.export.quicklook import CENTERLINE_COLOUR
+
+    ql = np.asarray(Image.open(folder / "quicklook.png"))
+    drawn = np.all(ql == CENTERLINE_COLOUR, axis=-1)
+    rows, cols = np.nonzero(drawn)
+    assert drawn[99:101, 30:210].any(axis=0).all() and drawn[20:180, 119:121].any(axis=1).all()
+    assert set(rows[(cols < 110) | (cols > 130)]) <= {99, 100} and set(cols[(rows < 90) | (rows > 110)]) <= {119, 120}
     arm = {int(r.u if r.u != hub else r.v): r.length_m for r in edges.itertuples() for hub in [_hub(nodes)]}
     for a in arm:
         for b in arm:

@@ -97,6 +97,19 @@ def test_outline_of_a_rectangle_with_a_hole_is_its_border_pixels() -> None:
     assert np.array_equal(got, want)
 
 
+def test_lines_are_drawn_themselves_not_their_end_points() -> None:
+    import shapely
+
+    from geounet.export.quicklook import outline_mask
+
+    line = shapely.LineString([(4, 10), (44, 10), (44, 30)])  # scene px, drawn at factor 4
+    got = outline_mask([line], (10, 12), factor=4)
+    want = np.zeros((10, 12), bool)
+    want[2, 1:12] = True  # y 10 -> row 2, x 4..44 -> columns 1..11
+    want[2:8, 11] = True  # x 44 -> column 11, y 10..30 -> rows 2..7
+    assert np.array_equal(got, want)
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), factor=st.integers(1, 6), chunk=st.sampled_from([3, 50, 200_000]))
 def test_outline_pixels_are_those_rasterize_touches(seed: int, factor: int, chunk: int) -> None:

@@ -314,9 +314,17 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
     if job.thumbnail is not None:
         canvas = job.thumbnail
 
+        # the road graphs as written, in pixels (graph edges are few: a copy costs little)
+        graph_lines = [
+            to_pixels(layers[centerline_layer(name)].geometry.values, job.affine)
+            for name in graphs
+            if centerline_layer(name) in layers
+        ]
+        pixel_lines = np.concatenate(graph_lines) if graph_lines else np.empty(0, dtype=object)
+
         def quicklook() -> list[Path]:
             try:
-                return [write_quicklook(canvas, pixel_layers, job.folder / QUICKLOOK_NAME)]
+                return [write_quicklook(canvas, pixel_layers, job.folder / QUICKLOOK_NAME, pixel_lines)]
             finally:
                 pixel_layers.clear()  # the pixel copies are needed by the quicklook only
 

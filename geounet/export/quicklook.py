@@ -131,9 +131,10 @@ OUTLINE_CHUNK_VERTICES = 200_000
 def outline_mask(
     geoms: Sequence[Any] | np.ndarray, shape: tuple[int, int], *, factor: int, tolerance_px: float = 0.0
 ) -> np.ndarray:
-    """Quicklook pixels crossed by the outlines (exterior and hole rings) of ``geoms``.
+    """Quicklook pixels crossed by the outlines (exterior and hole rings) of ``geoms``, or by
+    the lines themselves where ``geoms`` are lines (road centerlines).
 
-    ``geoms`` are polygons in scene pixel coordinates (x right, y down), as post-processing
+    ``geoms`` are polygons or lines in scene pixel coordinates (x right, y down), as post-processing
     keeps them beside the world ones (no CRS -> pixel round trip); quicklook pixel (r, c)
     covers scene pixels ``[c * factor, (c + 1) * factor)``
     and likewise for rows.
@@ -159,7 +160,8 @@ def outline_mask(
         if len(chunk) == 0:
             continue
         chunk = chunk[~shapely.is_empty(chunk)]
-        lines = shapely.get_parts(shapely.boundary(chunk))
+        polygonal = np.isin(shapely.get_type_id(chunk), (3, 6))  # Polygon, MultiPolygon: their rings
+        lines = shapely.get_parts(np.where(polygonal, shapely.boundary(chunk), chunk))
         if tolerance_px > 0:
             lines = shapely.simplify(lines, tolerance_px * factor, preserve_topology=False)
         xy, index = shapely.get_coordinates(lines, return_index=True)
@@ -193,6 +195,8 @@ CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
     (60, 255, 90),
     (255, 130, 0),
 )
+# Colour of road centerline graphs on the quicklook (RGB): drawn over the class outlines.
+CENTERLINE_COLOUR = (255, 0, 255)
 # Pixels sampled (evenly spaced) for the quicklook's 2-98 % contrast stretch.
 STRETCH_SAMPLE = 250_000
 
@@ -214,12 +218,19 @@ def _stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_quicklook(canvas: ThumbnailCanvas, layers: Sequence[Sequence[Any] | np.ndarray], final: Path) -> Path:
-    """Downsampled RGB (or grey) view with each class's outlines in :data:`CLASS_COLOURS`.
+def write_quicklook(
+    canvas: ThumbnailCanvas,
+    layers: Sequence[Sequence[Any] | np.ndarray],
+    final: Path,
+    centerlines: Sequence[Any] | np.ndarray = (),
+) -> Path:
+    """Downsampled RGB (or grey) view with each class's outlines in :data:`CLASS_COLOURS`
+    and the road centerline graphs over them in :data:`CENTERLINE_COLOUR`.
 
     ``canvas`` holds the scene's cell averages, gathered from the blocks the workers read
-    (the scene is not read again); ``layers[k]`` holds class k's polygons, in scene pixel
-    coordinates. Cells without a valid pixel are black.
+    (the scene is not read again); ``layers[k]`` holds class k's polygons and
+    ``centerlines`` every linear class's graph edges, in scene pixel coordinates. Cells
+    without a valid pixel are black.
     """
     mean, valid = canvas.image()
     img = _stretch(mean, valid)
@@ -230,6 +241,10 @@ def write_quicklook(canvas: ThumbnailCanvas, layers: Sequence[Sequence[Any] | np
         colour = CLASS_COLOURS[k % len(CLASS_COLOURS)]
         for c in range(3):
             img[c][edge] = colour[c]
+    if len(centerlines):
+        edge = outline_mask(centerlines, valid.shape, factor=canvas.factor, tolerance_px=tolerance)
+        for c in range(3):
+            img[c][edge] = CENTERLINE_COLOUR[c]
     with atomic_output(final) as tmp:
         Image.fromarray(np.moveaxis(img, 0, -1)).save(tmp, format="PNG", compress_level=PNG_LEVEL)
     return final

@@ -105,8 +105,8 @@ def band_jitter(image: np.ndarray, valid: np.ndarray, rng: np.random.Generator, 
     another season or another processing chain.
     """
     n = image.shape[0]
-    g = rng.uniform(1.0 - amount, 1.0 + amount, n)[:, None, None]
-    s = rng.uniform(-amount, amount, n)[:, None, None]
+    g = np.asarray(rng.uniform(1.0 - amount, 1.0 + amount, n))[:, None, None]
+    s = np.asarray(rng.uniform(-amount, amount, n))[:, None, None]
     mean = _stats(image, valid)[0][:, None, None]
     return ((image - mean) * g + mean + s).astype(np.float32, copy=False)
 

@@ -339,3 +339,99 @@ def test_shipped_default_weights_are_trained_on_real_sources_with_their_terms():
     assert all(d["terms"] and d["attribution"] for d in sources.values())
     model = load_checkpoint(path)
     assert next(model.parameters()).dtype == torch.float32  # stored as float16, loaded as float32
+
+
+# -- model.init: fine-tuning from a checkpoint's weights ----------------------------------------
+
+
+def _init_config(folder: Path, init: Path, *, classes: list[str] | None = None, **model) -> Path:
+    """The tiny config of this module with ``model.init``; ``classes`` drops the others' labels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_config(folder, folder / "ft", model={"init": str(init), **model}, optim={"epochs": 1})
+    if classes is not None:
+        cfg = yaml.safe_load(path.read_text())
+        cfg["data"]["classes"] = [c for c in cfg["data"]["classes"] if c["name"] in classes]
+        for scene in cfg["data"]["scenes"]:
+            scene["labels"] = {k: v for k, v in scene["labels"].items() if k in classes}
+        if len(classes) == 1:
+            cfg["model"]["mode"] = "binary"
+        path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_model_init_copies_every_tensor_and_keeps_the_normalization(tmp_path, two_epochs):
+    from geounet.train.warmstart import warm_start
+
+    _, _, _, earlier = two_epochs
+    ckpt = earlier.best_checkpoint
+    settings = load_training_settings(_init_config(tmp_path, ckpt))
+    start = warm_start(settings, [1, 2, 3])
+    assert start is not None and start.fresh == []
+    theirs = load_checkpoint(ckpt).state_dict()
+    ours = start.model.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key, tensor in theirs.items():
+        assert torch.equal(ours[key], tensor), key
+    assert start.normalization == read_metadata(ckpt).normalization
+    # a run started from it records where its weights came from and keeps the statistics
+    result = train(settings, progress=False)
+    meta = read_metadata(result.best_checkpoint)
+    assert meta.normalization == read_metadata(ckpt).normalization
+    prov = meta.provenance["initialized_from"]
+    assert prov == {"checkpoint": str(ckpt), "hash": read_metadata(ckpt).hash, "fresh": []}
+    assert meta.spec.width == 4 and meta.spec.depth == 2
+
+
+def test_model_init_with_other_classes_starts_a_new_head(tmp_path, two_epochs):
+    from geounet.train.warmstart import warm_start
+
+    ckpt = two_epochs[3].best_checkpoint
+    settings = load_training_settings(_init_config(tmp_path, ckpt, classes=["building"]))
+    start = warm_start(settings, [1, 2, 3])
+    assert start is not None and sorted(start.fresh) == ["head.bias", "head.weight"]
+    assert start.model.spec.classes == ("building",) and start.model.spec.mode == "binary"
+    assert start.model.state_dict()["head.weight"].shape[0] == 1
+    theirs = load_checkpoint(ckpt).state_dict()
+    for key, tensor in start.model.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.equal(tensor, theirs[key]), key
+    assert start.provenance["fresh"] == start.fresh
+
+
+def test_model_init_takes_the_architecture_and_refuses_a_clash(tmp_path, two_epochs):
+    from geounet.train.warmstart import warm_start
+
+    ckpt = two_epochs[3].best_checkpoint
+    path = _init_config(tmp_path, ckpt)
+    cfg = yaml.safe_load(path.read_text())
+    del cfg["model"]["width"], cfg["model"]["depth"]  # not given: taken from the checkpoint (width 4)
+    path.write_text(yaml.safe_dump(cfg))
+    start = warm_start(load_training_settings(path), [1, 2, 3])
+    assert start is not None and start.model.spec.width == 4 and start.model.spec.depth == 2
+    clash = load_training_settings(_init_config(tmp_path / "b", ckpt, width=8))
+    with pytest.raises(ConfigError, match=r"model.width is 8 but the checkpoint's is 4.*leave those keys out"):
+        warm_start(clash, [1, 2, 3])
+    with pytest.raises(ConfigError, match=r"takes 3 input bands, the config reads 2 \(bands \[1, 2\]\)"):
+        warm_start(load_training_settings(path), [1, 2])
+
+
+def test_model_init_names_a_shipped_model_or_a_missing_file(tmp_path, two_epochs):
+    from geounet.train.warmstart import init_path, warm_start
+    from geounet.weights import synthetic_weights
+
+    ckpt = two_epochs[3].best_checkpoint
+    settings = load_training_settings(_init_config(tmp_path, ckpt), {"model.init": "synthetic"})
+    assert init_path(settings) == synthetic_weights()
+    missing = load_training_settings(_init_config(tmp_path / "m", tmp_path / "nope.safetensors"))
+    with pytest.raises(CheckpointError, match="nope.safetensors"):
+        warm_start(missing, [1, 2, 3])
+
+
+def test_model_card_shows_the_checkpoint_a_run_started_from(tmp_path, two_epochs):
+    from geounet.checkpoint.card import provenance_summary
+
+    ckpt = two_epochs[3].best_checkpoint
+    result = train(load_training_settings(_init_config(tmp_path, ckpt)), progress=False)
+    rows = dict(provenance_summary(read_metadata(result.best_checkpoint).provenance))
+    line = rows["started from"]
+    assert line.endswith(f"{ckpt.name} (hash {read_metadata(ckpt).hash[:12]}; all tensors copied)"), line

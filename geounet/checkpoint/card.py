@@ -88,7 +88,8 @@ def provenance_summary(
     ``date``; ``epochs`` with the training time and the checkpoint resumed from; the
     ``validation`` metrics of the saved epoch, the best-model metric first; the training
     ``sources``, one line per scene up to ``max_sources`` (continuation lines have an empty
-    label); the ``pixel size`` if recorded; the ``settings`` file; the ``run`` (seed,
+    label); the ``pixel size`` if recorded; the ``settings`` file; the checkpoint the run
+    ``started from`` (``model.init``); the ``run`` (seed,
     device, precision); the ``areas`` trained and validated on; the ``software``. Every
     other key follows under its own name, its value in compact JSON. A value of the wrong
     type for its known key is shown as any other key. Each text is one line of at most
@@ -129,6 +130,11 @@ def provenance_summary(
             del prov["config"]
         text = prov.pop("config_file", None) or "(not read from a file)"
         add("settings", f"{_brief(text)}{' (all settings: geounet info --json)' if has_settings else ''}")
+    start = prov.get("initialized_from")
+    if isinstance(start, Mapping) and isinstance(start.get("checkpoint"), str) and isinstance(start.get("hash"), str):
+        del prov["initialized_from"]
+        head = "new output head" if start.get("fresh") else "all tensors copied"
+        add("started from", f"{_tail(start['checkpoint'], width - 40)} (hash {start['hash'][:12]}; {head})")
     for label, fields in _GROUPS:
         parts = [fmt.format(_fact(key, prov.pop(key))) for key, fmt in fields if _is_scalar(prov.get(key))]
         if parts:

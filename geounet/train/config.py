@@ -409,6 +409,11 @@ class ModelSettings(StrictModel):
     """binary (one class), multilabel (independent sigmoids) or multiclass (softmax with background)."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Architecture-specific extras."""
+    init: str | None = None
+    """Start from this checkpoint's weights (fine-tuning): a shipped model's name (``default``,
+    ``synthetic``) or a path. Its architecture is used (leave arch, width, depth and options
+    out, or give its values), its input normalization kept; the output head starts afresh when
+    ``data.classes`` or ``mode`` differ from its own. None: random weights."""
 
 
 class OptimSettings(StrictModel):

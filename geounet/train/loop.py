@@ -11,9 +11,11 @@
    labels of each class (:mod:`geounet.train.data`, :mod:`geounet.train.labels`); split
    training and validation areas with a gap; the window sampler and the validation tiles
    (:mod:`geounet.train.sampling`).
-4. :func:`~geounet.train.inputs.choose_normalization`: per-band statistics from sampled training windows (or,
+4. :func:`~geounet.train.warmstart.warm_start` (``model.init`` only): the model started from a
+   checkpoint's weights, which also gives the statistics; else
+   :func:`~geounet.train.inputs.choose_normalization`: per-band statistics from sampled training windows (or,
    when resuming, the statistics stored in the checkpoint).
-5. :func:`build_fit`: ``create_model``, ``loss_for`` (BCE+Dice or CE+Dice), AdamW (no weight
+5. :func:`build_fit`: ``create_model`` (or the warm-started model), ``loss_for`` (BCE+Dice or CE+Dice), AdamW (no weight
    decay on biases and BatchNorm), a per-step learning-rate schedule (:mod:`geounet.train.optim`).
 6. :func:`train_epochs`: each epoch draws its windows (class-balanced, seeded by epoch) and
    trains on them with autocast (bf16 where native) and gradient clipping
@@ -65,6 +67,7 @@ from geounet.train.optim import loss_kwargs, lr_at, param_groups
 from geounet.train.report import CURVES, LOG_CSV, epoch_provenance, format_row, plot_curves, run_provenance, write_csv
 from geounet.train.state import Progress, read_state, restore_optimizer, save_state, state_paths
 from geounet.train.validation import validate
+from geounet.train.warmstart import WarmStart, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +137,13 @@ def run(
     prepare_output(out, resuming=earlier is not None, overwrite=settings.output.overwrite)
     device, dtype = setup_compute(settings)
     data = open_data(settings, show)
-    norm = choose_normalization(settings, data, earlier.path if earlier is not None else None)
-    fit = build_fit(settings, data.bands, device, dtype, earlier)
+    start = warm_start(settings, data.bands) if earlier is None else None
+    norm = (
+        start.normalization
+        if start is not None
+        else choose_normalization(settings, data, earlier.path if earlier is not None else None)
+    )
+    fit = build_fit(settings, data.bands, device, dtype, earlier, start)
     state = start_progress(settings, out, earlier)
     folder = RunFolder(
         out=out,
@@ -152,6 +160,7 @@ def run(
             train_rects=data.train_rects,
             val_rects=data.val_rects,
             val_tiles=len(data.tiles),
+            initialized_from=start.provenance if start is not None else None,
         ),
         resumed_from=earlier.path if earlier is not None else None,
     )
@@ -275,13 +284,20 @@ class Fit:
 
 
 def build_fit(
-    settings: TrainingSettings, bands: Sequence[int], device: torch.device, dtype: torch.dtype, earlier: Resume | None
+    settings: TrainingSettings,
+    bands: Sequence[int],
+    device: torch.device,
+    dtype: torch.dtype,
+    earlier: Resume | None,
+    start: WarmStart | None = None,
 ) -> Fit:
-    """A new model seeded by ``compute.seed`` (or the resumed one), its loss and its optimizer
-    (AdamW; the resumed optimizer state restored)."""
+    """A new model seeded by ``compute.seed`` (or the resumed one, or the one ``model.init``
+    started), its loss and its optimizer (AdamW; the resumed optimizer state restored)."""
     torch.manual_seed(settings.compute.seed)
     if earlier is not None:
         model = earlier.model
+    elif start is not None:
+        model = start.model
     else:
         m = settings.model
         model = create_model(

@@ -181,8 +181,11 @@ def run_provenance(
     train_rects: Sequence[Rect],
     val_rects: Sequence[Rect],
     val_tiles: int,
+    initialized_from: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The part of the provenance that is the same for every checkpoint of a run."""
+    """The part of the provenance that is the same for every checkpoint of a run;
+    ``initialized_from``: the ``model.init`` checkpoint the weights started from, if any."""
+    init = {"initialized_from": initialized_from} if initialized_from is not None else {}
     return {
         "trainer": "geounet.train",
         "geounet_version": __version__,
@@ -199,6 +202,7 @@ def run_provenance(
         "train_area_px": int(sum(r.height * r.width for r in train_rects)),
         "val_area_px": int(sum(r.height * r.width for r in val_rects)),
         "val_tiles": val_tiles,
+        **init,
     }
 
 

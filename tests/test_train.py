@@ -379,6 +379,10 @@ def test_model_init_copies_every_tensor_and_keeps_the_normalization(tmp_path, tw
     assert meta.normalization == read_metadata(ckpt).normalization
     prov = meta.provenance["initialized_from"]
     assert prov == {"checkpoint": str(ckpt), "hash": read_metadata(ckpt).hash, "fresh": []}
+    # resuming that run keeps the record (not model.init again: the resumed weights win)
+    more = load_training_settings(settings.source, {"optim.epochs": 2})
+    resumed = train(more, resume=result.last_checkpoint, progress=False)
+    assert read_metadata(resumed.last_checkpoint).provenance["initialized_from"] == prov
     assert meta.spec.width == 4 and meta.spec.depth == 2
 
 

@@ -160,7 +160,7 @@ def run(
             train_rects=data.train_rects,
             val_rects=data.val_rects,
             val_tiles=len(data.tiles),
-            initialized_from=start.provenance if start is not None else None,
+            initialized_from=start.provenance if start is not None else started_from(earlier),
         ),
         resumed_from=earlier.path if earlier is not None else None,
     )
@@ -193,6 +193,14 @@ def load_resume(path: Path, settings: TrainingSettings) -> Resume:
     if list(model.spec.classes) != names:
         raise CheckpointError(path, f"was trained for classes {list(model.spec.classes)}, the config has {names}")
     return Resume(path=path, model=model, record=record, optimizer=tensors)
+
+
+def started_from(earlier: Resume | None) -> dict[str, Any] | None:
+    """The ``model.init`` record of the run a resume continues (its weights' first origin)."""
+    if earlier is None:
+        return None
+    record = earlier.model.metadata.get("provenance", {}).get("initialized_from")
+    return record if isinstance(record, dict) else None
 
 
 # -- 2. output folder ------------------------------------------------------------------------

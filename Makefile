@@ -26,9 +26,10 @@ format: venv
 	$(VENV)/bin/ruff check --fix geounet tests benchmarks
 	$(VENV)/bin/ruff format geounet tests benchmarks
 
-# Tests marked soak run apart (`make test-soak`, about 9 min on 2 cores: the 40000^2 px memory
-# test, 200+2 scenes, SIGKILL-and-resume, heap, tmpfs full disks), which would take `make test`
-# past 15 minutes; the 12288^2 px memory test stays in.
+# Tests marked soak run apart (`make test-soak`, about 11 min on 2 cores: the 40000^2 px memory
+# test, 200+2 scenes, SIGKILL-and-resume, heap, tmpfs full disks, and the second case of some
+# fault tests whose first case stays in), which would take `make test` past 15 minutes; the
+# 12288^2 px memory test stays in.
 test: lint
 	$(PY) -m pytest -q -m "not soak"
 

@@ -127,7 +127,12 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("case", list(MODELS))
+# Through the CLI: a pickle and NaN weights in `make test`; the other three run in `make
+# test-soak` (each of the five is also refused in-process by tests/test_checkpoint.py).
+CLI_SOAK = {"torch-save-zip", "truncated-safetensors", "wrong-tensor-shapes"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.soak) if c in CLI_SOAK else c for c in MODELS])
 def test_untrusted_model_fails_before_any_scene(tmp_path: Path, unet: Path, case: str) -> None:
     build, words = MODELS[case]
     if case in ("pickle-named-safetensors", "torch-save-zip"):

@@ -86,7 +86,11 @@ def _files_up_to(limit: int) -> None:
 # staging probability raster when GDAL flushes it at close.
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("limit", [400_000, 150_000], ids=["vector-writer", "raster-flush"])
+@pytest.mark.parametrize(
+    "limit",
+    [400_000, pytest.param(150_000, marks=pytest.mark.soak)],  # the raster flush: `make test-soak`
+    ids=["vector-writer", "raster-flush"],
+)
 def test_disk_full_stops_with_exit_4_and_earlier_outputs_stay_intact(
     job: Job, reference: Reference, tmp_path: Path, limit: int
 ) -> None:

@@ -29,6 +29,7 @@ def start_predict(job: Job, out: Path, *scenes: Path) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.soak  # `make test-soak`; run's lock (the same code) is tested in `make test`
 @pytest.mark.timeout(300)
 def test_second_predict_on_the_same_out_exits_3_and_creates_nothing(job: Job, tmp_path: Path, sessions: list) -> None:
     out = tmp_path / "out"

@@ -157,7 +157,7 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+@pytest.mark.parametrize("how", ["SIGTERM", pytest.param("Ctrl-C", marks=pytest.mark.soak)])
 def test_sigterm_and_ctrl_c_stop_cleanly_with_exit_130(job: Job, tmp_path: Path, sessions: list, how: str) -> None:
     out = tmp_path / "out"
     # two 480 x 480 scenes of 25 blocks each; the signal comes as the second one starts

@@ -310,7 +310,7 @@ def test_default_weights_missing_is_a_clear_error(monkeypatch):
     import geounet.weights as weights
 
     monkeypatch.setattr(weights, "DEFAULT_NAME", "not-there.safetensors")
-    with pytest.raises(CheckpointError, match="train-real.yaml"):
+    with pytest.raises(CheckpointError, match="train-real-finetune.yaml"):
         weights.default_weights()
     monkeypatch.setattr(weights, "SYNTHETIC_NAME", "not-there.safetensors")
     with pytest.raises(CheckpointError, match="train-synthetic.yaml"):
@@ -378,7 +378,7 @@ def test_model_init_copies_every_tensor_and_keeps_the_normalization(tmp_path, tw
     meta = read_metadata(result.best_checkpoint)
     assert meta.normalization == read_metadata(ckpt).normalization
     prov = meta.provenance["initialized_from"]
-    assert prov == {"checkpoint": str(ckpt), "hash": read_metadata(ckpt).hash, "fresh": []}
+    assert prov == {"model": str(ckpt), "checkpoint": str(ckpt), "hash": read_metadata(ckpt).hash, "fresh": []}
     # resuming that run keeps the record (not model.init again: the resumed weights win)
     more = load_training_settings(settings.source, {"optim.epochs": 2})
     resumed = train(more, resume=result.last_checkpoint, progress=False)

@@ -134,7 +134,8 @@ def provenance_summary(
     if isinstance(start, Mapping) and isinstance(start.get("checkpoint"), str) and isinstance(start.get("hash"), str):
         del prov["initialized_from"]
         head = "new output head" if start.get("fresh") else "all tensors copied"
-        add("started from", f"{_tail(start['checkpoint'], width - 40)} (hash {start['hash'][:12]}; {head})")
+        name = start["model"] if isinstance(start.get("model"), str) else start["checkpoint"]
+        add("started from", f"{_tail(name, width - 40)} (hash {start['hash'][:12]}; {head})")
     for label, fields in _GROUPS:
         parts = [fmt.format(_fact(key, prov.pop(key))) for key, fmt in fields if _is_scalar(prov.get(key))]
         if parts:

@@ -40,6 +40,7 @@ _ARCH_KEYS = ("arch", "width", "depth", "options")  # model keys taken from the 
 class WarmStart:
     """A new model holding a checkpoint's weights, and what the run records about it."""
 
+    given: str  # model.init as the config gives it: a shipped name or a path
     path: Path
     hash: str
     model: SegmentationModel
@@ -49,7 +50,7 @@ class WarmStart:
     @property
     def provenance(self) -> dict[str, Any]:
         """What the checkpoints of the run record (``initialized_from``; ``geounet info`` shows it)."""
-        return {"checkpoint": str(self.path), "hash": self.hash, "fresh": list(self.fresh)}
+        return {"model": self.given, "checkpoint": str(self.path), "hash": self.hash, "fresh": list(self.fresh)}
 
 
 def init_path(settings: TrainingSettings) -> Path | None:
@@ -125,7 +126,9 @@ def warm_start(settings: TrainingSettings, bands: Sequence[int]) -> WarmStart | 
             if key not in fresh:
                 tensor.copy_(theirs[key])
     norm = read_metadata(path).normalization
-    start = WarmStart(path=path, hash=str(meta["hash"]), model=model, normalization=norm, fresh=fresh)
+    start = WarmStart(
+        given=str(settings.model.init), path=path, hash=str(meta["hash"]), model=model, normalization=norm, fresh=fresh
+    )
     log.info(
         "model.init: weights of %s (hash %s); %s",
         path,

@@ -329,6 +329,15 @@ def input_moments(x: np.ndarray, valid: np.ndarray, raw: np.ndarray | None = Non
     return InputMoments(int(np.count_nonzero(valid)), tuple(total.tolist()), tuple(squares.tolist()), negative)
 
 
+def eight_bit_training(norm: MeanStd | Percentile) -> bool:
+    """Whether the statistics describe 8-bit training data: every band's mean and standard
+    deviation (MeanStd) or low and high (Percentile) within 0-255. True for the uint8 default
+    (mean 0, std 255) and for statistics of 8-bit imagery (mean ~96, std ~26-70); False for
+    16-bit or reflectance training data."""
+    values = [*norm.mean, *norm.std] if isinstance(norm, MeanStd) else [*norm.low, *norm.high]
+    return all(0.0 <= v <= 255.0 for v in values)
+
+
 def non_negative_training(norm: MeanStd | Percentile) -> bool:
     """Whether the statistics describe training data without negative values.
 
@@ -352,7 +361,10 @@ def input_warning(
     Per band, in normalized units (MeanStd: training standard deviations from the training mean;
     Percentile: 0-1 across the training range, clipped):
 
-    * mean beyond ``±MEAN_LIMIT`` (3): far brighter or darker (uint16 0-10000 on a 0-255 model: ~+30);
+    * mean beyond ``±MEAN_LIMIT`` (3): far brighter or darker (uint16 0-10000 on a 0-255 model: ~+30),
+      except for a uint8 scene on a model trained on 8-bit data (:func:`eight_bit_training`):
+      snow, sand or water is bright or dark, not scaled wrongly, whatever the training
+      data's spread (a model trained on mid-grey imagery, std ~26, sees sand at +5);
     * std below ``FLAT_LIMIT`` (0.01): for MeanStd, in a float scene and below 1 raw unit, nearly
       constant to the model (reflectance 0-1 on a 0-255 model: ~0.001; an integer scene this flat is
       merely uniform, not mis-scaled); for Percentile, with the mean within 0.01 of 0 or 1, nearly
@@ -375,6 +387,7 @@ def input_warning(
     numbers = list(bands) if bands is not None else list(range(1, n + 1))
     kind = np.dtype(dtype)
     signed = kind.kind == "i" and non_negative_training(norm)
+    same_range = kind == np.dtype("uint8") and eight_bit_training(norm)  # brightness, not scaling
     reasons: list[str] = []
     wrapped = False  # a signed band holds negative pixels the training data never had
     for i, (m, sd, neg) in enumerate(zip(moments.mean, moments.std, moments.negative)):
@@ -382,7 +395,7 @@ def input_warning(
         if isinstance(norm, MeanStd):
             mu, sigma = norm.mean[i], norm.std[i]
             head = f"band {numbers[i]}: mean {m * sigma + mu:.4g}, std {sd * sigma:.3g}"
-            if abs(m) > MEAN_LIMIT:
+            if abs(m) > MEAN_LIMIT and not same_range:
                 side = "above" if m > 0 else "below"
                 found.append(
                     f"the mean is {abs(m):.3g} training standard deviations ({sigma:.4g}) {side} "

@@ -183,3 +183,22 @@ def test_percentile_flags_a_scene_clipped_to_one_end() -> None:
         in text
     )
     assert "clipped to one end" in (_warning_for("uint16-0-10000", norm) or "")  # nearly all clipped to 1
+
+
+def test_a_uint8_scene_is_never_flagged_for_brightness_on_an_8_bit_model() -> None:
+    from geounet.scene.normalize import eight_bit_training
+
+    narrow = MeanStd(mean=[96.0] * 3, std=[26.0] * 3)  # mid-grey 8-bit training data: sand is +5.6 std
+    assert eight_bit_training(narrow) and eight_bit_training(MeanStd(mean=[0.0] * 3, std=[255.0] * 3))
+    assert not eight_bit_training(MeanStd(mean=[2000.0] * 3, std=[600.0] * 3))  # 16-bit training data
+    assert _warning_for("bright-uint8", narrow) is None
+    assert _warning_for("dark-uint8", narrow) is None
+    # the same bright pixels stored as uint16 are not known to be 8-bit: flagged by their mean
+    bright16 = SCENES["bright-uint8"][0].astype(np.uint16)
+    moments = input_moments(apply_normalization(bright16, narrow), np.ones(SHAPE[1:], bool), bright16)
+    text = input_warning(moments, narrow, dtype="uint16", bands=[1, 2, 3], scene="s.tif") or ""
+    assert "training standard deviations (26) above the training mean 96" in text, text
+    # on 16-bit training statistics a bright uint8 scene is far below: flagged
+    wide = MeanStd(mean=[4000.0] * 3, std=[600.0] * 3)
+    assert "below the training mean 4000" in (_warning_for("bright-uint8", wide) or "")
+    assert "training standard deviations" in (_warning_for("uint16-0-10000", narrow) or "")

@@ -119,7 +119,7 @@ def warm_start(settings: TrainingSettings, bands: Sequence[int]) -> WarmStart | 
     state = model.state_dict()
     fresh = [k for k in state if k.startswith(HEAD_PREFIX)] if not same_head else []
     missing = [k for k in state if k not in fresh and (k not in theirs or theirs[k].shape != state[k].shape)]
-    if missing:  # the same architecture and width always has them: a registry change would
+    if missing:  # never for the same architecture and width, unless the registry's layers changed
         raise ConfigError(f"model.init {path} lacks tensors {missing[:5]} of a {spec.arch}; retrain or re-export it")
     with torch.no_grad():
         for key, tensor in state.items():

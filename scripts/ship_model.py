@@ -1,11 +1,13 @@
 """Turn a trained checkpoint into a shipped one (``geounet/weights/<name>.safetensors``).
 
-    python scripts/ship_model.py out/train-real/best.safetensors geounet/weights/default.safetensors \\
+    python scripts/ship_model.py out/train-real-finetune/best.safetensors geounet/weights/default.safetensors \\
         --config workflows/train-real-finetune.yaml --heldout benchmarks/results/heldout/default.json --half
 
 Steps: load the checkpoint (every check of ``load_checkpoint``) -> add each training
 source's ``terms`` and ``attribution`` from the config to the provenance (so a checkpoint
-trained before those keys existed still names them) -> add the held-out accuracy per area
+trained before those keys existed still names them) -> name a shipped ``model.init``
+checkpoint by its name and repository path, and record the checkpoint's own architecture in
+the config's ``model`` section -> add the held-out accuracy per area
 from a ``benchmarks/bench_heldout.py`` result under ``extra.heldout`` (``geounet info`` shows
 it) -> store the weights in half precision if asked (half the file; they load as float32) ->
 write atomically. The content hash is that of the stored tensors.
@@ -21,6 +23,7 @@ from typing import Any
 
 from geounet.checkpoint import load_checkpoint, save_checkpoint
 from geounet.train.config import load_training_settings
+from geounet.weights import shipped_models
 
 
 def heldout_block(path: Path) -> dict[str, Any]:
@@ -45,6 +48,25 @@ def heldout_block(path: Path) -> dict[str, Any]:
     return {"note": note, "areas": areas, "measured": result.get("date")}
 
 
+def portable_start(provenance: dict[str, Any], spec: Any) -> dict[str, Any]:
+    """Provenance fixes for a shipped file: a ``model.init`` checkpoint that is a shipped model
+    named by that name and its path in the repository (not the training machine's absolute
+    path), and the recorded config's ``model`` section set to the architecture the checkpoint
+    holds (a warm-started run took it from its init checkpoint)."""
+    fixes: dict[str, Any] = {}
+    start = provenance.get("initialized_from")
+    if isinstance(start, dict) and isinstance(start.get("checkpoint"), str):
+        shipped = {path.resolve(): name for name, path in shipped_models().items()}
+        name = shipped.get(Path(start["checkpoint"]).resolve())
+        if name is not None:
+            fixes["initialized_from"] = {**start, "model": name, "checkpoint": f"geounet/weights/{name}.safetensors"}
+    config = provenance.get("config")
+    if isinstance(config, dict) and isinstance(config.get("model"), dict):
+        arch = {"arch": spec.arch, "width": spec.width, "depth": spec.depth, "options": dict(spec.options)}
+        fixes["config"] = {**config, "model": {**config["model"], **arch}}
+    return fixes
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", type=Path)
@@ -66,6 +88,7 @@ def main() -> None:
             record = {**record, "terms": src.terms, "attribution": src.attribution}
         data.append(record)
     provenance["data"] = data
+    provenance.update(portable_start(provenance, model.spec))
     extra: dict[str, Any] = {}
     if args.heldout is not None:
         extra["heldout"] = heldout_block(args.heldout)

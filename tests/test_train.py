@@ -383,7 +383,6 @@ def test_model_init_copies_every_tensor_and_keeps_the_normalization(tmp_path, tw
     more = load_training_settings(settings.source, {"optim.epochs": 2})
     resumed = train(more, resume=result.last_checkpoint, progress=False)
     assert read_metadata(resumed.last_checkpoint).provenance["initialized_from"] == prov
-    assert meta.spec.width == 4 and meta.spec.depth == 2
 
 
 def test_model_init_with_other_classes_starts_a_new_head(tmp_path, two_epochs):
@@ -412,6 +411,10 @@ def test_model_init_takes_the_architecture_and_refuses_a_clash(tmp_path, two_epo
     path.write_text(yaml.safe_dump(cfg))
     start = warm_start(load_training_settings(path), [1, 2, 3])
     assert start is not None and start.model.spec.width == 4 and start.model.spec.depth == 2
+    # the run records the architecture it trained, not the config's defaults (width 16, depth 4)
+    result = train(load_training_settings(path), progress=False)
+    model_section = read_metadata(result.best_checkpoint).provenance["config"]["model"]
+    assert (model_section["width"], model_section["depth"]) == (4, 2)
     clash = load_training_settings(_init_config(tmp_path / "b", ckpt, width=8))
     with pytest.raises(ConfigError, match=r"model.width is 8 but the checkpoint's is 4.*leave those keys out"):
         warm_start(clash, [1, 2, 3])
@@ -439,3 +442,38 @@ def test_model_card_shows_the_checkpoint_a_run_started_from(tmp_path, two_epochs
     rows = dict(provenance_summary(read_metadata(result.best_checkpoint).provenance))
     line = rows["started from"]
     assert line.endswith(f"{ckpt.name} (hash {read_metadata(ckpt).hash[:12]}; all tensors copied)"), line
+
+
+def test_model_init_renews_only_the_last_convolution_of_a_resunet_head(tmp_path, two_epochs):
+    from geounet.train.warmstart import warm_start
+    from tests.conftest import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "res.safetensors", arch="resunet", width=4, depth=2, seed=5)
+    config = _init_config(tmp_path, ckpt, classes=["building"])
+    cfg = yaml.safe_load(config.read_text())
+    del cfg["model"]["width"], cfg["model"]["depth"]
+    config.write_text(yaml.safe_dump(cfg))
+    start = warm_start(load_training_settings(config), [1, 2, 3])
+    assert start is not None and start.model.spec.arch == "resunet"
+    assert sorted(start.fresh) == ["head.2.bias", "head.2.weight"]  # BatchNorm, ReLU, Conv2d
+    theirs = load_checkpoint(ckpt).state_dict()
+    for key, tensor in start.model.state_dict().items():
+        if key not in start.fresh:
+            assert torch.equal(tensor, theirs[key]), key  # the head's BatchNorm is kept too
+    # the same classes in another output mode also get a new output layer
+    other_mode = _init_config(tmp_path / "mc", two_epochs[3].best_checkpoint)
+    same = load_training_settings(other_mode, {"model.mode": "multiclass"})
+    renewed = warm_start(same, [1, 2, 3])
+    assert renewed is not None and sorted(renewed.fresh) == ["head.bias", "head.weight"]
+    assert renewed.model.state_dict()["head.weight"].shape[0] == 3  # background + 2 classes
+
+
+def test_a_bad_model_init_fails_before_the_output_folder_is_touched(tmp_path, two_epochs):
+    out = tmp_path / "ft"
+    out.mkdir()
+    (out / "log.csv").write_text("an earlier run\n")
+    config = _init_config(tmp_path, two_epochs[3].best_checkpoint, width=8)
+    settings = load_training_settings(config, {"output.overwrite": True})
+    with pytest.raises(ConfigError, match="model.width is 8"):
+        train(settings, progress=False)
+    assert (out / "log.csv").read_text() == "an earlier run\n"  # overwrite did not run

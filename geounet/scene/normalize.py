@@ -331,11 +331,11 @@ def input_moments(x: np.ndarray, valid: np.ndarray, raw: np.ndarray | None = Non
 
 def eight_bit_training(norm: MeanStd | Percentile) -> bool:
     """Whether the statistics describe 8-bit training data: every band's mean and standard
-    deviation (MeanStd) or low and high (Percentile) within 0-255. True for the uint8 default
-    (mean 0, std 255) and for statistics of 8-bit imagery (mean ~96, std ~26-70); False for
-    16-bit or reflectance training data."""
+    deviation (MeanStd) or low and high (Percentile) within 0-255, and some above 2 (not
+    reflectance). True for the uint8 default (mean 0, std 255) and for statistics of 8-bit
+    imagery (mean ~96, std ~26-70); False for 16-bit or reflectance (0-1) training data."""
     values = [*norm.mean, *norm.std] if isinstance(norm, MeanStd) else [*norm.low, *norm.high]
-    return all(0.0 <= v <= 255.0 for v in values)
+    return all(0.0 <= v <= 255.0 for v in values) and max(values) > 2.0
 
 
 def non_negative_training(norm: MeanStd | Percentile) -> bool:

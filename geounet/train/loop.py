@@ -67,7 +67,7 @@ from geounet.train.optim import loss_kwargs, lr_at, param_groups
 from geounet.train.report import CURVES, LOG_CSV, epoch_provenance, format_row, plot_curves, run_provenance, write_csv
 from geounet.train.state import Progress, read_state, restore_optimizer, save_state, state_paths
 from geounet.train.validation import validate
-from geounet.train.warmstart import WarmStart, warm_start
+from geounet.train.warmstart import WarmStart, load_init, warm_start, with_architecture
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +134,15 @@ def run(
     show = sys.stderr.isatty() if progress is None else progress
     out = Path(settings.output.dir)
     earlier = load_resume(Path(resume), settings) if resume is not None else None
+    init = load_init(settings) if earlier is None else None
+    if earlier is not None and settings.model.init is not None:
+        log.info("resuming %s: model.init (%s) is not read again", earlier.path, settings.model.init)
+    if init is not None:
+        settings = with_architecture(settings, init.spec)
     prepare_output(out, resuming=earlier is not None, overwrite=settings.output.overwrite)
     device, dtype = setup_compute(settings)
     data = open_data(settings, show)
-    start = warm_start(settings, data.bands) if earlier is None else None
+    start = warm_start(settings, data.bands, init) if init is not None else None
     norm = (
         start.normalization
         if start is not None

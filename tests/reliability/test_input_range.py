@@ -191,6 +191,9 @@ def test_a_uint8_scene_is_never_flagged_for_brightness_on_an_8_bit_model() -> No
     narrow = MeanStd(mean=[96.0] * 3, std=[26.0] * 3)  # mid-grey 8-bit training data: sand is +5.6 std
     assert eight_bit_training(narrow) and eight_bit_training(MeanStd(mean=[0.0] * 3, std=[255.0] * 3))
     assert not eight_bit_training(MeanStd(mean=[2000.0] * 3, std=[600.0] * 3))  # 16-bit training data
+    reflectance = MeanStd(mean=[0.1] * 3, std=[0.05] * 3)  # reflectance 0-1 training data
+    assert not eight_bit_training(reflectance)
+    assert "above the training mean 0.1" in (_warning_for("bright-uint8", reflectance) or "")
     assert _warning_for("bright-uint8", narrow) is None
     assert _warning_for("dark-uint8", narrow) is None
     # the same bright pixels stored as uint16 are not known to be 8-bit: flagged by their mean

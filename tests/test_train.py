@@ -477,3 +477,54 @@ def test_a_bad_model_init_fails_before_the_output_folder_is_touched(tmp_path, tw
     with pytest.raises(ConfigError, match="model.width is 8"):
         train(settings, progress=False)
     assert (out / "log.csv").read_text() == "an earlier run\n"  # overwrite did not run
+
+
+def test_validation_splits_touching_buildings_as_inference_does(tmp_path):
+    """Two attached roofs with a probability valley between them are two predicted buildings in
+    validation (inference's default separation), one region without it."""
+    from geounet.settings import SeparateSettings
+    from geounet.train.validation import predicted_buildings
+    from geounet.vectorize.separate import SeparationParams
+
+    data = open_data(load_training_settings(write_config(tmp_path, tmp_path / "run")))
+    ref = WindowRef(0, 0, 0, 48, 64)
+    prob = np.zeros((48, 64), dtype=np.float32)
+    prob[8:28, 8:28] = 0.95  # 20 x 20 px = 10 m x 10 m
+    prob[8:28, 28:48] = 0.9
+    prob[8:28, 27:29] = 0.6  # the valley where the roofs meet: above the threshold
+    mask = prob >= 0.5
+    params = SeparationParams.from_settings(SeparateSettings(), 0.5, 0.5)
+    split = predicted_buildings(mask, prob, data.scenes[0], ref, params)
+    whole = predicted_buildings(mask, prob, data.scenes[0], ref, None)
+    assert len(whole) == 1 and len(split) == 2
+    areas = sorted(shapely.area(split))
+    assert 85 < areas[0] <= 100 and 85 < areas[1] <= 100  # m2: each roof loses at most the dividing line
+    assert abs(sum(areas) - shapely.area(whole[0])) <= 10.0
+
+
+def test_calibrated_thresholds_are_the_best_on_validation_and_stored(tmp_path, two_epochs):
+    _, _, _, earlier = two_epochs
+    path = write_config(
+        tmp_path,
+        tmp_path / "cal",
+        model={"init": str(earlier.best_checkpoint)},
+        optim={"epochs": 1},
+        validation={"calibrate": [0.3, 0.5, 0.7]},
+    )
+    result = train(load_training_settings(path), progress=False)
+    meta = read_metadata(result.best_checkpoint)
+    record = meta.provenance["threshold_calibration"]
+    assert record["candidates"] == [0.3, 0.5, 0.7]
+    assert record["chosen"] == meta.thresholds
+    for name, metric in (("building", "object F1"), ("road", "pixel IoU")):
+        scores = record["scores"][f"{name} ({metric})"]
+        assert len(scores) == 3
+        best = max((s, -abs(t - 0.5), t) for s, t in zip(scores, [0.3, 0.5, 0.7]) if s is not None)[2]
+        assert meta.thresholds[name] == best
+    # the scores at validation.threshold (0.5) are the epoch's own validation scores
+    assert record["scores"]["building (object F1)"][1] == pytest.approx(result.metrics["building_f1"], abs=1e-4)
+    assert record["scores"]["road (pixel IoU)"][1] == pytest.approx(result.metrics["road_iou"], abs=1e-4)
+    # the weights are the best epoch's: rewriting the thresholds leaves the tensors (and hash) alone
+    assert meta.hash == read_metadata(result.last_checkpoint).hash
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        load_training_settings(path, {"validation.calibrate": [0.5, 1.5]})

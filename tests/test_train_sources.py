@@ -323,3 +323,32 @@ def test_source_errors_name_the_file_and_the_fix(colour_set: Path):
                 model={"mode": "multiclass"},
             )
         )
+
+
+def test_synthetic_rehearsal_beside_sources_trains_only_and_gets_its_weight(colour_set: Path):
+    """data.synthetic without val: its scenes are training data only (the sources' val areas pick
+    the best epoch), and together they get data.synthetic.weight of the windows."""
+    synthetic = {"dir": str(colour_set / "synth"), "size": 64, "train": {"n": 1, "seed": 5}, "val": None, "weight": 3.0}
+    settings = load_training_settings(
+        base_config(
+            colour_set,
+            [colour_source(colour_set)],
+            data={"synthetic": synthetic},
+            sampling={"windows_per_epoch": 400},
+        )
+    )
+    data = open_data(settings)
+    synth = [s for s in data.scenes if not s.source]
+    assert [s.path.name for s in synth] == ["synth_train_0000.tif"]
+    assert not list((colour_set / "synth").glob("*_val_*"))  # no validation scene generated
+    assert {r.scene for r in data.val_rects} == {s.index for s in data.scenes if s.area == "val-b"}
+    refs = data.sampler.epoch(0)
+    share = np.mean([r.scene == synth[0].index for r in refs])
+    assert 0.6 < share < 0.9  # 3 / (3 + 1) = 0.75, balancing aside
+
+
+def test_synthetic_without_val_and_without_sources_has_no_validation_area(tmp_path: Path):
+    synthetic = {"dir": str(tmp_path / "synth"), "size": 64, "train": {"n": 1, "seed": 5}}
+    settings = load_training_settings(base_config(tmp_path, [], data={"synthetic": synthetic}))
+    with pytest.raises(ConfigError, match="no validation area"):
+        open_data(settings)

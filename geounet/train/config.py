@@ -247,8 +247,13 @@ class SyntheticData(StrictModel):
     """File name prefix: scenes are <prefix>_train_0000.tif, <prefix>_val_0000.tif, ..."""
     train: SyntheticPart
     """Training scenes (their seeds must not overlap the validation or test seeds)."""
-    val: SyntheticPart
-    """Validation scenes, used to pick the best epoch."""
+    val: SyntheticPart | None = None
+    """Validation scenes, used to pick the best epoch. None: no synthetic validation scene (the
+    synthetic scenes rehearse what a model learned on them while the best epoch is chosen on the
+    real validation areas of ``data.sources``)."""
+    weight: float = Field(1.0, gt=0.0, le=1000.0)
+    """Share of training windows of the synthetic scenes (with any ``data.scenes``) beside
+    ``data.sources``, relative to the sources' ``weight``."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Further keywords of geounet.synth.synthesize_scene (crs, resolution, bands, dtype,
     building_density, road_spacing_m, tree_density, nodata, nodata_border)."""
@@ -256,8 +261,8 @@ class SyntheticData(StrictModel):
     @model_validator(mode="after")
     def _disjoint(self) -> SyntheticData:
         a = range(self.train.seed, self.train.seed + self.train.n)
-        b = range(self.val.seed, self.val.seed + self.val.n)
-        if a.start < b.stop and b.start < a.stop:
+        b = range(self.val.seed, self.val.seed + self.val.n) if self.val is not None else range(0)
+        if b and a.start < b.stop and b.start < a.stop:
             raise ValueError(
                 f"train seeds {a.start}..{a.stop - 1} and val seeds {b.start}..{b.stop - 1} overlap, so "
                 "validation scenes would repeat training scenes; move val.seed past the training seeds"
@@ -485,6 +490,19 @@ class ValidationSettings(StrictModel):
     (the only one that is minimized)."""
     max_tiles: int | None = Field(None, ge=1)
     """Validate on at most this many tiles (evenly spread); None: all of the validation area."""
+    calibrate: list[float] = Field(default_factory=list)
+    """Candidate probability thresholds (0-1) tried with the best checkpoint on the validation
+    tiles after the last epoch: each class gets the one with its best score (the building class
+    by object F1, the others by pixel IoU), stored in the checkpoint as the threshold inference
+    uses. Empty: every class keeps ``threshold``."""
+
+    @field_validator("calibrate")
+    @classmethod
+    def _check_calibrate(cls, v: list[float]) -> list[float]:
+        bad = [t for t in v if not 0.0 < t < 1.0]
+        if bad:
+            raise ValueError(f"thresholds {bad} must lie strictly between 0 and 1, e.g. [0.3, 0.4, 0.5]")
+        return v
 
 
 class ComputeSettings(StrictModel):

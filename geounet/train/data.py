@@ -277,7 +277,7 @@ def synthetic_sources(cfg: SyntheticData, progress: bool = False) -> list[tuple[
     except (OSError, json.JSONDecodeError):
         stamps = {}
     result = []
-    jobs = [("train", cfg.train), ("val", cfg.val)]
+    jobs = [("train", cfg.train)] + ([("val", cfg.val)] if cfg.val is not None else [])
     todo = [(role, i, part) for role, part in jobs for i in range(part.n)]
     it = tqdm(todo, desc="synthetic scenes", unit="scene", leave=False) if progress else todo
     for role, i, part in it:

@@ -122,10 +122,12 @@ def split_areas(scenes: Sequence[TrainScene], settings: TrainingSettings) -> tup
 def balance_sources(rects: Sequence[Rect], scenes: Sequence[TrainScene], settings: TrainingSettings) -> list[Rect]:
     """Training rectangles weighted so that each source gets its ``weight`` share of the
     windows, whatever its pixel count (``data.scenes`` and synthetic scenes together count as
-    one source of weight 1): a window position's weight is the source's weight over the
-    source's number of window positions."""
+    one source, of ``data.synthetic.weight``, else 1): a window position's weight is the
+    source's weight over the source's number of window positions."""
     size = settings.sampling.window
     weight = {s.name: s.weight for s in settings.data.sources}
+    if settings.data.synthetic is not None:
+        weight[""] = settings.data.synthetic.weight
     totals: dict[str, int] = {}
     for r in rects:
         key = scenes[r.scene].source

@@ -26,7 +26,10 @@
    geounet checkpoint) with its training state beside it — ``last.state.safetensors``
    (optimizer tensors) and ``last.state.json`` (epoch, step, schedule, history, best) —
    nothing pickled; ``log.csv`` and ``curves.png`` (:mod:`geounet.train.report`).
-7. :func:`finish`: copy the best checkpoint to ``output.export``; the :class:`TrainResult`.
+7. :func:`calibrate_best` (``validation.calibrate`` only): each class's probability threshold
+   chosen with the best checkpoint on the validation tiles
+   (:func:`geounet.train.validation.calibrate_thresholds`) and stored in it.
+8. :func:`finish`: copy the best checkpoint to ``output.export``; the :class:`TrainResult`.
 
 Every file is written through :mod:`geounet.atomic`: a failed write (a full disk, a file
 size limit) raises :class:`~geounet.errors.OutputError` naming the file (``geounet train``
@@ -66,7 +69,7 @@ from geounet.train.losses import loss_for
 from geounet.train.optim import loss_kwargs, lr_at, param_groups
 from geounet.train.report import CURVES, LOG_CSV, epoch_provenance, format_row, plot_curves, run_provenance, write_csv
 from geounet.train.state import Progress, read_state, restore_optimizer, save_state, state_paths
-from geounet.train.validation import validate
+from geounet.train.validation import calibrate_thresholds, validate
 from geounet.train.warmstart import WarmStart, load_init, warm_start, with_architecture
 
 log = logging.getLogger(__name__)
@@ -170,6 +173,8 @@ def run(
         resumed_from=earlier.path if earlier is not None else None,
     )
     train_epochs(settings, data, norm, fit, state, folder, show=show, on_epoch=on_epoch)
+    if settings.validation.calibrate and (out / BEST).exists():
+        calibrate_best(out / BEST, settings, data, norm, device=device, dtype=dtype)
     return finish(out, settings, state, t0)
 
 
@@ -512,7 +517,36 @@ def train_epochs(
         loader.close()
 
 
-# -- 7. finish -------------------------------------------------------------------------------
+# -- 7. thresholds --------------------------------------------------------------------------
+
+
+def calibrate_best(
+    best: Path,
+    settings: TrainingSettings,
+    data: TrainData,
+    norm: MeanStd | Percentile,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, float]:
+    """Choose each class's threshold among ``validation.calibrate`` on the validation tiles with
+    the best checkpoint, and store them in it (its provenance records every candidate's score).
+    The tensors, and so the checkpoint's hash, do not change. Returns the thresholds.
+
+    Raises:
+        OutputError: the checkpoint cannot be rewritten (the previous file stays intact).
+    """
+    model = load_checkpoint(best).to(device)
+    thresholds, record = calibrate_thresholds(
+        model, data.scenes, data.tiles, data.bands, norm, settings, device=device, dtype=dtype
+    )
+    log.info("thresholds chosen on the validation tiles: %s (%s)", thresholds, record.get("scores", record))
+    provenance = {**(model.metadata or {}).get("provenance", {}), "threshold_calibration": record}
+    save_checkpoint(model.cpu(), best, thresholds=thresholds, provenance=provenance)
+    return thresholds
+
+
+# -- 8. finish -------------------------------------------------------------------------------
 
 
 def finish(out: Path, settings: TrainingSettings, state: Progress, t0: float) -> TrainResult:

@@ -4,8 +4,9 @@ Each tile goes through inference's own steps, so the numbers describe the model 
 ``geounet predict`` will use it: read and normalize (:meth:`TrainScene.read` ->
 :func:`geounet.scene.read.read_window`, :func:`geounet.scene.read.prepare_input`),
 forward (:func:`geounet.infer.block.run_model`), masks
-(:func:`~geounet.infer.block.class_probabilities`, :func:`~geounet.infer.block.class_masks`)
-and polygons (:func:`geounet.vectorize.polygonize.polygonize_block`, then
+(:func:`~geounet.infer.block.class_probabilities`, :func:`~geounet.infer.block.class_masks`),
+touching buildings split (:func:`geounet.vectorize.separate.separate_mask`, inference's
+default settings) and polygons (:func:`geounet.vectorize.polygonize.polygonize_block`, then
 :func:`geounet.vectorize.postprocess.to_world`). Scores come from the evaluate package:
 pixel counts summed over tiles (:class:`~geounet.evaluate.PixelCounts`, whose ratios follow
 :mod:`geounet.evaluate.ratios`) and building objects matched one-to-one
@@ -17,23 +18,28 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import shapely
 import torch
 
+from geounet.checkpoint.metadata import is_building_name
 from geounet.evaluate import MatchResult, PixelCounts, building_f1, pixel_counts
 from geounet.infer.block import class_masks, class_probabilities, run_model
 from geounet.models.base import SegmentationModel
 from geounet.scene.normalize import MeanStd, Percentile
 from geounet.scene.read import keep_handles, prepare_input
+from geounet.scene.source import ground_pixel_size_m
+from geounet.settings import SeparateSettings
 from geounet.train.config import TrainingSettings
 from geounet.train.data import TrainScene, pixel_weights
 from geounet.train.labels import to_class_index, window_box
 from geounet.train.sampling import WindowRef
 from geounet.vectorize.polygonize import polygonize_block
 from geounet.vectorize.postprocess import to_world
+from geounet.vectorize.separate import SeparationParams, separate_mask
 
 
 @contextlib.contextmanager
@@ -61,6 +67,17 @@ def predicted_polygons(mask: np.ndarray, scene: TrainScene, ref: WindowRef) -> n
         return np.empty(0, dtype=object)
     block = polygonize_block(mask, None, row_off=0, col_off=0, scene_height=ref.height, scene_width=ref.width)
     return to_world(block.geoms, scene.transform_of(ref))
+
+
+def predicted_buildings(
+    mask: np.ndarray, prob: np.ndarray, scene: TrainScene, ref: WindowRef, params: SeparationParams | None
+) -> np.ndarray:
+    """Building polygons of a tile as inference draws them: touching buildings split at the
+    probability valleys between their seeds (``params``; None: not split), then
+    :func:`predicted_polygons`."""
+    if params is not None:
+        mask = separate_mask(mask, prob, params)
+    return predicted_polygons(mask, scene, ref)
 
 
 def truth_polygons(scene: TrainScene, k: int, ref: WindowRef) -> list[shapely.Geometry]:
@@ -126,12 +143,62 @@ def validate(
     and tile, one polygonization of the building mask per tile.
     """
     names = settings.class_names
+    bidx = building_index(settings)
+    (scored,), val_loss = score_tiles(
+        model,
+        scenes,
+        tiles,
+        bands,
+        norm,
+        settings,
+        [settings.validation.threshold],
+        device=device,
+        dtype=dtype,
+        loss_fn=loss_fn,
+    )
+    return summarize(names, scored.counts, scored.matches, bidx, val_loss)
+
+
+@dataclass
+class Scored:
+    """Summed pixel counts (one per class) and building matches (one per tile) at one threshold."""
+
+    threshold: float
+    counts: list[PixelCounts]
+    matches: list[MatchResult]
+
+
+def building_index(settings: TrainingSettings) -> int | None:
+    """Index of ``validation.building_class`` among the classes (None: no such class)."""
+    names = settings.class_names
+    return names.index(settings.validation.building_class) if settings.validation.building_class in names else None
+
+
+def score_tiles(
+    model: SegmentationModel,
+    scenes: Sequence[TrainScene],
+    tiles: Sequence[WindowRef],
+    bands: Sequence[int],
+    norm: MeanStd | Percentile,
+    settings: TrainingSettings,
+    thresholds: Sequence[float],
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    loss_fn: torch.nn.Module | None = None,
+) -> tuple[list[Scored], float]:
+    """Pixel counts and building matches of the validation tiles at each probability threshold
+    (the same threshold for every class), from one forward pass per tile; and the validation
+    loss (NaN without ``loss_fn`` or valid pixels). A softmax model's classes come from the
+    argmax, so its masks do not depend on the threshold. A building class is split where its
+    buildings touch as inference splits it by default (:mod:`geounet.vectorize.separate`,
+    :class:`~geounet.settings.SeparateSettings`) before its regions are polygonized."""
+    names = settings.class_names
     mode = model.spec.mode
     vcfg = settings.validation
-    bidx = names.index(vcfg.building_class) if vcfg.building_class in names else None
-    thresholds = [vcfg.threshold] * len(names)
-    counts = [PixelCounts() for _ in names]
-    matches: list[MatchResult] = []
+    bidx = building_index(settings)
+    scored = [Scored(t, [PixelCounts() for _ in names], []) for t in thresholds]
+    separate = SeparateSettings() if bidx is not None and is_building_name(names[bidx]) else None
     loss_sum, loss_px = 0.0, 0
     was_training = model.training
     model.eval()
@@ -150,18 +217,80 @@ def validate(
                 loss_px += n
             del logits
             cls_probs, labels = class_probabilities(probs, mode)
-            masks = class_masks(cls_probs, labels, valid, thresholds)
             truth = sc.labels(ref, separate=False)
-            for k, m in enumerate(masks):
-                if sc.known is None or sc.known[k]:
-                    counts[k] += pixel_counts(m, truth[k], valid)
-            if bidx is not None and (sc.known is None or sc.known[bidx]):
-                pred = predicted_polygons(masks[bidx], sc, ref)
-                true = truth_polygons(sc, bidx, ref)
-                matches.append(building_f1(pred, true, vcfg.iou, min_area=vcfg.min_area_px * sc.pixel_area))
+            true = truth_polygons(sc, bidx, ref) if bidx is not None else []
+            for entry in scored:
+                masks = class_masks(cls_probs, labels, valid, [entry.threshold] * len(names))
+                for k, m in enumerate(masks):
+                    if sc.known is None or sc.known[k]:
+                        entry.counts[k] += pixel_counts(m, truth[k], valid)
+                if bidx is not None and (sc.known is None or sc.known[bidx]):
+                    params = (
+                        SeparationParams.from_settings(separate, grid_pixel_m(settings, sc), entry.threshold)
+                        if separate
+                        else None
+                    )
+                    pred = predicted_buildings(masks[bidx], cls_probs[bidx], sc, ref, params)
+                    entry.matches.append(building_f1(pred, true, vcfg.iou, min_area=vcfg.min_area_px * sc.pixel_area))
     finally:
         model.train(was_training)
-    return summarize(names, counts, matches, bidx, loss_sum / loss_px if loss_px else math.nan)
+    return scored, (loss_sum / loss_px if loss_px else math.nan)
+
+
+def grid_pixel_m(settings: TrainingSettings, scene: TrainScene) -> float:
+    """Pixel size of the grid the model sees, metres: ``data.gsd_m``, else the scene's own
+    (from its georeferencing, as inference measures it; 1 m for a scene without a CRS)."""
+    if settings.data.gsd_m is not None:
+        return settings.data.gsd_m
+    if scene.gsd_m:
+        return scene.gsd_m
+    crs = scene.crs.to_wkt() if scene.crs is not None else None
+    return ground_pixel_size_m(crs, tuple(scene.transform)[:6], scene.width, scene.height) or 1.0
+
+
+def calibrate_thresholds(
+    model: SegmentationModel,
+    scenes: Sequence[TrainScene],
+    tiles: Sequence[WindowRef],
+    bands: Sequence[int],
+    norm: MeanStd | Percentile,
+    settings: TrainingSettings,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Each class's probability threshold chosen on the validation tiles among
+    ``validation.calibrate``: the building class by its object F1, the others by pixel IoU.
+
+    Returns the thresholds ``{class: threshold}`` and a record for the provenance: the
+    candidates, each class's score at each, and the choice. A class whose score is NaN at
+    every candidate (absent from the validation areas), and every class of a softmax model,
+    keeps ``validation.threshold``; ties go to the candidate nearest to it.
+    """
+    names = settings.class_names
+    vcfg = settings.validation
+    default = dict.fromkeys(names, vcfg.threshold)
+    if model.spec.mode == "multiclass":
+        return default, {"skipped": "a softmax model's classes come from the argmax, not from thresholds"}
+    candidates = sorted(set(vcfg.calibrate))
+    scored, _ = score_tiles(model, scenes, tiles, bands, norm, settings, candidates, device=device, dtype=dtype)
+    bidx = building_index(settings)
+    chosen = dict(default)
+    table: dict[str, list[float | None]] = {}
+    for k, name in enumerate(names):
+        if k == bidx:
+            values = [MatchResult.combine(e.matches).f1 for e in scored]
+            metric = "object F1"
+        else:
+            values = [e.counts[k].iou for e in scored]
+            metric = "pixel IoU"
+        table[f"{name} ({metric})"] = [None if v is None or math.isnan(v) else round(float(v), 4) for v in values]
+        ranked = [
+            (v, -abs(t - vcfg.threshold), t) for v, t in zip(values, candidates) if v is not None and not math.isnan(v)
+        ]
+        if ranked:
+            chosen[name] = max(ranked)[2]
+    return chosen, {"candidates": candidates, "scores": table, "chosen": chosen}
 
 
 def summarize(

@@ -44,6 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import checkpoint, machine, run_cli, save, scene, widened
 
 
+def model_option(args: argparse.Namespace) -> str:
+    """The command-line option naming the model a run used: ``--model PATH``, else ``--width N``
+    (a cached random-weight UNet of that width)."""
+    return f"--model {args.model}" if getattr(args, "model", None) else f"--width {args.width}"
+
+
 def _model_only(
     ckpt: Path, plan: Any, *, threads: int, precision: str, batch_size: int, scenes: int = 1
 ) -> dict[str, float]:
@@ -152,10 +158,9 @@ def ratio(args: argparse.Namespace) -> None:
     save(
         "ratio",
         {
-            "command": f"python benchmarks/bench_pipeline.py ratio --size {args.size} --width {args.width} "
+            "command": f"python benchmarks/bench_pipeline.py ratio --size {args.size} {model_option(args)} "
             f"--precision {args.precision} --tile {args.tile} --batch {args.batch} --repeat {args.repeat}"
             + (f" --tiles-per-block {args.tiles_per_block}" if args.tiles_per_block else "")
-            + (f" --model {args.model}" if args.model else "")
             + (f" --widen {args.widen}" if args.widen > 1 else "")
             + (f" --formats {' '.join(args.formats)}" if args.formats else "")
             + (f" --scenes {args.scenes}" if args.scenes > 1 else ""),
@@ -209,8 +214,7 @@ def memory(args: argparse.Namespace) -> None:
         "memory",
         {
             "command": "python benchmarks/bench_pipeline.py memory "
-            f"--sizes {' '.join(map(str, args.sizes))} --width {args.width}"
-            + (f" --model {args.model}" if args.model else ""),
+            f"--sizes {' '.join(map(str, args.sizes))} {model_option(args)}",
             "machine": machine(),
             "runs": rows,
             "ratio_largest_to_smallest": round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3),
@@ -305,8 +309,7 @@ def precision(args: argparse.Namespace) -> None:
     save(
         "precision",
         {
-            "command": f"python benchmarks/bench_pipeline.py precision --size {args.size} --width {args.width}"
-            + (f" --model {args.model}" if args.model else ""),
+            "command": f"python benchmarks/bench_pipeline.py precision --size {args.size} {model_option(args)}",
             "machine": machine(),
             "wall_s": {k: round(v, 2) for k, v in out.items()},
             "max_probability_difference": round(diff / 255.0, 4),
@@ -441,8 +444,8 @@ def pages(args: argparse.Namespace) -> None:
     save(
         "pages",
         {
-            "command": f"python benchmarks/bench_pipeline.py pages --width {args.width} --tile {args.tile} "
-            f"--tiles {args.tiles} --repeat {args.repeat}" + (f" --model {args.model}" if args.model else ""),
+            "command": f"python benchmarks/bench_pipeline.py pages {model_option(args)} --tile {args.tile} "
+            f"--tiles {args.tiles} --repeat {args.repeat}",
             "machine": machine(),
             "model": str(ckpt),
             "runs": runs,

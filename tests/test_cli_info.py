@@ -216,3 +216,15 @@ def test_provenance_summary_is_a_pure_function_of_the_record() -> None:
     assert all(len(text) <= 40 for _, text in rows)
     assert [label for label, _ in rows][:7] == ["date", "epochs", "validation", "sources", "", "", ""]
     assert shorten("a\nb  c", 10) == "a b c" and shorten("abcdefghijkl", 6) == "abcde…"
+
+
+def test_scenes_and_image_sources_together_are_counted_apart_sources_first() -> None:
+    """A run on synthetic scenes beside data.sources: both counted, the sources (with their
+    terms) listed before the scenes."""
+    scene = {"image": "out/synth/s_train_0000.tif", "role": "train", "size": [64, 64], "crs": "EPSG:32633"}
+    source = {"source": "rio", "images": 15, "areas": {"train": ["rio"], "val": []}, "terms": "CC BY-SA 4.0"}
+    rows = provenance_summary({"data": [scene, dict(scene, role="val"), source]}, max_sources=2)
+    assert rows[0] == ("sources", "1 source, 15 images; 2 scenes (train 1, val 1)")
+    assert rows[1][1].startswith("rio: 15 images") and rows[2][1].strip() == "terms CC BY-SA 4.0"
+    assert rows[3][1].startswith("out/synth/s_train_0000.tif: train")
+    assert rows[-1][1] == "… and 1 more (geounet info --json lists them all)"

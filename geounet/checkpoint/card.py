@@ -113,6 +113,7 @@ def provenance_summary(
     if isinstance(data, list) and data and all(isinstance(d, Mapping) for d in data):
         del prov["data"]
         add("sources", _roles(data))
+        data = [d for d in data if "source" in d] + [d for d in data if "source" not in d]  # terms first
         for record in data[:max_sources]:
             scene, labels = _source(record)
             add("", scene)
@@ -168,12 +169,20 @@ def _metrics(row: Mapping[str, Any], best: str | None) -> str:
 
 
 def _roles(data: Sequence[Mapping[str, Any]]) -> str:
-    """``30 scenes (train 24, val 6)``, or ``4 sources, 424 images`` for image sources."""
-    if all("source" in d for d in data):
-        images = sum(int(d["images"]) for d in data if _is_number(d.get("images")))
-        return f"{len(data)} source{'s' * (len(data) != 1)}, {images:,} images"
-    roles = Counter(str(d.get("role", "?")) for d in data)
-    return f"{len(data)} scene{'s' * (len(data) != 1)} (" + ", ".join(f"{r} {n}" for r, n in roles.items()) + ")"
+    """``30 scenes (train 24, val 6)``, ``4 sources, 424 images`` for image sources, or both
+    (``7 sources, 424 images; 4 scenes (train 4)``)."""
+    sources = [d for d in data if "source" in d]
+    scenes = [d for d in data if "source" not in d]
+    parts = []
+    if sources:
+        images = sum(int(d["images"]) for d in sources if _is_number(d.get("images")))
+        parts.append(f"{len(sources)} source{'s' * (len(sources) != 1)}, {images:,} images")
+    if scenes:
+        roles = Counter(str(d.get("role", "?")) for d in scenes)
+        parts.append(
+            f"{len(scenes)} scene{'s' * (len(scenes) != 1)} (" + ", ".join(f"{r} {n}" for r, n in roles.items()) + ")"
+        )
+    return "; ".join(parts)
 
 
 def _source(record: Mapping[str, Any]) -> tuple[str, str]:

@@ -310,7 +310,7 @@ def test_default_weights_missing_is_a_clear_error(monkeypatch):
     import geounet.weights as weights
 
     monkeypatch.setattr(weights, "DEFAULT_NAME", "not-there.safetensors")
-    with pytest.raises(CheckpointError, match="train-real-finetune.yaml"):
+    with pytest.raises(CheckpointError, match="train-real-rehearse-roads.yaml"):
         weights.default_weights()
     monkeypatch.setattr(weights, "SYNTHETIC_NAME", "not-there.safetensors")
     with pytest.raises(CheckpointError, match="train-synthetic.yaml"):

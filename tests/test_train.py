@@ -442,6 +442,9 @@ def test_model_card_shows_the_checkpoint_a_run_started_from(tmp_path, two_epochs
     rows = dict(provenance_summary(read_metadata(result.best_checkpoint).provenance))
     line = rows["started from"]
     assert line.endswith(f"{ckpt.name} (hash {read_metadata(ckpt).hash[:12]}; all tensors copied)"), line
+    fresh = {"model": "default", "checkpoint": str(ckpt), "hash": "ab" * 32, "fresh": ["head.weight", "head.bias"]}
+    line = dict(provenance_summary({"initialized_from": fresh}))["started from"]
+    assert line == f"default (hash {'ab' * 6}; output layer started afresh)", line
 
 
 def test_model_init_renews_only_the_last_convolution_of_a_resunet_head(tmp_path, two_epochs):

@@ -134,7 +134,7 @@ def provenance_summary(
     start = prov.get("initialized_from")
     if isinstance(start, Mapping) and isinstance(start.get("checkpoint"), str) and isinstance(start.get("hash"), str):
         del prov["initialized_from"]
-        head = "new output head" if start.get("fresh") else "all tensors copied"
+        head = "output layer started afresh" if start.get("fresh") else "all tensors copied"
         name = start["model"] if isinstance(start.get("model"), str) else start["checkpoint"]
         add("started from", f"{_tail(name, width - 40)} (hash {start['hash'][:12]}; {head})")
     for label, fields in _GROUPS:

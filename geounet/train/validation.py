@@ -219,17 +219,14 @@ def score_tiles(
             cls_probs, labels = class_probabilities(probs, mode)
             truth = sc.labels(ref, separate=False)
             true = truth_polygons(sc, bidx, ref) if bidx is not None else []
+            pixel_m = grid_pixel_m(settings, sc) if separate else 0.0
             for entry in scored:
                 masks = class_masks(cls_probs, labels, valid, [entry.threshold] * len(names))
                 for k, m in enumerate(masks):
                     if sc.known is None or sc.known[k]:
                         entry.counts[k] += pixel_counts(m, truth[k], valid)
                 if bidx is not None and (sc.known is None or sc.known[bidx]):
-                    params = (
-                        SeparationParams.from_settings(separate, grid_pixel_m(settings, sc), entry.threshold)
-                        if separate
-                        else None
-                    )
+                    params = SeparationParams.from_settings(separate, pixel_m, entry.threshold) if separate else None
                     pred = predicted_buildings(masks[bidx], cls_probs[bidx], sc, ref, params)
                     entry.matches.append(building_f1(pred, true, vcfg.iou, min_area=vcfg.min_area_px * sc.pixel_area))
     finally:

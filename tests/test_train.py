@@ -415,11 +415,60 @@ def test_model_init_takes_the_architecture_and_refuses_a_clash(tmp_path, two_epo
     result = train(load_training_settings(path), progress=False)
     model_section = read_metadata(result.best_checkpoint).provenance["config"]["model"]
     assert (model_section["width"], model_section["depth"]) == (4, 2)
-    clash = load_training_settings(_init_config(tmp_path / "b", ckpt, width=8))
-    with pytest.raises(ConfigError, match=r"model.width is 8 but the checkpoint's is 4.*leave those keys out"):
+    clash = load_training_settings(_init_config(tmp_path / "b", ckpt, depth=3))
+    with pytest.raises(ConfigError, match=r"model.depth is 3 but the checkpoint's is 2.*leave those keys out"):
         warm_start(clash, [1, 2, 3])
     with pytest.raises(ConfigError, match=r"takes 3 input bands, the config reads 2 \(bands \[1, 2\]\)"):
         warm_start(load_training_settings(path), [1, 2])
+
+
+def test_model_init_with_a_larger_width_widens_the_unet_without_changing_its_function(tmp_path, two_epochs):
+    """``model.width`` above a ``unet`` checkpoint's: the wider model gives the checkpoint's
+    logits at the start, its added channels then learn, and the run records the widening."""
+    from geounet.checkpoint.card import provenance_summary
+    from geounet.train.warmstart import warm_start, with_architecture
+    from tests.conftest import make_checkpoint
+
+    ckpt = two_epochs[3].best_checkpoint  # width 4, depth 2
+    settings = load_training_settings(_init_config(tmp_path, ckpt, width=8, depth=2))
+    source = load_checkpoint(ckpt)
+    settings = with_architecture(settings, source.spec)
+    start = warm_start(settings, [1, 2, 3])
+    assert start is not None and start.model.spec.width == 8 and start.widened_from == 4
+    assert start.provenance["widened_from_width"] == 4
+    wide = start.model.state_dict()
+    assert wide["encoder.stages.0.0.weight"].shape[0] == 8  # twice the first stage's channels
+    # the original channels hold the checkpoint's weights, and see nothing of the added ones
+    first = source.state_dict()["encoder.stages.1.0.weight"]  # (8, 4, 3, 3) in the checkpoint
+    assert torch.equal(wide["encoder.stages.1.0.weight"][:8, :4], first)
+    assert not wide["encoder.stages.1.0.weight"][:8, 4:].any()
+    assert wide["encoder.stages.1.0.weight"][8:].abs().sum() > 0  # added channels: random weights
+    x = torch.rand(2, 3, 32, 32)
+    source.eval()
+    start.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(start.model(x), source(x), atol=1e-5)
+    # trained, the model moves away from the checkpoint and uses the added channels
+    result = train(load_training_settings(_init_config(tmp_path / "run", ckpt, width=8, depth=2)), progress=False)
+    trained = load_checkpoint(result.last_checkpoint)
+    assert trained.spec.width == 8
+    assert trained.state_dict()["encoder.stages.1.0.weight"][:8, 4:].abs().sum() > 0
+    meta = read_metadata(result.best_checkpoint)
+    assert meta.provenance["initialized_from"]["widened_from_width"] == 4
+    assert meta.provenance["config"]["model"]["width"] == 8
+    start_record = {**meta.provenance["initialized_from"], "model": "synthetic"}  # a short name: no truncation
+    line = dict(provenance_summary({"initialized_from": start_record}))["started from"]
+    assert line.endswith("all tensors copied, widened from width 4)"), line
+    # a narrower width, or a wider architecture other than the plain unet, stays an error
+    with pytest.raises(ConfigError, match=r"model.width is 2 but the checkpoint's is 4.*widens a plain 'unet'"):
+        warm_start(load_training_settings(_init_config(tmp_path / "n", ckpt, width=2)), [1, 2, 3])
+    res = make_checkpoint(tmp_path / "res.safetensors", arch="resunet", width=4, depth=2, seed=5)
+    res_cfg = _init_config(tmp_path / "r", res, width=8, depth=2)
+    cfg = yaml.safe_load(res_cfg.read_text())
+    cfg["model"]["arch"] = "resunet"
+    res_cfg.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"model.width is 8 but the checkpoint's is 4"):
+        warm_start(load_training_settings(res_cfg), [1, 2, 3])
 
 
 def test_model_init_names_a_shipped_model_or_a_missing_file(tmp_path, two_epochs):
@@ -475,9 +524,9 @@ def test_a_bad_model_init_fails_before_the_output_folder_is_touched(tmp_path, tw
     out = tmp_path / "ft"
     out.mkdir()
     (out / "log.csv").write_text("an earlier run\n")
-    config = _init_config(tmp_path, two_epochs[3].best_checkpoint, width=8)
+    config = _init_config(tmp_path, two_epochs[3].best_checkpoint, depth=3)
     settings = load_training_settings(config, {"output.overwrite": True})
-    with pytest.raises(ConfigError, match="model.width is 8"):
+    with pytest.raises(ConfigError, match="model.depth is 3"):
         train(settings, progress=False)
     assert (out / "log.csv").read_text() == "an earlier run\n"  # overwrite did not run
 

@@ -352,3 +352,40 @@ def test_synthetic_without_val_and_without_sources_has_no_validation_area(tmp_pa
     settings = load_training_settings(base_config(tmp_path, [], data={"synthetic": synthetic}))
     with pytest.raises(ConfigError, match="no validation area"):
         open_data(settings)
+
+
+def test_narrow_gaps_between_mask_buildings_weigh_like_separation_lines(tmp_path: Path):
+    """A raster mask has no outlines to cut, but the narrow background gap it leaves between
+    two roofs is where a model merges them: with ``separate_touching`` those pixels weigh
+    ``separation_weight``; a roof's outer edge and the road do not."""
+    from geounet.scene.normalize import MeanStd
+    from geounet.train.labels import narrow_gaps
+
+    img, cls = chip(0)
+    cls[8:24, 18:20] = 0  # the roof of cols 10-30 becomes two, 2 px apart (cols 18 and 19)
+    img[:, 8:24, 18:20] = 60
+    write_png(tmp_path / "train-a" / "images" / "part_0.png", img)
+    write_png(tmp_path / "train-a" / "masks" / "part_0.png", colour_mask(cls))
+    write_png(tmp_path / "val-b" / "images" / "part_1.png", chip(1)[0])
+    write_png(tmp_path / "val-b" / "masks" / "part_1.png", colour_mask(chip(1)[1]))
+    classes = [{"name": "building", "separate_touching": True}, {"name": "road"}]
+    config = base_config(tmp_path, [colour_source(tmp_path)], data={"classes": classes})
+    settings = load_training_settings(config)
+    scene = next(s for s in open_data(settings).scenes if "train-a" in str(s.path))
+    norm = MeanStd(mean=[0.0] * 3, std=[255.0] * 3)
+    ref = WindowRef(scene.index, 0, 0, 48, 64)
+    _, y, w = load_window(scene, ref, [1, 2, 3], norm, separation_weight=7.0)
+    gap = np.zeros(cls.shape, dtype=bool)
+    gap[6:26, 18:20] = True  # the 2 px gap, and 2 px beyond its ends (within 2 px of both roofs' corners)
+    assert np.array_equal(w == 7.0, gap)  # nothing else: not the roofs' outer edges, not the road
+    assert not y[0][gap].any()  # still background
+    # the rule alone: a 3 px gap is marked on its middle line, a 4 px gap not at all
+    two = np.zeros((5, 20), dtype=np.uint8)
+    two[:, :5] = two[:, 8:13] = two[:, 17:] = 1  # gaps of cols 5-7 (3 px) and 13-16 (4 px)
+    assert np.flatnonzero(narrow_gaps(two, 2).any(axis=0)).tolist() == [6]
+    # without separate_touching the mask source's weights are 1 on every labelled pixel
+    (tmp_path / "plain").mkdir()
+    plain = load_training_settings(base_config(tmp_path / "plain", [colour_source(tmp_path)]))
+    scene = next(s for s in open_data(plain).scenes if "train-a" in str(s.path))
+    _, _, w = load_window(scene, ref, [1, 2, 3], norm, separation_weight=7.0)
+    assert set(np.unique(w)) == {0.0, 1.0}

@@ -53,7 +53,9 @@ class ClassLabels(StrictModel):
     junctions and dead ends). None: true for classes named like roads (``road``, ``roads``)."""
     separate_touching: bool = False
     """Burn a background line where two features of this class touch, so that attached
-    buildings (terraced houses) are predicted, and polygonized, as separate objects."""
+    buildings (terraced houses) are predicted, and polygonized, as separate objects. Raster
+    masks carry no outlines: there the narrow background gaps between two separate regions
+    (within ``2 * separation_px`` pixels of both) are the separation pixels instead."""
     separation_px: int = Field(1, ge=1, le=2)
     """Width of that line, pixels (1: cut from one of the two features; 2: from both)."""
 

@@ -485,7 +485,8 @@ def load_window(
         x, ids, valid = augment(x, ids, valid, rng, aug)
         x = np.ascontiguousarray(x, dtype=np.float32)
         x[:, ~valid] = 0.0
-    y, gaps = split_stack(ids, scene.classes)  # separation after the geometry: same rule in every frame
+    # separation after the geometry: same rule in every frame
+    y, gaps = split_stack(ids, scene.classes, masks=scene.mask is not None)
     w = pixel_weights(valid, gaps, separation_weight)
     if per_class:
         known = (

@@ -238,7 +238,10 @@ def open_sources(settings: TrainingSettings, first_index: int) -> list[TrainScen
                 )
                 scene.mask_classes = src.mask_classes
                 scene.mask_palette = mh["palette"]
-                scene.classes = [ClassGeometries(c, np.empty(0, dtype=object)) for c in names]
+                scene.classes = [
+                    ClassGeometries(c.name, np.empty(0, dtype=object), c.separate_touching, c.separation_px)
+                    for c in settings.data.classes
+                ]
                 scene.label_files = {c: [str(mask_path)] if k else [] for c, k in zip(names, known)}
                 scene.coarse = _coarse(scene.mask, src, names, mh["palette"])
             else:

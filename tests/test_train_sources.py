@@ -356,7 +356,7 @@ def test_synthetic_without_val_and_without_sources_has_no_validation_area(tmp_pa
 
 def test_narrow_gaps_between_mask_buildings_weigh_like_separation_lines(tmp_path: Path):
     """A raster mask has no outlines to cut, but the narrow background gap it leaves between
-    two roofs is where a model merges them: with ``separate_touching`` those pixels weigh
+    two roofs is where a model merges them: with ``mask_gap_px`` those pixels weigh
     ``separation_weight``; a roof's outer edge and the road do not."""
     from geounet.scene.normalize import MeanStd
     from geounet.train.labels import narrow_gaps
@@ -368,7 +368,7 @@ def test_narrow_gaps_between_mask_buildings_weigh_like_separation_lines(tmp_path
     write_png(tmp_path / "train-a" / "masks" / "part_0.png", colour_mask(cls))
     write_png(tmp_path / "val-b" / "images" / "part_1.png", chip(1)[0])
     write_png(tmp_path / "val-b" / "masks" / "part_1.png", colour_mask(chip(1)[1]))
-    classes = [{"name": "building", "separate_touching": True}, {"name": "road"}]
+    classes = [{"name": "building", "mask_gap_px": 2}, {"name": "road"}]
     config = base_config(tmp_path, [colour_source(tmp_path)], data={"classes": classes})
     settings = load_training_settings(config)
     scene = next(s for s in open_data(settings).scenes if "train-a" in str(s.path))
@@ -383,7 +383,7 @@ def test_narrow_gaps_between_mask_buildings_weigh_like_separation_lines(tmp_path
     two = np.zeros((5, 20), dtype=np.uint8)
     two[:, :5] = two[:, 8:13] = two[:, 17:] = 1  # gaps of cols 5-7 (3 px) and 13-16 (4 px)
     assert np.flatnonzero(narrow_gaps(two, 2).any(axis=0)).tolist() == [6]
-    # without separate_touching the mask source's weights are 1 on every labelled pixel
+    # without mask_gap_px the mask source's weights are 1 on every labelled pixel
     (tmp_path / "plain").mkdir()
     plain = load_training_settings(base_config(tmp_path / "plain", [colour_source(tmp_path)]))
     scene = next(s for s in open_data(plain).scenes if "train-a" in str(s.path))

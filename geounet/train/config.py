@@ -53,11 +53,14 @@ class ClassLabels(StrictModel):
     junctions and dead ends). None: true for classes named like roads (``road``, ``roads``)."""
     separate_touching: bool = False
     """Burn a background line where two features of this class touch, so that attached
-    buildings (terraced houses) are predicted, and polygonized, as separate objects. Raster
-    masks carry no outlines: there the narrow background gaps between two separate regions
-    (within ``2 * separation_px`` pixels of both) are the separation pixels instead."""
+    buildings (terraced houses) are predicted, and polygonized, as separate objects. Vector
+    labels only: raster masks carry no outlines (see ``mask_gap_px``)."""
     separation_px: int = Field(1, ge=1, le=2)
     """Width of that line, pixels (1: cut from one of the two features; 2: from both)."""
+    mask_gap_px: int = Field(0, ge=0, le=4)
+    """Raster masks: background pixels with pixels of two separate regions of this class within
+    this many pixels (the narrow gaps between neighbouring buildings) weigh
+    ``loss.separation_weight``, as separation lines do. 0: off."""
 
     @model_validator(mode="after")
     def _field_and_value(self) -> ClassLabels:

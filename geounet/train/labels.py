@@ -62,6 +62,7 @@ class ClassGeometries:
         separate_touching: burn a gap where two features touch.
         separation_px: width of that gap, 1 or 2 pixels.
         sources: ``file:layer`` strings the features came from.
+        mask_gap_px: a raster mask's :func:`narrow_gaps` radius (0: none).
     """
 
     name: str
@@ -69,6 +70,7 @@ class ClassGeometries:
     separate_touching: bool = False
     separation_px: int = 1
     sources: list[str] = field(default_factory=list)
+    mask_gap_px: int = 0  # raster masks: narrow gaps between regions weigh like separation lines (narrow_gaps)
     tree: shapely.STRtree | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -327,10 +329,11 @@ def narrow_gaps(mask: np.ndarray, radius: int) -> np.ndarray:
     A raster mask carries no outlines to pull apart (:func:`cut_touching`), but neighbouring
     buildings drawn as separate regions leave narrow background gaps between them: these are
     the pixels a model must get right to draw the buildings apart, and the loss weighs them
-    like separation lines (the weight map of Ronneberger et al. 2015, as a plain step rather
-    than their exponential of the distances). With ``radius`` 2, a gap up to 2 px wide is
-    marked whole and a 3 px gap along its middle line. The neighbourhood is symmetric, so
-    the result does not depend on the frame (flips, quarter turns).
+    (``data.classes[].mask_gap_px``) like separation lines (the weight map of Ronneberger et
+    al. 2015, as a plain step rather than their exponential of the distances). With
+    ``radius`` 2, a gap up to 2 px wide is marked whole and a 3 px gap along its middle line.
+    The neighbourhood is symmetric, so the result does not depend on the frame (flips,
+    quarter turns).
     """
     regions, n = ndimage.label(mask > 0, structure=np.ones((3, 3), dtype=bool))
     if n < 2:
@@ -347,15 +350,15 @@ def split_stack(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Label stack (uint8) and separation gaps (bool) from an :func:`id_stack`.
 
-    ``masks``: the stack holds a raster mask's 0/1 classes (no feature ids): for classes that
-    separate touching features, the gaps are the :func:`narrow_gaps` between their regions
-    (radius ``2 * separation_px``) instead of cut lines."""
+    ``masks``: the stack holds a raster mask's 0/1 classes (no feature ids, nothing to cut):
+    the gaps are the :func:`narrow_gaps` of the classes with a ``mask_gap_px``."""
     out = np.zeros(stack.shape, dtype=np.uint8)
     gaps = np.zeros(stack.shape[1:], dtype=bool)
     for k, cg in enumerate(classes):
-        if cg.separate_touching and masks:
+        if masks:
             out[k] = stack[k] > 0
-            gaps |= narrow_gaps(out[k], 2 * cg.separation_px)
+            if cg.mask_gap_px > 0:
+                gaps |= narrow_gaps(out[k], cg.mask_gap_px)
         elif cg.separate_touching:
             out[k], cut = cut_touching(stack[k], cg.separation_px)
             gaps |= cut

@@ -239,7 +239,7 @@ def open_sources(settings: TrainingSettings, first_index: int) -> list[TrainScen
                 scene.mask_classes = src.mask_classes
                 scene.mask_palette = mh["palette"]
                 scene.classes = [
-                    ClassGeometries(c.name, np.empty(0, dtype=object), c.separate_touching, c.separation_px)
+                    ClassGeometries(c.name, np.empty(0, dtype=object), mask_gap_px=c.mask_gap_px)
                     for c in settings.data.classes
                 ]
                 scene.label_files = {c: [str(mask_path)] if k else [] for c, k in zip(names, known)}

@@ -458,7 +458,14 @@ def test_model_init_with_a_larger_width_widens_the_unet_without_changing_its_fun
     assert meta.provenance["config"]["model"]["width"] == 8
     start_record = {**meta.provenance["initialized_from"], "model": "synthetic"}  # a short name: no truncation
     line = dict(provenance_summary({"initialized_from": start_record}))["started from"]
-    assert line.endswith("all tensors copied, widened from width 4)"), line
+    assert line.endswith("original channels copied, widened from width 4)"), line
+    # with other classes the output layer starts afresh; the rest is still the checkpoint's
+    other = with_architecture(
+        load_training_settings(_init_config(tmp_path / "o", ckpt, classes=["building"], width=8, depth=2)), source.spec
+    )
+    fresh = warm_start(other, [1, 2, 3])
+    assert fresh is not None and fresh.widened_from == 4 and sorted(fresh.fresh) == ["head.bias", "head.weight"]
+    assert torch.equal(fresh.model.state_dict()["encoder.stages.1.0.weight"][:8, :4], first)
     # a narrower width, or a wider architecture other than the plain unet, stays an error
     with pytest.raises(ConfigError, match=r"model.width is 2 but the checkpoint's is 4.*widens a plain 'unet'"):
         warm_start(load_training_settings(_init_config(tmp_path / "n", ckpt, width=2)), [1, 2, 3])

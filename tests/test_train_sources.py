@@ -370,7 +370,9 @@ def test_narrow_gaps_between_mask_buildings_weigh_like_separation_lines(tmp_path
     write_png(tmp_path / "val-b" / "masks" / "part_1.png", colour_mask(chip(1)[1]))
     classes = [{"name": "building", "mask_gap_px": 2}, {"name": "road"}]
     config = base_config(tmp_path, [colour_source(tmp_path)], data={"classes": classes})
-    settings = load_training_settings(config)
+    with pytest.raises(ConfigError, match=r"mask_gap_px, but loss.separation_weight is 1.0.*above 1"):
+        load_training_settings(config)  # the gaps would weigh what every pixel weighs
+    settings = load_training_settings(config, {"loss.separation_weight": 7.0})
     scene = next(s for s in open_data(settings).scenes if "train-a" in str(s.path))
     norm = MeanStd(mean=[0.0] * 3, std=[255.0] * 3)
     ref = WindowRef(scene.index, 0, 0, 48, 64)
@@ -379,6 +381,8 @@ def test_narrow_gaps_between_mask_buildings_weigh_like_separation_lines(tmp_path
     gap[6:26, 18:20] = True  # the 2 px gap, and 2 px beyond its ends (within 2 px of both roofs' corners)
     assert np.array_equal(w == 7.0, gap)  # nothing else: not the roofs' outer edges, not the road
     assert not y[0][gap].any()  # still background
+    target, val_gaps = scene.targets(ref)  # validation's loss weighs the same pixels
+    assert np.array_equal(val_gaps, gap) and np.array_equal(target, y)
     # the rule alone: a 3 px gap is marked on its middle line, a 4 px gap not at all
     two = np.zeros((5, 20), dtype=np.uint8)
     two[:, :5] = two[:, 8:13] = two[:, 17:] = 1  # gaps of cols 5-7 (3 px) and 13-16 (4 px)

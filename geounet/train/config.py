@@ -452,8 +452,9 @@ class LossSettings(StrictModel):
     dice_weight: float = Field(1.0, ge=0.0)
     """Weight of the soft Dice term; 0 turns it off."""
     separation_weight: float = Field(1.0, ge=0.0, le=1000.0)
-    """Loss weight of the pixels of separation lines (see data.classes[].separate_touching),
-    relative to 1 for every other valid pixel; > 1 teaches the model to draw those thin lines."""
+    """Loss weight of the pixels of separation lines (see data.classes[].separate_touching)
+    and of the narrow gaps of raster masks (data.classes[].mask_gap_px), relative to 1 for
+    every other valid pixel; > 1 teaches the model to draw those thin lines."""
     class_weights: dict[str, float] = Field(default_factory=dict)
     """Per-class weight of positives (binary/multilabel: BCE pos_weight) or of the class
     (multiclass: cross-entropy weight); missing classes weigh 1."""
@@ -567,6 +568,12 @@ class TrainingSettings(StrictModel):
             raise ValueError(
                 f"split.gap = {gap} px is smaller than sampling.window = {self.sampling.window} px; "
                 "training windows could then border validation pixels: use a gap >= the window"
+            )
+        gapped = [c.name for c in self.data.classes if c.mask_gap_px > 0]
+        if gapped and self.loss.separation_weight == 1.0:
+            raise ValueError(
+                f"data.classes {gapped} set mask_gap_px, but loss.separation_weight is 1.0, so the gaps weigh "
+                "what every pixel weighs: set loss.separation_weight above 1 (e.g. 10) or mask_gap_px: 0"
             )
         unknown = sorted(set(self.loss.class_weights) - set(names))
         if unknown:

@@ -210,9 +210,9 @@ class TrainScene:
 
     def targets(self, ref: WindowRef, *, separate: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Label stack ``(classes, h, w)`` uint8 and separation gaps ``(h, w)`` bool of a window."""
-        if self.mask is not None:
+        if self.mask is not None:  # the mask's classes and narrow gaps (mask_gap_px), as training sees them
             ids, _ = self.label_ids(ref)
-            return ids.astype(np.uint8), np.zeros((ref.height, ref.width), dtype=bool)
+            return split_stack(ids, self.classes, masks=True)
         return rasterize_window(self.classes, self.transform_of(ref), (ref.height, ref.width), separate=separate)
 
     def presence(self, refs: Sequence[WindowRef], min_pixels: int) -> np.ndarray:

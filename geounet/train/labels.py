@@ -333,7 +333,8 @@ def narrow_gaps(mask: np.ndarray, radius: int) -> np.ndarray:
     al. 2015, as a plain step rather than their exponential of the distances). With
     ``radius`` 2, a gap up to 2 px wide is marked whole and a 3 px gap along its middle line.
     The neighbourhood is symmetric, so the result does not depend on the frame (flips,
-    quarter turns).
+    quarter turns); it does depend on where the window is cut: one building that leaves the
+    window and comes back is two regions in it, and a gap between its parts is marked.
     """
     regions, n = ndimage.label(mask > 0, structure=np.ones((3, 3), dtype=bool))
     if n < 2:

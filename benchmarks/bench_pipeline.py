@@ -3,7 +3,7 @@
   python benchmarks/bench_pipeline.py ratio  --size 4096 --width 16
       end-to-end `run_scenes` time / model-forward-only time over the same tiles, same
       precision and threads (target <= 1.10-1.15 on CPU)
-      (--widen 2: the same model zero-widened to twice the channels, 4x the work, same outputs;
+      (--widen 2: the same model widened to twice the channels (function-preserving), 4x the work, same outputs;
        --scenes 4: a batch of 4 copies of the scene, against the model over 4x the tiles)
   python benchmarks/bench_pipeline.py memory --sizes 4000 12000 --width 16
       peak RSS of all processes of `geounet predict` (client + workers) per scene size

@@ -130,25 +130,20 @@ def save(name: str, record: dict[str, Any]) -> Path:
 def widened(ckpt: Path, factor: int) -> Path:
     """A UNet ``factor`` times as wide as ``ckpt``'s that computes exactly the same function.
 
-    Every layer gets ``factor`` times the channels; the original weights fill the first
-    channels of each layer (skip concatenations mapped channel by channel) and every added
-    weight, bias and BatchNorm scale is 0, so the added channels stay 0 through every layer
-    and the logits are unchanged. Used to time the pipeline around a model with the cost of a
-    wider UNet while keeping a trained model's outputs (a random-weight model's noise masks
-    would make the polygon work unrealistically large). Cached beside the scenes.
+    Every layer gets ``factor`` times the channels (:func:`geounet.train.warmstart.widen`: the
+    original weights fill the first channels of each layer and take nothing from the added
+    ones, so the logits are unchanged). Used to time the pipeline around a model with the cost
+    of a wider UNet while keeping a trained model's outputs (a random-weight model's noise
+    masks would make the polygon work unrealistically large). Cached beside the scenes.
     """
-    import torch
-    from torch import nn
-
     from geounet import create_model, load_checkpoint, save_checkpoint
+    from geounet.train.warmstart import widen
 
     path = CACHE / f"{ckpt.stem}_x{factor}.safetensors"
     if path.exists():
         return path
     src = load_checkpoint(ckpt)
     spec = src.spec
-    if spec.arch != "unet":
-        raise ValueError(f"widening is written for the plain 'unet', not {spec.arch!r}")
     dst = create_model(
         "unet",
         classes=tuple(spec.classes),
@@ -157,42 +152,8 @@ def widened(ckpt: Path, factor: int) -> Path:
         depth=spec.depth,
         in_channels=spec.in_channels,
     )
+    widen(src, dst)  # checks that the features reaching the output layer are the source's
     dst.eval()
-    smods, dmods = dict(src.named_modules()), dict(dst.named_modules())
-    # input channel k of the decoder's first conv, [skip, up] concatenated, in the wide model
-    concat = {}
-    for i, block in enumerate(src.decoder):
-        u = block.up.out_channels
-        s = block.conv[0].in_channels - u
-        concat[f"decoder.{i}.conv.0"] = [k if k < s else factor * s + (k - s) for k in range(s + u)]
-    with torch.no_grad():
-        for name, sm in smods.items():
-            dm = dmods[name]
-            if isinstance(sm, nn.ConvTranspose2d):  # weight (in, out, kh, kw)
-                dm.weight.zero_()
-                dm.weight[: sm.in_channels, : sm.out_channels] = sm.weight
-                if sm.bias is not None:
-                    dm.bias.zero_()
-                    dm.bias[: sm.out_channels] = sm.bias
-            elif isinstance(sm, nn.Conv2d):  # weight (out, in, kh, kw)
-                dm.weight.zero_()
-                cols = concat.get(name, list(range(sm.in_channels)))
-                dm.weight[: sm.out_channels, cols] = sm.weight
-                if sm.bias is not None:
-                    dm.bias.zero_()
-                    dm.bias[: sm.out_channels] = sm.bias
-            elif isinstance(sm, nn.BatchNorm2d):
-                c = sm.num_features
-                dm.weight.zero_()
-                dm.bias.zero_()
-                dm.running_mean.zero_()
-                dm.running_var.fill_(1.0)
-                dm.weight[:c], dm.bias[:c] = sm.weight, sm.bias
-                dm.running_mean[:c], dm.running_var[:c] = sm.running_mean, sm.running_var
-        x = torch.rand(1, spec.in_channels, 256, 256)
-        diff = float((src(x) - dst(x)).abs().max())
-    if diff > 1e-4:
-        raise AssertionError(f"widened model differs from {ckpt} by {diff}")
     dst.metadata = src.metadata  # bands, normalization, thresholds, tile and halo carry over
     CACHE.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dst, path, provenance={"widened_from": str(ckpt), "factor": factor})

@@ -134,10 +134,12 @@ def provenance_summary(
     start = prov.get("initialized_from")
     if isinstance(start, Mapping) and isinstance(start.get("checkpoint"), str) and isinstance(start.get("hash"), str):
         del prov["initialized_from"]
-        head = "output layer started afresh" if start.get("fresh") else "all tensors copied"
-        if isinstance(start.get("widened_from_width"), int):  # its tensors fill the first channels
-            copied = "output layer started afresh" if start.get("fresh") else "original channels copied"
-            head = f"{copied}, widened from width {start['widened_from_width']}"
+        wider = start.get("widened_from_width")  # its tensors fill the first channels of a wider model
+        widened = isinstance(wider, int)
+        copied = "original channels copied" if widened else "all tensors copied"
+        head = "output layer started afresh" if start.get("fresh") else copied
+        if widened:
+            head += f", widened from width {wider}"
         name = start["model"] if isinstance(start.get("model"), str) else start["checkpoint"]
         add("started from", f"{_tail(name, width - 40)} (hash {start['hash'][:12]}; {head})")
     for label, fields in _GROUPS:

@@ -199,7 +199,13 @@ def _check_local_file(path: str) -> None:
     if not p.exists():
         raise SceneError(path, "does not exist")
     if not p.is_file():
-        raise SceneError(path, "is not a regular file")
+        if p.is_dir():
+            raise SceneError(
+                path,
+                "is a folder, not a scene file: give its GeoTIFFs (e.g. `geounet predict FOLDER/*.tif`) "
+                "or run over the folder with `geounet run WORKFLOW --scenes FOLDER`",
+            )
+        raise SceneError(path, "is not a regular file (a FIFO, device or socket); give the path of a GeoTIFF")
     if not os.access(p, os.R_OK):
         raise SceneError(path, "is not readable (permission denied); check its mode and owner")
     if p.stat().st_size == 0:
@@ -219,7 +225,19 @@ def _choose_bands(
     if bands is not None:
         bad = [b for b in bands if b > ds.count]
         if bad:
-            raise SceneError(path, f"band(s) {bad} requested but the scene has only {ds.count} band(s){expand}")
+            if expand:
+                fix = expand
+            elif ds.count < in_channels:
+                fix = (
+                    f"; the model takes {in_channels} bands, so this scene cannot feed it (a label mask or "
+                    f"single-band image?): give the scene with its {in_channels} image bands"
+                )
+            else:
+                hint = ",".join(str(i) for i in range(1, in_channels + 1))
+                fix = f"; choose {in_channels} of its bands (--bands {hint} or inference setting `bands:`)"
+            raise SceneError(
+                path, f"band(s) {bad} of bands {list(bands)} requested but the scene has only {ds.count} band(s){fix}"
+            )
         if len(bands) != in_channels:
             raise SceneError(
                 path, f"{len(bands)} band(s) {list(bands)} selected but the model takes {in_channels}{expand}"

@@ -120,7 +120,12 @@ REFUSED: dict[str, tuple[Callable[[Path, Path], Path], tuple[str, ...]]] = {
     "complex-dtype": (lambda d, g: write_tif(d / "complex.tif", _img(dtype="complex64")), ("data type complex64",)),
     "two-bands-for-three": (
         lambda d, g: write_tif(d / "two.tif", _img(bands=2)),
-        ("band(s) [3] of bands [1, 2, 3] requested", "only 2 band(s)", "the model takes 3 bands", "give the scene with its 3 image bands"),
+        (
+            "band(s) [3] of bands [1, 2, 3] requested",
+            "only 2 band(s)",
+            "the model takes 3 bands",
+            "give the scene with its 3 image bands",
+        ),
     ),
     "dangling-symlink": (lambda d, g: dangling_link(d / "link.tif"), ("dangling symbolic link",)),
     "directory": (_directory, ("is a folder", "geounet predict FOLDER/*.tif")),

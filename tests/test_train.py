@@ -279,6 +279,21 @@ def test_cli_help_lists_options_with_defaults():
     assert "Default" in res.output and "pixels" in res.output
 
 
+TRAINING_WORKFLOWS = sorted(
+    p for p in (Path(__file__).resolve().parents[1] / "workflows").glob("*.yaml") if p.name != "segment-scenes.yaml"
+)
+
+
+@pytest.mark.parametrize("path", TRAINING_WORKFLOWS, ids=lambda p: p.name)
+def test_shipped_training_workflows_validate(path: Path) -> None:
+    """Every recipe in workflows/ (the default model's among them) is a valid training config,
+    its classes named and its output folder under out/."""
+    settings = load_training_settings(path)
+    assert [c.name for c in settings.data.classes]
+    assert settings.output.dir.startswith("out/")
+    assert settings.data.gsd_m is None or settings.data.gsd_m > 0
+
+
 def test_lr_schedules():
     cfg = OptimSettings(lr=1.0, schedule="onecycle", warmup=0.2)
     lrs = [lr_at(s, 100, cfg) for s in range(100)]

@@ -66,7 +66,10 @@ def test_band_count_mismatch_suggests_band_selection(tmp_path: Path) -> None:
     with pytest.raises(SceneError, match=r"has 4 band\(s\) but the model takes 3.*bands: \[1, 2, 3\]"):
         open_scene(p, in_channels=3)
     assert open_scene(p, in_channels=3, bands=[3, 2, 1]).bands == (3, 2, 1)
-    with pytest.raises(SceneError, match=r"band\(s\) \[5\] requested"):
+    with pytest.raises(
+        SceneError,
+        match=r"band\(s\) \[5\] of bands \[1, 2, 5\] requested.*only 4 band\(s\); choose 3 of its bands \(--bands 1,2,3",  # noqa: E501
+    ):
         open_scene(p, in_channels=3, bands=[1, 2, 5])
 
 

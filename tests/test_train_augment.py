@@ -11,10 +11,12 @@ from geounet.train.augment import (
     band_jitter,
     blur,
     brightness_contrast,
+    coarsen,
     elastic,
     flip_rotate,
     gamma,
     grayscale,
+    resample_coarser,
 )
 from geounet.train.config import AugmentSettings
 
@@ -149,3 +151,41 @@ def test_blur_smooths_within_the_sigma_range_and_keeps_the_mean():
     var = float((out[0].sum(axis=1) * rows**2).sum())  # variance of the spread peak = sigma**2
     assert 0.3**2 - 1e-3 <= var <= 2.0**2 + 1e-3
     np.testing.assert_array_equal(out[0], out[1])  # one sigma for all bands
+
+
+def test_coarsening_matches_reading_a_coarser_scene_with_gdal(tmp_path):
+    """A 0.5 m image averaged to 2 m, then read at 0.5 m as inference's read does (GDAL, bilinear)."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(5)
+    fine = ndimage.gaussian_filter(rng.normal(size=(2, 64, 64)), (0, 1.5, 1.5)).astype(np.float32) * 10
+    coarse = fine.reshape(2, 16, 4, 16, 4).mean(axis=(2, 4))  # what a 2 m sensor records
+    path = tmp_path / "coarse.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=16, height=16, count=2, dtype="float32",
+        crs="EPSG:32633", transform=from_origin(500000, 5000000, 2.0, 2.0),
+    ) as ds:  # fmt: skip
+        ds.write(coarse)
+    with rasterio.open(path) as ds:
+        read = ds.read(out_shape=(2, 64, 64), resampling=Resampling.bilinear)
+    ours = resample_coarser(fine, 4.0)
+    np.testing.assert_allclose(ours, read, atol=1e-5)  # the same pixels, edges included
+    assert float(np.abs(ours - fine).mean()) > 0.1  # it did remove detail
+
+
+def test_coarsen_draws_its_factor_and_keeps_the_mean():
+    image = np.zeros((3, 64, 64), np.float32)
+    image[:, ::2, :] = 1.0  # finest stripes: gone at any factor >= 1.25
+    out = coarsen(image, np.random.default_rng(0), factor=4.0)
+    assert out.shape == image.shape and out.dtype == np.float32
+    assert abs(float(out.mean()) - 0.5) < 0.05
+    assert float(out.std()) < 0.5 * float(image.std())
+    cfg = AugmentSettings(flip=False, rotate90=False, brightness=0, contrast=0, gamma=0, coarsen_p=1.0, coarsen_max=2.0)
+    labels = np.zeros((1, 64, 64), np.uint8)
+    labels[0, 10:20, 10:30] = 1
+    valid = np.ones((64, 64), bool)
+    img, lab, val = augment(image, labels, valid, np.random.default_rng(1), cfg)
+    np.testing.assert_array_equal(lab, labels)  # photometric: labels untouched
+    assert float(img.std()) < 0.5 * float(image.std())

@@ -4,8 +4,8 @@ Geometric augmentations (flips, 90-degree rotations, elastic deformation) are ap
 the *same* parameters to the image ``(bands, h, w)``, the label stack ``(classes, h, w)``
 and the valid mask ``(h, w)``; the image is resampled bilinearly, labels and mask by
 nearest neighbour so they stay exact 0/1. Photometric augmentations (brightness,
-contrast, per-band jitter, gamma, blur, grayscale) touch only the image, which is already normalized, so their
-amounts are in normalized units and do not depend on the sensor's dtype.
+contrast, per-band jitter, gamma, blur, coarsening, grayscale) touch only the image, which is
+already normalized, so their amounts are in normalized units and do not depend on the sensor's dtype.
 
 Each function takes a ``numpy.random.Generator`` and draws all its parameters from it:
 the caller seeds one generator per window, so runs are reproducible.
@@ -14,11 +14,24 @@ the caller seeds one generator per window, so runs are reproducible.
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from geounet.train.config import AugmentSettings
 
-__all__ = ["flip_rotate", "elastic", "brightness_contrast", "band_jitter", "gamma", "blur", "grayscale", "augment"]
+__all__ = [
+    "flip_rotate",
+    "elastic",
+    "brightness_contrast",
+    "band_jitter",
+    "gamma",
+    "blur",
+    "coarsen",
+    "resample_coarser",
+    "grayscale",
+    "augment",
+]
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -117,6 +130,31 @@ def blur(image: np.ndarray, rng: np.random.Generator, *, sigma: float) -> np.nda
     return np.stack([gaussian_filter(b, s, mode="mirror") for b in image]).astype(np.float32, copy=False)
 
 
+def coarsen(image: np.ndarray, rng: np.random.Generator, *, factor: float) -> np.ndarray:
+    """The window as a scene ``f`` times coarser looks once read at this pixel size.
+
+    ``f`` is drawn log-uniform in ``[1.25, factor]``; see :func:`resample_coarser`.
+    """
+    f = float(np.exp(rng.uniform(np.log(min(1.25, factor)), np.log(factor))))
+    return resample_coarser(image, f)
+
+
+def resample_coarser(image: np.ndarray, f: float) -> np.ndarray:
+    """Each band averaged down to ``round(side / f)`` pixels, then resampled back bilinearly.
+
+    The average is what a sensor with ``f`` times larger pixels records; the bilinear read back
+    to the window's size is what inference's GDAL read (``out_shape``, bilinear) does to a scene
+    coarser than the model's pixel size.
+    """
+    h, w = image.shape[-2:]
+    small = (max(1, round(h / f)), max(1, round(w / f)))
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+        x = F.interpolate(x, size=small, mode="area")
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    return x[0].numpy()
+
+
 def gamma(image: np.ndarray, valid: np.ndarray, rng: np.random.Generator, *, amount: float) -> np.ndarray:
     """Gamma ``exp(U(-amount, amount))`` applied to each band rescaled to its own [min, max]."""
     g = float(np.exp(rng.uniform(-amount, amount)))
@@ -134,7 +172,7 @@ def grayscale(image: np.ndarray) -> np.ndarray:
 def augment(
     image: np.ndarray, labels: np.ndarray, valid: np.ndarray, rng: np.random.Generator, cfg: AugmentSettings
 ) -> Arrays:
-    """All enabled augmentations in a fixed order: flip/rotate, elastic, photometric, blur, grayscale.
+    """All enabled augmentations in a fixed order: flip/rotate, elastic, photometric, blur, coarsening, grayscale.
 
     Args:
         image: normalized float32 ``(bands, h, w)``.
@@ -159,6 +197,8 @@ def augment(
         image = gamma(image, valid, rng, amount=cfg.gamma)
     if cfg.blur_p > 0 and rng.random() < cfg.blur_p:
         image = blur(image, rng, sigma=cfg.blur_sigma)
+    if cfg.coarsen_p > 0 and rng.random() < cfg.coarsen_p:
+        image = coarsen(image, rng, factor=cfg.coarsen_max)
     if cfg.grayscale_p > 0 and rng.random() < cfg.grayscale_p:
         image = grayscale(image)
     return image, labels, valid

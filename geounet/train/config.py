@@ -395,6 +395,13 @@ class AugmentSettings(StrictModel):
     """Probability of a Gaussian blur per window (softer optics, resampled imagery)."""
     blur_sigma: float = Field(1.0, gt=0.0, le=8.0)
     """Largest blur (Gaussian sigma, drawn uniformly from [0.3, blur_sigma]), pixels."""
+    coarsen_p: float = Field(0.0, ge=0.0, le=1.0)
+    """Probability per window of simulating a coarser scene: the window averaged down to a pixel
+    size ``f`` times larger and read back bilinearly, as inference reads a scene coarser than
+    the model's pixel size."""
+    coarsen_max: float = Field(4.0, gt=1.0, le=8.0)
+    """Largest coarsening factor ``f`` (drawn log-uniform in [1.25, coarsen_max]); 4: a 2 m scene
+    seen by a 0.5 m model."""
     zoom: float = Field(1.0, ge=1.0, le=4.0)
     """Largest random zoom around ``data.gsd_m`` (log-uniform in [1/zoom, zoom]; 1.25: pixel
     sizes 0.8x to 1.25x the target), so a model tolerates the spread of real pixel sizes.

@@ -181,6 +181,40 @@ def test_resume_needs_the_state_sidecar(tmp_path, two_epochs):
         train(settings, resume=lone, progress=False)
 
 
+def _weights(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k[len(prefix) :]: v for k, v in load_file(path).items() if k.startswith(prefix)}
+
+
+def test_weight_average_is_validated_saved_as_best_and_resumed(tmp_path):
+    """optim.ema: best.safetensors holds the average, last.safetensors the trained weights, and a
+    resumed run continues the average as if it had not stopped."""
+    config = write_config(tmp_path, tmp_path / "full", optim={"ema": 0.7})
+    settings = load_training_settings(config)
+    full = train(settings, progress=False)
+    out = tmp_path / "full"
+    average = _weights(state_paths(out / "last.safetensors")[1], "ema.")
+    last = _weights(out / "last.safetensors")
+    shared = [k for k in last if k in average and last[k].is_floating_point()]
+    assert len(shared) > 10
+    assert any(not torch.equal(last[k], average[k]) for k in shared)  # the average is not the last step's weights
+    if full.best_epoch == 2:  # best is the average of its epoch
+        best = _weights(out / "best.safetensors")
+        assert all(torch.equal(best[k], average[k]) for k in shared)
+    # stopped after one epoch and resumed: the same average at the end
+    part = tmp_path / "part"
+    one = load_training_settings(config, {"output.dir": str(part), "optim.epochs": 1})
+    first = train(one, progress=False)
+    best1 = _weights(part / "best.safetensors")
+    mid = _weights(state_paths(part / "last.safetensors")[1], "ema.")
+    assert first.best_epoch == 1 and all(torch.equal(best1[k], mid[k]) for k in shared)
+    train(load_training_settings(config, {"output.dir": str(part)}), resume=part / "last.safetensors", progress=False)
+    resumed = _weights(state_paths(part / "last.safetensors")[1], "ema.")
+    for k in shared:
+        torch.testing.assert_close(resumed[k], average[k], rtol=1e-4, atol=1e-5)
+
+
 def test_existing_run_is_not_overwritten(two_epochs):
     _, config, _, _ = two_epochs
     with pytest.raises(ConfigError, match="earlier run.*--overwrite"):

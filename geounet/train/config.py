@@ -449,6 +449,12 @@ class OptimSettings(StrictModel):
     """Share of all steps spent warming up."""
     grad_clip: float = Field(1.0, ge=0.0)
     """Largest global L2 norm of the gradients; 0 turns clipping off."""
+    ema: float = Field(0.0, ge=0.0, lt=1.0)
+    """Decay per optimizer step of an exponential moving average of the weights and BatchNorm
+    statistics; 0 turns it off. With it, validation scores the average and ``best.safetensors``
+    holds it (0.99: about the last 100 steps weigh), which smooths the epoch-to-epoch swings a
+    small validation set picks among; ``last.safetensors`` keeps the trained weights for
+    ``--resume``, its state sidecar the average."""
 
 
 class LossSettings(StrictModel):

@@ -22,8 +22,9 @@
    (:func:`train_epoch`); validates on fixed tiles of the validation area through
    inference's own read, forward, mask and polygon steps
    (:func:`geounet.train.validation.validate`); then saves (:meth:`RunFolder.save_epoch`):
-   ``best.safetensors`` when the chosen metric improved, ``last.safetensors`` (a complete
-   geounet checkpoint) with its training state beside it — ``last.state.safetensors``
+   ``best.safetensors`` when the chosen metric improved (with ``optim.ema`` validation scores,
+   and best holds, a moving average of the weights), ``last.safetensors`` (a complete
+   geounet checkpoint of the trained weights) with its training state beside it — ``last.state.safetensors``
    (optimizer tensors) and ``last.state.json`` (epoch, step, schedule, history, best) —
    nothing pickled; ``log.csv`` and ``curves.png`` (:mod:`geounet.train.report`).
 7. :func:`calibrate_best` (``validation.calibrate`` only): each class's probability threshold
@@ -53,6 +54,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from geounet.atomic import describe_os_error, write_bytes
@@ -268,6 +270,18 @@ class Fit:
     grad_clip: float  # max gradient norm; 0 turns clipping off
     steps_per_epoch: int
     total_steps: int
+    ema: AveragedModel | None = None  # moving average of the weights (optim.ema), updated after each step
+
+    @property
+    def evaluated(self) -> SegmentationModel:
+        """The weights validation scores and ``best.safetensors`` holds: the average with ``optim.ema``."""
+        return self.model if self.ema is None else self.ema.module  # type: ignore[return-value]
+
+    def ema_tensors(self) -> dict[str, torch.Tensor]:
+        """The average's weights and buffers as ``ema.<name>`` tensors (for the state sidecar); none without it."""
+        if self.ema is None:
+            return {}
+        return {f"ema.{k}": v for k, v in self.ema.module.state_dict().items()}
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Forward a batch (autocast) and return its training loss."""
@@ -299,6 +313,8 @@ class Fit:
             self.scaler.update()
         else:
             self.opt.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
 
 
 def build_fit(
@@ -336,6 +352,7 @@ def build_fit(
     scaler = torch.amp.GradScaler("cuda") if (device.type == "cuda" and dtype == torch.float16) else None
     sc = settings.sampling
     steps_per_epoch = math.ceil(sc.windows_per_epoch / sc.batch_size)
+    ema = start_average(model, settings.optim.ema, earlier)
     return Fit(
         model=model,
         loss_fn=loss_fn,
@@ -346,7 +363,30 @@ def build_fit(
         grad_clip=settings.optim.grad_clip,
         steps_per_epoch=steps_per_epoch,
         total_steps=settings.optim.epochs * steps_per_epoch,
+        ema=ema,
     )
+
+
+def start_average(model: SegmentationModel, decay: float, earlier: Resume | None) -> AveragedModel | None:
+    """The moving average of ``model``'s weights and buffers (``optim.ema``); None when off.
+
+    A resumed run continues the average its state sidecar holds; a sidecar without one (the
+    earlier run had no ``optim.ema``) starts it from the resumed weights.
+    """
+    if decay <= 0:
+        return None
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    saved = {
+        k[len("ema.") :]: v
+        for k, v in (earlier.optimizer if earlier is not None else {}).items()
+        if k.startswith("ema.")
+    }
+    if saved:
+        ema.module.load_state_dict(saved)
+        ema.n_averaged.fill_(1)  # go on averaging rather than copying the next step's weights
+    elif earlier is not None:
+        log.info("resuming %s: its state holds no weight average; optim.ema starts one now", earlier.path)
+    return ema
 
 
 def start_progress(settings: TrainingSettings, out: Path, earlier: Resume | None) -> Progress:
@@ -423,8 +463,8 @@ class RunFolder:
         improved = state.record(row)
         prov = epoch_provenance(self.provenance, row, metric=state.metric, resumed_from=self.resumed_from)
         if improved:
-            self._checkpoint(fit, self.out / BEST, prov)
-        digest = self._checkpoint(fit, self.out / LAST, prov)
+            self._checkpoint(fit.evaluated, self.out / BEST, prov)
+        digest = self._checkpoint(fit.model, self.out / LAST, prov)
         save_state(
             self.out / LAST,
             fit.opt,
@@ -435,14 +475,15 @@ class RunFolder:
                 "seed": self.settings.compute.seed,
                 "schedule": self.settings.optim.model_dump(mode="json"),
             },
+            extra=fit.ema_tensors(),
         )
         write_csv(self.out / LOG_CSV, state.history)
         plot_curves(self.out / CURVES, state.history, self.settings.class_names)
         return improved
 
-    def _checkpoint(self, fit: Fit, path: Path, provenance: dict[str, Any]) -> str:
+    def _checkpoint(self, model: SegmentationModel, path: Path, provenance: dict[str, Any]) -> str:
         return save_checkpoint(
-            fit.model,
+            model,
             path,
             bands=self.bands,
             normalization=self.normalization,
@@ -482,7 +523,7 @@ def train_epochs(
             train_loss, lr = train_epoch(fit, loader, epoch, state, settings.optim, bar, note)
             tv = time.perf_counter()
             val = validate(
-                fit.model,
+                fit.evaluated,
                 data.scenes,
                 data.tiles,
                 data.bands,

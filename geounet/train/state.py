@@ -4,7 +4,8 @@
 optimizer steps done, every epoch's log row, the best epoch so far. After each epoch it is
 saved beside ``last.safetensors`` with the optimizer's state, nothing pickled:
 
-* ``last.state.safetensors`` — the optimizer's tensors (AdamW moments), written first;
+* ``last.state.safetensors`` — the optimizer's tensors (AdamW moments) and, with
+  ``optim.ema``, the weight average (``ema.<name>``), written first;
 * ``last.state.json`` — the progress, the schedule, the optimizer's JSON part and the
   content hash of the checkpoint it belongs to, written last.
 
@@ -128,9 +129,11 @@ def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor]
 
 
 def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Inverse of :func:`optimizer_state`."""
+    """Inverse of :func:`optimizer_state` (other tensors of the sidecar, such as ``ema.*``, are left alone)."""
     state: dict[int, dict[str, Any]] = {}
     for name, t in tensors.items():
+        if not name.startswith("state."):
+            continue
         _, idx, key = name.split(".", 2)
         state.setdefault(int(idx), {})[key] = t
     for idx, sc in meta.get("scalars", {}).items():
@@ -141,16 +144,20 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_state(checkpoint: Path, opt: torch.optim.Optimizer, info: dict[str, Any]) -> None:
+def save_state(
+    checkpoint: Path, opt: torch.optim.Optimizer, info: dict[str, Any], extra: dict[str, torch.Tensor] | None = None
+) -> None:
     """Write the training-state sidecar of ``checkpoint``: tensors first, JSON (``info`` and
     the optimizer's JSON part) last, each atomically. Costs one serialized copy of the
-    optimizer's tensors in memory (about twice the model's weights for AdamW).
+    optimizer's tensors in memory (about twice the model's weights for AdamW). ``extra``
+    tensors (the weight average, ``ema.<name>``) are stored beside the optimizer's.
 
     Raises:
         OutputError: a file cannot be written (names it; the previous one is unchanged).
     """
     jpath, tpath = state_paths(checkpoint)
     tensors, meta = optimizer_state(opt)
+    tensors.update({k: v.detach().cpu().contiguous() for k, v in (extra or {}).items()})
     write_bytes(tpath, serialize_tensors(tensors), durable=True)
     doc = {"format": STATE_FORMAT, "format_version": STATE_VERSION, **info, "optimizer": meta}
     write_json(doc, jpath)

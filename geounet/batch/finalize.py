@@ -239,18 +239,31 @@ class SceneJob:
         )
 
 
-def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], model_path: str) -> SceneOutcome:
-    """Merge seams, post-process in metres, write every output, then scene.json."""
-    info, model, s = job.info, job.model, job.settings
-    t0 = time.perf_counter()
-    layers: dict[str, gpd.GeoDataFrame] = {}
-    pixel_layers: list[np.ndarray] = []  # the polygons as written, in scene pixels, for the quicklook
-    counts: dict[str, int] = {}
-    regular = regularized_classes(job.class_names, s)
-    regularized: dict[str, dict[str, int]] = {}
-    regularize_s = 0.0
-    separated: dict[str, dict[str, int]] = {}
-    separate_s = 0.0
+@dataclasses.dataclass
+class _PolygonLayers:
+    """A scene's polygon classes after the seam merge, post-processing and regularization."""
+
+    layers: dict[str, gpd.GeoDataFrame] = dataclasses.field(default_factory=dict)
+    pixel_layers: list[np.ndarray] = dataclasses.field(default_factory=list)  # as written, in pixels, for the quicklook
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    regularized: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    separated: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    regularize_s: float = 0.0
+    separate_s: float = 0.0
+
+
+def _polygon_layers(job: SceneJob, regular: Sequence[str]) -> _PolygonLayers:
+    """Merge each class's block polygons across seams, split touching buildings, post-process in
+    metres and regularize: the layers to write (the pixel outlines of regularized classes too)."""
+    info, s = job.info, job.settings
+    out = _PolygonLayers()
+    layers, pixel_layers, counts, regularized, separated = (
+        out.layers,
+        out.pixel_layers,
+        out.counts,
+        out.regularized,
+        out.separated,
+    )
     for k, name in enumerate(job.class_names):
         # blocks arrive in any order; merging them in grid order makes the output files
         # byte-for-byte reproducible (ring and hole order of merged polygons)
@@ -260,7 +273,7 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
             merged, n_seam = separate_merged(merged, job.edge_crops[k], job.seams(), job.spec.separate[k])
             separated[name] = {"regions_split": job.split_blocks[k] + n_seam, "at_seams": n_seam}
             job.edge_crops[k] = []
-            separate_s += time.perf_counter() - ts
+            out.separate_s += time.perf_counter() - ts
         kept = postprocess(
             merged.geoms,
             merged.pixel_count,
@@ -281,7 +294,7 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
             geoms, area, regularized[name] = _regularize(job, geoms, area)
             if job.thumbnail is not None:
                 pixel_geoms = to_pixels(geoms, job.affine)
-            regularize_s += time.perf_counter() - ts
+            out.regularize_s += time.perf_counter() - ts
         if job.thumbnail is not None:  # the quicklook draws the polygons as written, in pixels
             pixel_layers.append(pixel_geoms)
         layers[name] = _polygon_layer(job, name, geoms, area, score)
@@ -291,9 +304,23 @@ def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], mod
         job.polygons[k] = []  # free memory early
         del merged, kept, geoms, pixel_geoms, raw
         trim_heap()
-    graphs: dict[str, dict[str, int | float]] = {}
-    if job.linear_stage is not None:
-        graphs = _road_graphs(job, layers)
+    return out
+
+
+def finalize_scene(job: SceneJob, config_hash: str, options: dict[str, Any], model_path: str) -> SceneOutcome:
+    """Merge seams, post-process in metres, write every output, then scene.json."""
+    info, model, s = job.info, job.model, job.settings
+    t0 = time.perf_counter()
+    regular = regularized_classes(job.class_names, s)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geounet-roads") as side:
+        # the road graphs trace their own staged mask: beside the polygon steps, on a second core
+        roads = side.submit(_road_graphs, job) if job.linear_stage is not None else None
+        polys = _polygon_layers(job, regular)
+        graph_layers, graphs = roads.result() if roads is not None else ({}, {})
+    layers, pixel_layers, counts = polys.layers, polys.pixel_layers, polys.counts
+    regularized, separated = polys.regularized, polys.separated
+    regularize_s, separate_s = polys.regularize_s, polys.separate_s
+    layers.update(graph_layers)  # after the polygon layers, as the files always had them
     t1 = time.perf_counter()
     stage: dict[str, float] = {}
 
@@ -464,9 +491,9 @@ def _regularize(job: SceneJob, geoms: np.ndarray, area: np.ndarray) -> tuple[np.
     return r.geoms, area, {"regularized": done, "kept_raw": len(geoms) - done}
 
 
-def _road_graphs(job: SceneJob, layers: dict[str, gpd.GeoDataFrame]) -> dict[str, dict[str, int | float]]:
-    """Trace the staged linear classes into centerline graphs and add their layers
-    (``<class>_centerlines``, ``<class>_nodes``) to ``layers``; returns their summary."""
+def _road_graphs(job: SceneJob) -> tuple[dict[str, gpd.GeoDataFrame], dict[str, dict[str, int | float]]]:
+    """Trace the staged linear classes into centerline graphs: their layers
+    (``<class>_centerlines``, ``<class>_nodes``) and their summary."""
     stage, info, model = job.linear_stage, job.info, job.model
     assert stage is not None
     t0 = time.perf_counter()
@@ -477,6 +504,7 @@ def _road_graphs(job: SceneJob, layers: dict[str, gpd.GeoDataFrame]) -> dict[str
         stage.remove()
         job.linear_stage = None
     summary: dict[str, dict[str, int | float]] = {}
+    layers: dict[str, gpd.GeoDataFrame] = {}
     for name, graph in zip(stage.classes, graphs):
         t = graph_tables(graph, job.affine, info.crs_wkt, pixel_m)
         common = {"class": name, "scene": info.stem, "model": model.short_hash}
@@ -511,7 +539,7 @@ def _road_graphs(job: SceneJob, layers: dict[str, gpd.GeoDataFrame]) -> dict[str
             "length_km": round(float(t.length_m.sum()) / 1000, 3),
         }
     job.timings["centerlines"] = time.perf_counter() - t0
-    return summary
+    return layers, summary
 
 
 def _rounded(metres: float | None) -> float | None:

@@ -127,6 +127,39 @@ class IgnoreSigint(WorkerPlugin):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+HEARTBEAT_LOST = "Failed to communicate with scheduler during heartbeat"
+
+
+class DropHeartbeatLoss(logging.Filter):
+    """Drops Dask's ``Failed to communicate with scheduler during heartbeat`` record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(HEARTBEAT_LOST)
+
+
+class QuietTeardown(WorkerPlugin):
+    """Embedded worker processes do not log the heartbeat their closing scheduler misses.
+
+    The embedded scheduler lives in the client process and goes away only when the client
+    closes the cluster (or the client process ends, and the nanny ends its worker). A worker
+    whose heartbeat is in flight at that moment logs "Failed to communicate with scheduler
+    during heartbeat" with two tracebacks (seen under load after SIGTERM): noise on an orderly
+    stop, and the worker retries at the next heartbeat anyway. Only that record is dropped, only
+    in embedded worker processes; an external cluster's workers keep every message.
+    """
+
+    name = "geounet-quiet-teardown"
+
+    def __init__(self) -> None:
+        self.client_pid = os.getpid()
+
+    def setup(self, worker: Worker) -> None:
+        if os.getpid() != self.client_pid:
+            logger = logging.getLogger("distributed.worker")
+            if not any(isinstance(f, DropHeartbeatLoss) for f in logger.filters):
+                logger.addFilter(DropHeartbeatLoss())
+
+
 @dataclass(frozen=True)
 class ClusterShape:
     """How an embedded cluster is laid out."""
@@ -356,6 +389,8 @@ def _embedded(
         try:
             client.register_plugin(WorkerSetup(shape.torch_threads))
             client.register_plugin(IgnoreSigint())
+            if processes:
+                client.register_plugin(QuietTeardown())
             yield client
         finally:
             client.close()

@@ -113,6 +113,28 @@ def test_embedded_workers_start_with_one_malloc_arena_and_no_mmap(cluster) -> No
     assert all(v == {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0"} for v in seen.values()), seen
 
 
+def _heartbeat_records_kept() -> list[bool]:
+    import logging
+
+    logger = logging.getLogger("distributed.worker")
+
+    def kept(msg: str) -> bool:
+        return bool(logger.filter(logger.makeRecord(logger.name, logging.ERROR, __file__, 1, msg, (), None)))
+
+    return [
+        kept("Failed to communicate with scheduler during heartbeat."),
+        kept("Unexpected exception during heartbeat."),
+    ]
+
+
+def test_embedded_workers_drop_only_the_heartbeat_their_closing_scheduler_misses(cluster) -> None:
+    seen = cluster.run(_heartbeat_records_kept)
+    assert len(seen) == 2
+    assert all(v == [False, True] for v in seen.values()), seen
+    # not in this (the client's) process, where an external cluster's messages pass through
+    assert _heartbeat_records_kept() == [True, True]
+
+
 def test_quiet_dask_config_keeps_what_the_user_set() -> None:
     import dask
 

@@ -257,13 +257,8 @@ def _polygon_layers(job: SceneJob, regular: Sequence[str]) -> _PolygonLayers:
     metres and regularize: the layers to write (the pixel outlines of regularized classes too)."""
     info, s = job.info, job.settings
     out = _PolygonLayers()
-    layers, pixel_layers, counts, regularized, separated = (
-        out.layers,
-        out.pixel_layers,
-        out.counts,
-        out.regularized,
-        out.separated,
-    )
+    layers, pixel_layers, counts = out.layers, out.pixel_layers, out.counts
+    regularized, separated = out.regularized, out.separated
     for k, name in enumerate(job.class_names):
         # blocks arrive in any order; merging them in grid order makes the output files
         # byte-for-byte reproducible (ring and hole order of merged polygons)

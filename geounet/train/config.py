@@ -203,6 +203,10 @@ class ImageSource(StrictModel):
     """train | val for the whole source; auto: by ``split.val_areas`` (else training)."""
     limit: int | None = Field(None, ge=1)
     """Take at most this many images (sorted by path), e.g. for a quick run."""
+    mosaic: bool = False
+    """Join georeferenced chips that touch (same CRS, pixel size, grid, bands and area) into one
+    scene each, written once to ``<output.dir>/mosaics/``: windows then see the chips'
+    surroundings instead of nodata around one chip. Vector labels only."""
     terms: str | None = None
     """Licence or terms of the data as far as known (recorded in the checkpoint, shown by ``geounet info``)."""
     attribution: str | None = None
@@ -225,6 +229,11 @@ class ImageSource(StrictModel):
             )
         if self.masks is not None and self.mask_classes is None:
             raise ValueError(f"source {self.name!r}: 'masks' needs 'mask_classes' (which values are which class)")
+        if self.mosaic and self.masks is not None:
+            raise ValueError(
+                f"source {self.name!r}: 'mosaic' joins georeferenced chips with vector labels; "
+                "it does not apply to 'masks' (drop mosaic, or give the labels as vector files)"
+            )
         if self.labels is not None and self.gsd_m == "unknown":
             raise ValueError(
                 f"source {self.name!r}: vector labels need georeferenced images; gsd_m 'unknown' cannot apply"

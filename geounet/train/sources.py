@@ -1,7 +1,8 @@
 """Training data as it comes: image sets with raster masks or vector labels (``data.sources``).
 
-Each image of a source becomes one :class:`~geounet.train.data.TrainScene`. Steps of
-:func:`open_sources`: glob the images -> pair each with its mask (path template) or the
+Each image of a source becomes one :class:`~geounet.train.data.TrainScene` (with ``mosaic``,
+each group of touching chips: :mod:`geounet.train.mosaic`). Steps of
+:func:`open_sources`: glob the images -> (join touching chips) -> pair each with its mask (path template) or the
 source's vector files -> read what the header says (size, bands, dtype, CRS, pixel size) ->
 decide the pixel size (declared, from the georeferencing, or unknown) -> a coarse class
 presence grid from the mask (for class-balanced sampling; never a full-resolution label
@@ -37,6 +38,7 @@ from geounet.scene.source import SCENE_DRIVER, SceneInfo, ground_pixel_size_m
 from geounet.train.config import ImageSource, TrainingSettings
 from geounet.train.data import COARSE, TrainScene
 from geounet.train.labels import ClassGeometries, mask_to_stack, read_class_geometries
+from geounet.train.mosaic import Chip, mosaic_path, plan_mosaics, write_mosaic
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,59 @@ def _pixel_size(path: Path, head: dict, src: ImageSource, target: float | None) 
     return gsd, True
 
 
+def _mosaics(settings: TrainingSettings, src: ImageSource, images: list[Path]) -> tuple[list[Path], dict[Path, str]]:
+    """``images`` with the chips that touch joined into mosaics (``mosaic: true``): the images
+    to open (mosaics, then lone chips in their places) and each mosaic's area (its chips')."""
+    chips = []
+    for path in images:
+        head = _header(path)
+        if head["crs"] is None:
+            raise ConfigError(
+                f"{settings.source}: source {src.name!r}: {path} has no georeferencing, so it cannot be placed "
+                "beside the other chips; drop mosaic, or georeference the chips (.aux.xml or world files)"
+            )
+        chips.append(
+            Chip(
+                path=path,
+                crs_wkt=head["crs"].to_wkt(),
+                transform=head["transform"],
+                width=head["width"],
+                height=head["height"],
+                count=head["count"],
+                dtype=head["dtype"],
+                area=area_of(path, src.area, src.name),
+            )
+        )
+    folder = Path(settings.output.dir) / "mosaics"
+    out: list[Path] = []
+    areas: dict[Path, str] = {}
+    plans = plan_mosaics(chips)
+    for plan in plans:
+        if len(plan.chips) == 1:
+            out.append(plan.first.path)
+            continue
+        path = mosaic_path(plan, folder, src.name)
+        try:
+            write_mosaic(plan, path, TRAIN_DRIVERS)
+        except RasterioError as exc:
+            raise SceneReadError(
+                path, f"cannot be written from the chips of source {src.name!r}: {exc}; check the chips"
+            ) from None
+        out.append(path)
+        areas[path] = plan.first.area
+    joined = sum(len(p.chips) for p in plans if len(p.chips) > 1)
+    log.info(
+        "source %s: %d chips -> %d mosaics of %d chips + %d lone chips (%s)",
+        src.name,
+        len(images),
+        len(areas),
+        joined,
+        len(images) - joined,
+        folder,
+    )
+    return out, areas
+
+
 def open_sources(settings: TrainingSettings, first_index: int) -> list[TrainScene]:
     """Every image of ``data.sources`` as a training scene, indexes from ``first_index``.
 
@@ -171,6 +226,9 @@ def open_sources(settings: TrainingSettings, first_index: int) -> list[TrainScen
         labelled = src.labelled_classes(names)
         known = [c in labelled for c in names]
         images = _images(settings, src)
+        mosaic_areas: dict[Path, str] = {}
+        if src.mosaic:
+            images, mosaic_areas = _mosaics(settings, src, images)
         for path in images:
             head = _header(path)
             bands = src.bands or settings.data.bands or list(range(1, head["count"] + 1))
@@ -180,7 +238,7 @@ def open_sources(settings: TrainingSettings, first_index: int) -> list[TrainScen
                     "set the source's bands"
                 )
             gsd, gsd_known = _pixel_size(path, head, src, target)
-            area = area_of(path, src.area, src.name)
+            area = mosaic_areas.get(path) or area_of(path, src.area, src.name)
             role = src.role
             if role == "auto":
                 role = "val" if held_out(area, settings.split.val_areas) else "train"

@@ -78,6 +78,11 @@ log = logging.getLogger(__name__)
 # to start (it imports geopandas). Below this many polygons the calling thread does the work.
 PARALLEL_FROM = 2000
 _CHUNK = 500  # polygons per task of the process pool
+# Polygons per pass of the vectorized steps (fitted rectangles, rectilinear outlines, vertex
+# snapping): their temporaries grow with the vertices they hold at once (the rectangle fit's
+# clipping about 150 bytes per vertex: 250 MB for the 23,000 pixel outlines of a 12000^2 px
+# synthetic scene in one pass); each polygon is computed alone, so the passes give the same result.
+VECTOR_CHUNK = 2048
 # The direction each polygon is turned to before the library finds it again: a whole degree
 # inside one of the library's 5-degree coarse bins, plus a nudge. The library bins edge
 # directions by whole degrees and rounds the best bin's centre (b + 0.5) down unless the next
@@ -576,6 +581,19 @@ def _run_library(frame: gpd.GeoDataFrame, options: dict[str, Any], processes: in
         return run(frame)
 
 
+def _chunked(fn: Callable[..., Any], *arrays: np.ndarray, size: int | None = None, **options: Any) -> Any:
+    """``fn(*arrays, **options)`` over slices of ``size`` (:data:`VECTOR_CHUNK`) rows of the
+    arrays, results joined: for functions computed per row, with temporaries bounded by a slice."""
+    size = VECTOR_CHUNK if size is None else size
+    n = len(arrays[0])
+    if n <= size:
+        return fn(*arrays, **options)
+    parts = [fn(*(a[i : i + size] for a in arrays), **options) for i in range(0, n, size)]
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(column) for column in zip(*parts))
+    return np.concatenate(parts)
+
+
 def regularize(
     geoms: Any,
     *,
@@ -650,7 +668,7 @@ def regularize(
     # 0. rectangles: the fitted rectangle where it is close enough (the gate's area test holds
     # by construction: the fit keeps the area); pinholes (a mask's noise) do not count
     plain = _without_pinholes(geoms[candidates], simplify_m * simplify_m)
-    rects, rect_iou = fitted_rectangles(plain)
+    rects, rect_iou = _chunked(fitted_rectangles, plain)
     square = (rect_iou >= max(rectangle_iou, min_iou) - 1e-9) & (shapely.get_num_interior_rings(plain) == 0)
     final[candidates[square]] = rects[square]
     done[candidates[square]] = True
@@ -660,9 +678,9 @@ def regularize(
 
     # 0b. rectilinear outlines (L, T, U shapes...) along the building's direction, where the
     # gate takes them and no wall is shorter than min_step_m
-    own_direction = dominant_direction(geoms[candidates], simplify=simplify_m)
+    own_direction = _chunked(dominant_direction, geoms[candidates], simplify=simplify_m)
     if orthogonal:
-        ortho = orthogonal_outlines(plain, own_direction, simplify=simplify_m)
+        ortho = _chunked(orthogonal_outlines, plain, own_direction, simplify=simplify_m)
         has = np.flatnonzero(ortho != None)  # noqa: E711 - elementwise on an object array
         take = np.zeros(len(candidates), dtype=bool)
         take[has] = _gate(ortho[has], geoms[candidates[has]], min_iou, area_tolerance) & (
@@ -752,7 +770,7 @@ def regularize_in_crs(
     back = shapely.transform(r.geoms[done], plane.back)
     crs = _as_crs(crs)
     metres_per_unit = _unit_factor(crs) * (6_371_000.0 if crs.is_geographic else 1.0)
-    snapped = _snap_vertices(back, world[done], SNAP_M / metres_per_unit)
+    snapped = _chunked(_snap_vertices, back, world[done], tolerance=SNAP_M / metres_per_unit)
     out[done] = np.where(shapely.is_valid(snapped), snapped, back)
     return Regularized(out, done)
 

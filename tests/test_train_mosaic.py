@@ -166,3 +166,16 @@ def test_mosaic_refuses_masks_and_chips_without_georeferencing(tmp_path: Path):
     )
     with pytest.raises(ConfigError, match=r"c\.tif has no georeferencing.*drop mosaic"):
         open_data(settings)
+
+
+def test_the_provenance_counts_the_chips_and_the_mosaics(tmp_path: Path):
+    from geounet.checkpoint.card import _source
+    from geounet.train.report import data_record
+
+    settings = load_training_settings(_config(tmp_path))
+    data = open_data(settings)
+    record = next(r for r in data_record(data.scenes, settings) if r.get("source") == "oam")
+    assert record["images"] == 4 and record["mosaics"] == 1  # four chips: one mosaic of three, one alone
+    assert _source(record)[0].startswith("oam: 4 images (1 mosaic of touching chips)")
+    plain = next(r for r in data_record(data.scenes, settings) if r.get("source") == "v")
+    assert plain["images"] == 1 and "mosaics" not in plain

@@ -99,6 +99,7 @@ class TrainScene:
     mask_palette: np.ndarray | None = None  # (values, 3) RGB of a paletted mask
     known: list[bool] | None = None  # per class: labelled in this scene (None: every class)
     coarse: np.ndarray | None = None  # (classes, h/COARSE, w/COARSE) bool: class present in the cell
+    members: int = 1  # images this scene holds (a mosaic of chips: data.sources[].mosaic)
 
     @property
     def pixel_area(self) -> float:

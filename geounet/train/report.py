@@ -156,7 +156,8 @@ def data_record(scenes: Sequence[TrainScene], settings: TrainingSettings | None 
         out.append(
             {
                 "source": name,
-                "images": len(group),
+                "images": sum(s.members for s in group),
+                **({"mosaics": sum(s.members > 1 for s in group)} if any(s.members > 1 for s in group) else {}),
                 "pixels": int(sum(s.width * s.height for s in group)),
                 "areas": {role: sorted({s.area for s in group if s.role == role}) for role in ("train", "val")},
                 "gsd_m": [round(min(gsds), 3), round(max(gsds), 3)] if gsds else None,

@@ -157,9 +157,12 @@ def _pixel_size(path: Path, head: dict, src: ImageSource, target: float | None) 
     return gsd, True
 
 
-def _mosaics(settings: TrainingSettings, src: ImageSource, images: list[Path]) -> tuple[list[Path], dict[Path, str]]:
+def _mosaics(
+    settings: TrainingSettings, src: ImageSource, images: list[Path]
+) -> tuple[list[Path], dict[Path, tuple[str, int]]]:
     """``images`` with the chips that touch joined into mosaics (``mosaic: true``): the images
-    to open (mosaics, then lone chips in their places) and each mosaic's area (its chips')."""
+    to open (mosaics and lone chips, in the order of their first chip) and each mosaic's area
+    (its chips') and number of chips."""
     chips = []
     for path in images:
         head = _header(path)
@@ -182,7 +185,7 @@ def _mosaics(settings: TrainingSettings, src: ImageSource, images: list[Path]) -
         )
     folder = Path(settings.output.dir) / "mosaics"
     out: list[Path] = []
-    areas: dict[Path, str] = {}
+    areas: dict[Path, tuple[str, int]] = {}
     plans = plan_mosaics(chips)
     for plan in plans:
         if len(plan.chips) == 1:
@@ -196,7 +199,7 @@ def _mosaics(settings: TrainingSettings, src: ImageSource, images: list[Path]) -
                 path, f"cannot be written from the chips of source {src.name!r}: {exc}; check the chips"
             ) from None
         out.append(path)
-        areas[path] = plan.first.area
+        areas[path] = (plan.first.area, len(plan.chips))
     joined = sum(len(p.chips) for p in plans if len(p.chips) > 1)
     log.info(
         "source %s: %d chips -> %d mosaics of %d chips + %d lone chips (%s)",
@@ -226,9 +229,9 @@ def open_sources(settings: TrainingSettings, first_index: int) -> list[TrainScen
         labelled = src.labelled_classes(names)
         known = [c in labelled for c in names]
         images = _images(settings, src)
-        mosaic_areas: dict[Path, str] = {}
+        mosaics: dict[Path, tuple[str, int]] = {}
         if src.mosaic:
-            images, mosaic_areas = _mosaics(settings, src, images)
+            images, mosaics = _mosaics(settings, src, images)
         for path in images:
             head = _header(path)
             bands = src.bands or settings.data.bands or list(range(1, head["count"] + 1))
@@ -238,7 +241,7 @@ def open_sources(settings: TrainingSettings, first_index: int) -> list[TrainScen
                     "set the source's bands"
                 )
             gsd, gsd_known = _pixel_size(path, head, src, target)
-            area = mosaic_areas.get(path) or area_of(path, src.area, src.name)
+            area, members = mosaics.get(path) or (area_of(path, src.area, src.name), 1)
             role = src.role
             if role == "auto":
                 role = "val" if held_out(area, settings.split.val_areas) else "train"
@@ -263,6 +266,7 @@ def open_sources(settings: TrainingSettings, first_index: int) -> list[TrainScen
                 value_scale=src.value_scale,
                 drivers=TRAIN_DRIVERS,
                 known=known,
+                members=members,
             )
             if src.masks is not None:
                 mask_path = pair_mask(path, src.masks, src.stem_sub)
@@ -320,7 +324,7 @@ def open_sources(settings: TrainingSettings, first_index: int) -> list[TrainScen
                     scene.label_files[sel.name] = resolved
             scenes.append(scene)
         log.info(
-            "source %s: %d images, %s",
+            "source %s: %d scenes, %s",
             src.name,
             len(images),
             "pixel size unknown" if src.gsd_m == "unknown" else f"pixel size {src.gsd_m}",

@@ -198,8 +198,8 @@ def _source(record: Mapping[str, Any]) -> tuple[str, str]:
     if "source" in record:
         facts = [f"{_brief(record.get('images', '?'))} images"]
         if _is_number(record.get("mosaics")):
-            n = int(record["mosaics"])
-            facts[0] += f" ({n} mosaic{'s' * (n != 1)} of touching chips)"
+            joined = int(record["mosaics"])
+            facts[0] += f" ({joined} mosaic{'s' * (joined != 1)} of touching chips)"
         areas = record.get("areas")
         if isinstance(areas, Mapping):
             facts += [f"{role} {_brief(names)}" for role, names in areas.items() if names]

@@ -1,7 +1,7 @@
 """Turn a trained checkpoint into a shipped one (``geounet/weights/<name>.safetensors``).
 
-    python scripts/ship_model.py out/train-real-rehearse-roads/best.safetensors geounet/weights/default.safetensors \\
-        --config workflows/train-real-rehearse-roads.yaml --heldout benchmarks/results/heldout/default.json --half
+    python scripts/ship_model.py out/train-real-mosaic/best.safetensors geounet/weights/default.safetensors \\
+        --config workflows/train-real-mosaic.yaml --heldout benchmarks/results/heldout/default.json --half
 
 Steps: load the checkpoint (every check of ``load_checkpoint``) -> add each training
 source's ``terms`` and ``attribution`` from the config to the provenance (so a checkpoint

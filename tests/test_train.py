@@ -359,7 +359,7 @@ def test_default_weights_missing_is_a_clear_error(monkeypatch):
     import geounet.weights as weights
 
     monkeypatch.setattr(weights, "DEFAULT_NAME", "not-there.safetensors")
-    with pytest.raises(CheckpointError, match="train-real-rehearse-roads.yaml"):
+    with pytest.raises(CheckpointError, match="train-real-mosaic.yaml"):
         weights.default_weights()
     monkeypatch.setattr(weights, "SYNTHETIC_NAME", "not-there.safetensors")
     with pytest.raises(CheckpointError, match="train-synthetic.yaml"):

@@ -3,8 +3,9 @@
 ``default.safetensors``: a UNet (multilabel: ``building``, ``road``) at 0.5 m, started from
 the synthetic model's weights and fine-tuned on real imagery whose terms allow sharing
 trained weights (SpaceNet 1 Rio, OpenAerialMap with OpenStreetMap buildings from HOT's fAIr,
-Humans in the Loop Dubai, Inria Chicago) with generated synthetic scenes kept in the mix,
-with ``geounet train workflows/train-real-rehearse-roads.yaml``; stored in half precision. Its card lists every source
+Humans in the Loop Dubai, Inria Chicago) with generated synthetic scenes kept in the mix and
+the OpenAerialMap chips read as mosaics of touching chips, with
+``geounet train workflows/train-real-mosaic.yaml``; stored in half precision. Its card lists every source
 with its terms and attribution, the checkpoint it started from, and the accuracy on held-out
 areas.
 
@@ -36,7 +37,7 @@ def default_weights() -> Path:
         raise CheckpointError(
             path,
             "the default weights are not installed with this copy of geounet; reinstall geounet, "
-            "or train them with `geounet train workflows/train-real-rehearse-roads.yaml` and scripts/ship_model.py, "
+            "or train them with `geounet train workflows/train-real-mosaic.yaml` and scripts/ship_model.py, "
             "or pass your own checkpoint with --model",
         )
     return path

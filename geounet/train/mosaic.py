@@ -11,7 +11,8 @@ bands, dtype and area, and joins those whose footprints touch or overlap into co
 more chips as one tiled GeoTIFF, chip by chip (never the whole mosaic in memory), the chips'
 valid pixels as its internal mask, so the gaps between chips are invalid (not scored in
 training) exactly as nodata around a lone chip is. The file is named by a digest of its chips'
-paths, sizes, modification times and places, so a later run with the same chips reuses it.
+paths, sizes, modification times and places, so a later run with the same chips reuses it
+(mosaics of chips that changed since stay in the folder until it is deleted).
 """
 
 from __future__ import annotations

@@ -153,11 +153,12 @@ def data_record(scenes: Sequence[TrainScene], settings: TrainingSettings | None 
     for name, group in sources.items():
         digest = hashlib.sha256("".join(fingerprint(str(s.path)) for s in group).encode()).hexdigest()[:16]
         gsds = [s.gsd_m for s in group if s.gsd_m is not None]
+        mosaics = sum(s.members > 1 for s in group)
         out.append(
             {
                 "source": name,
                 "images": sum(s.members for s in group),
-                **({"mosaics": sum(s.members > 1 for s in group)} if any(s.members > 1 for s in group) else {}),
+                **({"mosaics": mosaics} if mosaics else {}),
                 "pixels": int(sum(s.width * s.height for s in group)),
                 "areas": {role: sorted({s.area for s in group if s.role == role}) for role in ("train", "val")},
                 "gsd_m": [round(min(gsds), 3), round(max(gsds), 3)] if gsds else None,

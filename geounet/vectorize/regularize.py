@@ -581,10 +581,10 @@ def _run_library(frame: gpd.GeoDataFrame, options: dict[str, Any], processes: in
         return run(frame)
 
 
-def _chunked(fn: Callable[..., Any], *arrays: np.ndarray, size: int | None = None, **options: Any) -> Any:
-    """``fn(*arrays, **options)`` over slices of ``size`` (:data:`VECTOR_CHUNK`) rows of the
-    arrays, results joined: for functions computed per row, with temporaries bounded by a slice."""
-    size = VECTOR_CHUNK if size is None else size
+def _chunked(fn: Callable[..., Any], *arrays: np.ndarray, **options: Any) -> Any:
+    """``fn(*arrays, **options)`` over slices of :data:`VECTOR_CHUNK` rows of the arrays, results
+    joined: for functions computed per row, with temporaries bounded by a slice."""
+    size = VECTOR_CHUNK
     n = len(arrays[0])
     if n <= size:
         return fn(*arrays, **options)
